@@ -1,0 +1,285 @@
+"""Command line: `scaletui run --headless`, `scaletui ls`, and (later) the app.
+
+The CLI parses and displays; it never trains or speaks SQL itself. Heavy
+imports (torch via the runner, the store) happen inside the commands that need
+them, so `scaletui --help` and `scaletui ls` start fast and never import torch.
+
+Exit codes are an API: 0 every run done or early-stopped, 1 some run failed,
+diverged or was interrupted, 2 bad input (sweep file, arguments, database),
+130 stopped by Ctrl-C / SIGTERM (runs are `interrupted` and resumable).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import click
+
+if TYPE_CHECKING:
+    from scaletui.config import Sweep
+    from scaletui.runner import SweepResult
+
+DEFAULT_SWEEP = "experiments.toml"
+DEFAULT_DB = "runs/scaletui.db"
+EXIT_BAD_INPUT = 2
+EXIT_STOPPED = 130
+
+
+def fail(message: str) -> NoReturn:
+    """One line on stderr, exit code 2: how every bad input ends."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+class _Group(click.Group):
+    """Turn click's usage errors into the same one-line, exit-2 shape as every other bad input."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, **kwargs: Any) -> NoReturn:
+        kwargs.pop("standalone_mode", None)
+        try:
+            rv = super().main(args, prog_name, standalone_mode=False, **kwargs)
+        except click.UsageError as e:
+            command = e.ctx.command_path if e.ctx else "scaletui"
+            fail(f"{command}: {e.format_message()}")
+        except click.ClickException as e:
+            fail(e.format_message())
+        except click.Abort:
+            sys.exit(EXIT_STOPPED)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_Group, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="scaletui")
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """scaletui: scaling-law sweeps in the terminal.
+
+    \b
+    scaletui run --headless [FILE]   train a sweep (default: experiments.toml)
+    scaletui run --dry-run [FILE]    validate and list the expanded sweep
+    scaletui ls                      list the runs in the database
+    """
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+
+
+# ---------------------------------------------------------------------------
+# run
+# ---------------------------------------------------------------------------
+@main.command()
+@click.argument("file", default=DEFAULT_SWEEP, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--headless", is_flag=True, help="Train without the app: progress on the terminal, summary at the end.")
+@click.option("--db", "db", type=click.Path(dir_okay=False, path_type=Path), help="Database file (overrides experiment.db).")
+@click.option("--workers", type=click.IntRange(min=1), help="Worker processes (overrides experiment.workers).")
+@click.option("--fresh", is_flag=True, help="Forget this sweep's earlier runs and checkpoints and start over.")
+@click.option("--dry-run", is_flag=True, help="Validate FILE and print the expanded sweep without training.")
+def run(file: Path, headless: bool, db: Path | None, workers: int | None, fresh: bool, dry_run: bool) -> None:
+    """Train the sweep in FILE (resuming what an earlier run left unfinished)."""
+    sweep = _load_sweep(file, db, workers)
+    if dry_run:
+        _print_dry_run(sweep)
+        return
+    if not headless:
+        fail("the interactive app is not part of this build yet; use `scaletui run --headless`")
+    _check_db_usable(sweep.db, create=True)
+    result = _run_headless(sweep, fresh)
+    _print_summary(sweep)
+    sys.exit(EXIT_STOPPED if result.interrupted else result.exit_code)
+
+
+def _load_sweep(file: Path, db: Path | None, workers: int | None) -> Sweep:
+    from scaletui.config import ConfigError, load_sweep
+
+    try:
+        return load_sweep(file, db=db, workers=workers)
+    except ConfigError as e:
+        fail(str(e))
+
+
+def _check_db_usable(path: Path, *, create: bool) -> None:
+    """Refuse a file that is not a scaletui database (or is newer) before anything is written."""
+    from scaletui.store.schema import NotAScaletuiDatabase, SchemaTooNew, open_db
+
+    if create and not path.exists():
+        return
+    try:
+        open_db(path, create=False, readonly=True).close()
+    except (NotAScaletuiDatabase, SchemaTooNew, FileNotFoundError, PermissionError) as e:
+        fail(str(e))
+
+
+def _run_headless(sweep: Sweep, fresh: bool) -> SweepResult:
+    from scaletui.engine.data import DatasetUnavailable
+    from scaletui.runner import run_sweep
+
+    stop = threading.Event()
+    progress = _TtyProgress(len(sweep.runs)) if sys.stdout.isatty() else _PlainProgress()
+    try:
+        with _stop_on_signals(stop), progress:
+            return run_sweep(sweep, fresh=fresh, on_event=progress.on_event, should_stop=stop.is_set)
+    except DatasetUnavailable as e:
+        fail(f"{sweep.source.name}: data.dataset: {e}")
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """First Ctrl-C / SIGTERM: stop cleanly (flush, checkpoint, `interrupted`). Second: abort."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo("\nstopping: runs flush, checkpoint and become `interrupted` (Ctrl-C again to abort)", err=True)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class _PlainProgress:
+    """One line per event, for logs and pipes."""
+
+    def __enter__(self) -> _PlainProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def on_event(self, event: Any) -> None:
+        if event.kind == "started":
+            resumed = f" (resumed at step {event.resumed_from})" if event.resumed_from else ""
+            click.echo(f"started  {event.label} [run {event.run_id}]{resumed}")
+        elif event.kind == "finished":
+            loss = f" train_loss {event.train_loss:.4f}" if event.train_loss is not None else ""
+            error = f" - {event.error}" if event.error else ""
+            click.echo(f"{event.status.value:<8} {event.label} [run {event.run_id}] step {event.step}{loss}{error}")
+
+
+class _TtyProgress:
+    """Overall progress plus one line per active run (step, loss, steps/s)."""
+
+    def __init__(self, total: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+        )
+        self.overall = self.progress.add_task("sweep", total=total, info="")
+        self.active: dict[int, Any] = {}
+
+    def __enter__(self) -> _TtyProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def on_event(self, event: Any) -> None:
+        if event.kind == "started":
+            self.active[event.run_id] = self.progress.add_task(
+                event.label, total=event.steps, completed=event.step, info=""
+            )
+        elif event.kind == "progress" and event.run_id in self.active:
+            info = f"loss {event.train_loss:.4f}  {event.steps_per_s:.0f} steps/s"
+            self.progress.update(self.active[event.run_id], completed=event.step, info=info)
+        elif event.kind == "finished":
+            task = self.active.pop(event.run_id, None)
+            if task is not None:
+                self.progress.remove_task(task)
+            self.progress.advance(self.overall)
+            error = f" - {event.error}" if event.error else ""
+            self.progress.console.print(f"{event.status.value:<13} {event.label}{error}")
+
+
+# ---------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------
+def _print_dry_run(sweep: Sweep) -> None:
+    """How many runs, over which axes, and one row per run with the values that vary."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from scaletui.config import axis_value
+
+    console = _console()
+    axes = ", ".join(f"{k} ({len(v)})" for k, v in sweep.axes.items())
+    console.print(f"{sweep.source}: {sweep.name}: {len(sweep.runs)} runs over {axes}")
+    console.print(f"database {sweep.db}, {sweep.workers} workers x {sweep.threads_per_worker} threads")
+    table = Table("#", "key", *sweep.axes, "steps", box=None)
+    for i, spec in enumerate(sweep.runs, 1):
+        values = [f"{axis_value(spec, axis):g}" if isinstance(axis_value(spec, axis), float)
+                  else str(axis_value(spec, axis)) for axis in sweep.axes]
+        table.add_row(str(i), spec.key, *values, str(spec.train.steps))
+    console.print(table)
+
+
+def _console() -> Any:
+    """A rich console that does not squeeze tables when writing to a pipe or a file."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print_summary(sweep: Sweep) -> None:
+    """Runs grouped by width, ranked by depth, with the loss and the rule that picked it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from scaletui.store.reader import Reader
+
+    rows = [r for r in Reader(sweep.db).runs() if r["experiment"] == sweep.name]
+    rows.sort(key=lambda r: (r["arch"], r["width"], r["depth"], r["seed"]))
+    table = Table(title=f"{sweep.name}: loss = {sweep.loss_rule.label}", box=None)
+    for column in ("width", "depth", "seed", "status", "params", "step", sweep.loss_rule.label, "best", "test acc"):
+        table.add_column(column, justify="left" if column == "status" else "right")
+    last_width = None
+    for r in rows:
+        if last_width is not None and r["width"] != last_width:
+            table.add_section()
+        last_width = r["width"]
+        table.add_row(str(r["width"]), str(r["depth"]), str(r["seed"]), r["status"], _fmt(r["params"], ","),
+                      f"{r['step'] or 0}/{r['steps']}", _fmt(r["loss"]), _fmt(r["best_test_loss"]),
+                      _fmt(r["final_test_acc"], ".3f"))
+    _console().print(table)
+
+
+# ---------------------------------------------------------------------------
+# ls
+# ---------------------------------------------------------------------------
+@main.command(name="ls")
+@click.option("--db", "db", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of run rows, for scripts.")
+def ls_command(db: Path, as_json: bool) -> None:
+    """List the runs in the database."""
+    if not db.exists():
+        fail(f"{db}: no such database (run a sweep first, or pass --db)")
+    _check_db_usable(db, create=False)
+    from scaletui.store.reader import Reader
+
+    rows = Reader(db).runs()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("id", "experiment", "run", "status", "step", "params", "loss", "rule", "error", box=None)
+    for r in rows:
+        table.add_row(str(r["id"]), r["experiment"] or "", r["label"], r["status"], f"{r['step'] or 0}/{r['steps']}",
+                      _fmt(r["params"], ","), _fmt(r["loss"]), r["loss_rule"] or "", (r["error"] or "")[:60])
+    _console().print(table)

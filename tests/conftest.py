@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny sweep files written as real TOML, and one shared MNIST-1D cache.
+
+Generating MNIST-1D takes a few seconds, so every test that trains points its
+sweep's `data_dir` at one session-wide folder.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def write_toml(path: Path, doc: dict[str, dict[str, Any]]) -> Path:
+    """A minimal TOML writer (tables of scalars/lists, one level of sub-tables)."""
+    lines: list[str] = []
+    for section, body in doc.items():
+        lines.append(f"[{section}]")
+        subtables = {k: v for k, v in body.items() if isinstance(v, dict)}
+        lines += [f"{k} = {toml_value(v)}" for k, v in body.items() if not isinstance(v, dict)]
+        for name, sub in subtables.items():
+            lines.append(f"[{section}.{name}]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in sub.items()]
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One MNIST-1D cache for the whole test session."""
+    return tmp_path_factory.mktemp("data")
+
+
+def tiny_sweep(tmp_path: Path, data_dir: Path, **sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A sweep of 4 tiny MLPs on MNIST-1D that trains in seconds; override any section's keys."""
+    doc: dict[str, dict[str, Any]] = {
+        "experiment": {
+            "name": "tiny",
+            "db": str(tmp_path / "runs.db"),
+            "data_dir": str(data_dir),
+            "checkpoint_dir": str(tmp_path / "checkpoints"),
+            "workers": 2,
+        },
+        "data": {"dataset": "mnist1d", "train_size": 512},
+        "model": {"arch": "mlp", "width": [8, 16], "depth": [1, 2]},
+        "train": {"optimizer": "adam", "lr": 3e-3, "batch_size": 32, "steps": 60, "eval_every": 20,
+                  "log_every": 10, "checkpoint_every": 20, "seeds": [0]},
+    }
+    for name, values in sections.items():
+        doc.setdefault(name, {}).update(values)
+    return doc
+
+
+@pytest.fixture
+def make_sweep(tmp_path: Path, shared_data_dir: Path) -> Callable[..., Path]:
+    """Write a tiny sweep file in tmp_path, with per-section overrides; returns its path."""
+
+    def make(name: str = "experiments.toml", **sections: dict[str, Any]) -> Path:
+        return write_toml(tmp_path / name, tiny_sweep(tmp_path, shared_data_dir, **sections))
+
+    return make
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+    """The real `scaletui` command in a subprocess (stdout is a pipe, so output is plain)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "scaletui", *args], cwd=cwd or REPO, capture_output=True,
+                          text=True, timeout=timeout, env=full_env)
