@@ -1,0 +1,103 @@
+"""Checkpoint files: atomic to write, safe to load, tolerant of a torn newest file.
+
+A worker can be killed at any instant, so a checkpoint is written to a temporary
+file in the same folder, fsynced, then renamed over its final name: a reader
+sees the old file or the new one, never half of one. Files are loaded with
+`torch.load(weights_only=True)`, so everything in a checkpoint is a tensor, a
+plain number, a string or a dict/list of those (generator states are uint8
+tensors). The newest two are kept: if the newest is unreadable anyway (a disk
+that lied about fsync, a truncated copy), the previous one is used and the bad
+file is renamed aside, with an event saying so.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from scaletui.records import Sink
+
+KEEP = 2
+_NAME = re.compile(r"^step_(\d{8})\.pt$")
+
+
+def checkpoint_path(folder: Path, step: int) -> Path:
+    return Path(folder) / f"step_{step:08d}.pt"
+
+
+def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every checkpoint in `folder`, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), folder / name) for name in os.listdir(folder) if (m := _NAME.match(name))]
+    return sorted(found)
+
+
+def save_checkpoint(folder: Path, step: int, payload: dict[str, Any]) -> Path:
+    """Write `payload` as step_{step:08d}.pt atomically and keep only the newest KEEP checkpoints."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = checkpoint_path(folder, step)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{final.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(folder)
+    for _, old in list_checkpoints(folder)[:-KEEP]:
+        old.unlink(missing_ok=True)
+    return final
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_latest_checkpoint(folder: Path, sink: Sink, required: tuple[str, ...] = ()) -> dict[str, Any] | None:
+    """The newest readable checkpoint in `folder` (None: start from scratch).
+
+    An unreadable file, or one missing a `required` key, is renamed to `*.corrupt` and
+    reported with `sink.event("checkpoint", ...)`; the previous one is tried next.
+    """
+    candidates = list_checkpoints(folder)
+    for i in range(len(candidates) - 1, -1, -1):
+        _, path = candidates[i]
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+            _check_payload(payload, required)
+            return payload
+        except Exception as exc:  # truncated zip, bad pickle, wrong contents: all mean "unusable"
+            fallback = candidates[i - 1][1].name if i > 0 else "a fresh start"
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            sink.event("checkpoint", f"{path.name} unreadable ({type(exc).__name__}: {reason}); using {fallback}")
+            os.replace(path, path.with_name(path.name + ".corrupt"))
+    return None
+
+
+def _check_payload(payload: Any, required: tuple[str, ...]) -> None:
+    if not isinstance(payload, dict):
+        raise ValueError(f"expected a dict, got {type(payload).__name__}")
+    missing = [k for k in required if k not in payload]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")

@@ -1,0 +1,239 @@
+"""The model families a sweep scales, and how big each built model is.
+
+A scaling law's x axis is made of parameters and FLOPs, so both are measured
+from the built module rather than from formulas that could drift from the
+code: `count_params` sums the parameters, `forward_flops` runs one dummy
+example through forward hooks on every Linear/Conv2d.
+
+`weight_layers` defines what "a layer" means for per-layer statistics: the
+Linear and Conv2d modules in depth order (input side first), each owning its
+weight and bias. Norm layers carry parameters too but are not layers here.
+
+Families:
+- mlp:    flatten -> depth x [Linear -> norm -> ReLU -> Dropout] -> Linear head
+- resmlp: flatten -> Linear stem -> depth x [h + Dropout(norm(ReLU(Linear(h))))] -> Linear head
+- resnet: the CIFAR ResNet of He et al. (2016): 3x3 stem, three stages of `depth`
+          basic blocks with width, 2*width, 4*width channels (6n+2 layers),
+          global average pool, (Dropout), Linear head.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import torch
+from torch import nn
+
+from scaletui.records import ModelInfo, ModelSpec, TrainSpec
+
+ARCHS = ("mlp", "resmlp", "resnet")
+NORMS = ("none", "batch", "layer")
+INITS = ("default", "he", "xavier", "orthogonal")
+
+
+def build_model(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Build `spec` for inputs of `input_shape` (one example) and `num_classes` outputs, initialised."""
+    if spec.depth < 1 or spec.width < 1:
+        raise ValueError(f"depth and width must be >= 1, got depth={spec.depth} width={spec.width}")
+    if spec.norm not in NORMS:
+        raise ValueError(f"unknown norm {spec.norm!r}; expected one of {', '.join(NORMS)}")
+    if spec.arch == "mlp":
+        model: nn.Module = _mlp(spec, math.prod(input_shape), num_classes)
+    elif spec.arch == "resmlp":
+        model = ResMLP(spec, math.prod(input_shape), num_classes)
+    elif spec.arch == "resnet":
+        if len(input_shape) != 3:
+            raise ValueError(f"resnet needs image inputs (C, H, W), got input shape {input_shape}")
+        model = ResNet(spec, input_shape[0], num_classes)
+    else:
+        raise ValueError(f"unknown arch {spec.arch!r}; expected one of {', '.join(ARCHS)}")
+    init_weights(model, spec.init)
+    return model
+
+
+# --------------------------------------------------------------------------- MLPs
+
+
+def _norm1d(kind: str, width: int) -> nn.Module | None:
+    if kind == "batch":
+        return nn.BatchNorm1d(width)
+    if kind == "layer":
+        return nn.LayerNorm(width)
+    return None
+
+
+def _mlp(spec: ModelSpec, in_features: int, num_classes: int) -> nn.Sequential:
+    """Named layers (fc1, norm1, act1, drop1, ..., head) so per-layer statistics read well.
+    Absent norms and zero dropout are left out rather than added as Identity: fewer modules per step."""
+    layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
+    width_in = in_features
+    for i in range(1, spec.depth + 1):
+        layers[f"fc{i}"] = nn.Linear(width_in, spec.width)
+        norm = _norm1d(spec.norm, spec.width)
+        if norm is not None:
+            layers[f"norm{i}"] = norm
+        layers[f"act{i}"] = nn.ReLU()
+        if spec.dropout > 0:
+            layers[f"drop{i}"] = nn.Dropout(spec.dropout)
+        width_in = spec.width
+    layers["head"] = nn.Linear(width_in, num_classes)
+    return nn.Sequential(layers)
+
+
+class ResidualBlock(nn.Module):
+    """h + Dropout(norm(ReLU(Linear(h)))): FC -> ReLU -> norm -> dropout, with a skip connection."""
+
+    def __init__(self, width: int, norm: str, dropout: float) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+        self.norm = _norm1d(norm, width) or nn.Identity()
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:  # (B, width) -> (B, width)
+        return h + self.drop(self.norm(torch.relu(self.fc(h))))
+
+
+class ResMLP(nn.Module):
+    def __init__(self, spec: ModelSpec, in_features: int, num_classes: int) -> None:
+        super().__init__()
+        self.stem = nn.Linear(in_features, spec.width)
+        self.blocks = nn.Sequential(*(ResidualBlock(spec.width, spec.norm, spec.dropout) for _ in range(spec.depth)))
+        self.head = nn.Linear(spec.width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, *input_shape) -> (B, num_classes)
+        return self.head(self.blocks(self.stem(x.flatten(1))))
+
+
+# --------------------------------------------------------------------------- CIFAR ResNet
+
+
+def _norm2d(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "layer":
+        return nn.GroupNorm(1, channels)  # LayerNorm over (C, H, W)
+    return nn.Identity()
+
+
+def _conv(c_in: int, c_out: int, kernel: int, stride: int, norm: str) -> nn.Conv2d:
+    # A bias right before a normalisation is redundant; without one the conv keeps its bias.
+    return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=norm == "none")
+
+
+class BasicBlock(nn.Module):
+    """relu(norm(conv(relu(norm(conv(x))))) + shortcut(x)); shortcut is a 1x1 conv when the shape changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: str) -> None:
+        super().__init__()
+        self.conv1 = _conv(c_in, c_out, 3, stride, norm)
+        self.norm1 = _norm2d(norm, c_out)
+        self.conv2 = _conv(c_out, c_out, 3, 1, norm)
+        self.norm2 = _norm2d(norm, c_out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(_conv(c_in, c_out, 1, stride, norm), _norm2d(norm, c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, c_in, H, W) -> (B, c_out, H/stride, W/stride)
+        out = torch.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    def __init__(self, spec: ModelSpec, in_channels: int, num_classes: int) -> None:
+        super().__init__()
+        w = spec.width
+        self.stem = nn.Sequential(_conv(in_channels, w, 3, 1, spec.norm), _norm2d(spec.norm, w), nn.ReLU())
+        stages, c_in = [], w
+        for i, c_out in enumerate((w, 2 * w, 4 * w)):
+            blocks = [BasicBlock(c_in if j == 0 else c_out, c_out, 2 if (i > 0 and j == 0) else 1, spec.norm)
+                      for j in range(spec.depth)]  # fmt: skip
+            stages.append(nn.Sequential(*blocks))
+            c_in = c_out
+        self.stages = nn.Sequential(*stages)
+        self.drop = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
+        self.head = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, num_classes)
+        h = self.stages(self.stem(x))  # (B, 4w, H/4, W/4)
+        return self.head(self.drop(h.mean(dim=(2, 3))))
+
+
+# --------------------------------------------------------------------------- init and size
+
+
+def init_weights(model: nn.Module, init: str) -> None:
+    """Re-initialise Linear/Conv2d weights (biases zeroed); `default` keeps PyTorch's init."""
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; expected one of {', '.join(INITS)}")
+    if init == "default":
+        return
+    for _, m in weight_layers(model):
+        if init == "he":
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        elif init == "xavier":
+            nn.init.xavier_normal_(m.weight)
+        else:
+            nn.init.orthogonal_(m.weight, gain=nn.init.calculate_gain("relu"))
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Linear and Conv2d modules in depth order (input side first): the layers of per-layer statistics.
+    Registration order is forward order in every family here; a block's shortcut comes after its convs."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def count_params(model: nn.Module) -> int:
+    """All trainable parameters, norms included."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def forward_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Forward FLOPs for one example: 2 per multiply-add of every Linear/Conv2d (norms, activations
+    and bias additions are not counted). Measured with hooks on one dummy example in eval mode."""
+    total = 0
+
+    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Linear):
+            total += 2 * output.numel() * module.in_features
+        else:  # Conv2d: each output element is (C_in / groups) * kh * kw multiply-adds
+            assert isinstance(module, nn.Conv2d)
+            total += 2 * output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
+
+    param = next(model.parameters())
+    hooks = [m.register_forward_hook(count) for _, m in weight_layers(model)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape), device=param.device, dtype=param.dtype))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return total
+
+
+def effective_lr(spec: TrainSpec, params: int) -> float:
+    """The base learning rate after `lr_scaling` (sqrt_params: lr * sqrt(lr_ref_params / params))."""
+    if spec.lr_scaling == "none":
+        return spec.lr
+    if spec.lr_scaling == "sqrt_params":
+        if not spec.lr_ref_params:
+            raise ValueError("lr_scaling = sqrt_params needs lr_ref_params")
+        return spec.lr * math.sqrt(spec.lr_ref_params / params)
+    raise ValueError(f"unknown lr_scaling {spec.lr_scaling!r}; expected none or sqrt_params")
+
+
+def model_info(model: nn.Module, input_shape: tuple[int, ...], spec: TrainSpec) -> ModelInfo:
+    params = count_params(model)
+    return ModelInfo(
+        params=params,
+        flops_per_example=forward_flops(model, input_shape),
+        layer_names=tuple(name for name, _ in weight_layers(model)),
+        lr=effective_lr(spec, params),
+    )
