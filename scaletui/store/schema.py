@@ -1,0 +1,311 @@
+"""The database schema, its migrations, and the one way to open a scaletui database.
+
+Why it looks like this:
+
+* One file, many processes. `open_db` turns on WAL (readers never block the
+  writer and vice versa, and a `kill -9` at any moment leaves a consistent
+  file), `synchronous=NORMAL` (safe in WAL: a crash can only lose the last
+  commits, never corrupt), and a 30 s `busy_timeout` so concurrent writers
+  queue instead of failing.
+* Versioned, forward-only migrations. `MIGRATIONS[i]` takes a database from
+  version `i` to `i + 1`; the version lives in `PRAGMA user_version` and the
+  file is marked as ours with `PRAGMA application_id`, both set in the same
+  transaction as the migration, so a crash leaves either the old or the new
+  schema. Views are derived data: after any migration they are dropped and
+  recreated from `VIEWS`, the current definitions.
+* Never damage someone else's file. Before anything is written, the file is
+  identified by SQLite itself (read-only queries): not SQLite, or SQLite with
+  tables but without our application id, raises `NotAScaletuiDatabase` and the
+  file is left byte-for-byte as it was. `create=False` opens with SQLite's
+  `mode=rw`, which cannot create a file.
+* Never open the database file with plain file I/O in a process that may hold
+  a connection to it: closing *any* descriptor of a file drops every POSIX
+  lock the process holds on it, so another process could then checkpoint and
+  delete the WAL under our connections (SQLite's "how to corrupt", 2.2). This
+  is why the file is not sniffed for SQLite's magic header here.
+* One value per row, documented columns, named views: the same queries work in
+  the `sqlite3` shell, `sqlite-utils query`, pandas and Datasette. NaN is
+  stored as NULL and +/-Inf as REAL infinities (see `scaletui.store.codec`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlite_utils import Database
+
+from scaletui.store.errors import NotAScaletuiDatabase, SchemaTooNew, SchemaTooOld, StoreError
+from scaletui.store.tx import BUSY_TIMEOUT_MS, retrying, write_transaction
+
+APPLICATION_ID = 0x53545549  # "STUI": marks the file as a scaletui database
+_SQLITE_NOTADB = 26
+
+#: The `runs` columns that hold the resolved config of a run (the rest is in `config_json`).
+HYPERPARAMETERS: tuple[str, ...] = (
+    "dataset", "train_size", "label_noise", "normalize",
+    "arch", "width", "depth", "dropout", "init", "norm",
+    "optimizer", "lr", "lr_scaling", "lr_ref_params", "momentum", "schedule", "warmup_steps",
+    "weight_decay", "batch_size", "steps", "grad_clip", "patience", "es_metric", "eval_every",
+    "seed", "device",
+)  # fmt: skip
+
+#: Statuses counted as "finished": skipped when a sweep is run again.
+FINISHED_STATUSES: tuple[str, ...] = ("done", "early_stopped", "diverged")
+
+# --------------------------------------------------------------------------- migrations
+# Frozen once released: a later change is a new migration, never an edit here.
+
+_V1_STATEMENTS: tuple[str, ...] = (
+    """CREATE TABLE experiments (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        config_path TEXT,
+        config_toml TEXT,
+        loss_rule TEXT NOT NULL,          -- final | best | smoothed: "the loss of a run"
+        created_at TEXT,
+        updated_at TEXT
+    )""",
+    """CREATE TABLE runs (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL UNIQUE,         -- RunSpec.key: stable hash of the resolved config
+        experiment_id INTEGER REFERENCES experiments(id),
+        label TEXT,
+        status TEXT NOT NULL,             -- queued running done early_stopped diverged failed interrupted stale
+        point_key TEXT,                   -- hash of the config without seed/device: seeds of one sweep point
+        dataset TEXT, train_size INTEGER, label_noise REAL, normalize TEXT,
+        arch TEXT, width INTEGER, depth INTEGER, dropout REAL, init TEXT, norm TEXT,
+        optimizer TEXT, lr REAL, lr_scaling TEXT, lr_ref_params INTEGER, momentum REAL,
+        schedule TEXT, warmup_steps INTEGER, weight_decay REAL, batch_size INTEGER, steps INTEGER,
+        grad_clip REAL, patience INTEGER, es_metric TEXT, eval_every INTEGER,
+        seed INTEGER, device TEXT,
+        config_json TEXT,                 -- RunSpec.to_dict() as JSON
+        params INTEGER,
+        flops_per_example INTEGER,
+        lr_effective REAL,                -- lr after lr_scaling
+        step INTEGER,                     -- latest step recorded
+        created_at TEXT, started_at TEXT, finished_at TEXT,
+        heartbeat_at TEXT,                -- last flush by the worker (ISO UTC)
+        host TEXT, pid INTEGER,
+        final_train_loss REAL, final_test_loss REAL, final_test_acc REAL,
+        best_test_loss REAL, best_step INTEGER, smoothed_test_loss REAL,
+        error TEXT,
+        rev INTEGER NOT NULL DEFAULT 0    -- bumped on every change; readers poll `rev > cursor`
+    )""",
+    "CREATE INDEX runs_status ON runs(status)",
+    "CREATE INDEX runs_shape ON runs(experiment_id, width, depth)",
+    "CREATE INDEX runs_rev ON runs(rev)",
+    """CREATE TABLE metrics (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        step INTEGER NOT NULL,
+        key TEXT NOT NULL,                -- train_loss, test_loss, test_acc, lr, ...
+        value REAL,                       -- NULL means NaN; +/-Inf stored as REAL infinities
+        PRIMARY KEY (run_id, step, key)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE layer_stats (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        step INTEGER NOT NULL,
+        layer INTEGER NOT NULL,           -- index in depth order, 0 = input side
+        name TEXT,
+        grad_norm REAL,                   -- floats: NULL means NaN, as in metrics
+        weight_norm REAL,
+        update_ratio REAL,                -- ||delta W|| / ||W||
+        nonfinite INTEGER,                -- count of NaN/Inf gradient values
+        PRIMARY KEY (run_id, step, layer)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: a safe cursor for events_since
+        run_id INTEGER REFERENCES runs(id),
+        at TEXT NOT NULL,
+        kind TEXT NOT NULL,               -- queued started model resumed done early_stopped diverged ...
+        message TEXT
+    )""",
+    "CREATE INDEX events_run ON events(run_id)",
+)
+
+
+def _v1_initial(db: Database) -> None:
+    """Tables and indexes of the first release."""
+    for statement in _V1_STATEMENTS:
+        db.execute(statement)
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# --------------------------------------------------------------------------- views
+# Current definitions, recreated after every migration. Constant SQL only.
+
+#: "The loss of a run" under its experiment's rule.
+_LOSS_CASE = """CASE e.loss_rule
+            WHEN 'final' THEN r.final_test_loss
+            WHEN 'best' THEN r.best_test_loss
+            WHEN 'smoothed' THEN r.smoothed_test_loss
+        END"""
+
+_RUN_SUMMARY = f"""SELECT
+        r.id, r.key, e.name AS experiment, r.experiment_id, r.label, r.status,
+        r.arch, r.width, r.depth, r.seed, r.dataset, r.train_size, r.optimizer,
+        r.lr, r.lr_effective, r.params, r.flops_per_example, r.step, r.steps,
+        r.final_train_loss, r.final_test_loss, r.best_test_loss, r.best_step,
+        r.smoothed_test_loss, r.final_test_acc,
+        {_LOSS_CASE} AS loss,
+        e.loss_rule,
+        r.created_at, r.started_at, r.finished_at, r.heartbeat_at, r.host, r.pid,
+        r.error, r.rev
+    FROM runs r LEFT JOIN experiments e ON e.id = r.experiment_id"""
+
+_POINT_COLUMNS = ", ".join(f"r.{name}" for name in HYPERPARAMETERS if name not in ("seed", "device"))
+
+# Aggregates are over successful runs (done, early_stopped); diverged seeds are
+# counted in n_diverged rather than averaged in as infinite or NaN losses.
+_FINAL_LOSSES = f"""SELECT
+        e.name AS experiment, r.experiment_id, e.loss_rule, r.point_key,
+        {_POINT_COLUMNS},
+        COUNT(CASE WHEN r.status IN ('done', 'early_stopped') THEN {_LOSS_CASE} END) AS n_seeds,
+        SUM(r.status = 'diverged') AS n_diverged,
+        AVG(CASE WHEN r.status IN ('done', 'early_stopped') THEN {_LOSS_CASE} END) AS mean_loss,
+        MIN(CASE WHEN r.status IN ('done', 'early_stopped') THEN {_LOSS_CASE} END) AS min_loss,
+        MAX(CASE WHEN r.status IN ('done', 'early_stopped') THEN {_LOSS_CASE} END) AS max_loss,
+        AVG(r.params) AS params,
+        AVG(r.flops_per_example) AS flops_per_example
+    FROM runs r JOIN experiments e ON e.id = r.experiment_id
+    WHERE r.status IN ('done', 'early_stopped', 'diverged')
+    GROUP BY r.experiment_id, r.point_key, {_POINT_COLUMNS}
+    ORDER BY e.name, r.arch, r.width, r.depth"""
+
+_LATEST_LAYER_STATS = """SELECT
+        ls.run_id, r.key, r.label, ls.step, ls.layer, ls.name,
+        ls.grad_norm, ls.weight_norm, ls.update_ratio, ls.nonfinite
+    FROM runs r JOIN layer_stats ls
+        ON ls.run_id = r.id
+        AND ls.step = (SELECT MAX(step) FROM layer_stats WHERE run_id = r.id)"""
+
+VIEWS: dict[str, str] = {
+    "run_summary": _RUN_SUMMARY,
+    "final_losses": _FINAL_LOSSES,
+    "latest_layer_stats": _LATEST_LAYER_STATS,
+}
+
+
+def _create_views(db: Database) -> None:
+    """Drop and recreate every view from its current definition."""
+    for name, sql in VIEWS.items():
+        db.execute(f'DROP VIEW IF EXISTS "{name}"')
+        db.create_view(name, sql)
+
+
+# --------------------------------------------------------------------------- opening
+
+
+@dataclass(frozen=True)
+class _FileState:
+    """What the header of an open database says about it (read without writing)."""
+
+    application_id: int
+    user_version: int
+    n_objects: int  # rows in sqlite_master: tables, indexes, views, triggers
+
+    @property
+    def is_empty(self) -> bool:
+        return self.application_id == 0 and self.user_version == 0 and self.n_objects == 0
+
+    @property
+    def is_ours(self) -> bool:
+        return self.application_id == APPLICATION_ID
+
+
+def _read_state(conn: sqlite3.Connection) -> _FileState:
+    return _FileState(
+        application_id=conn.execute("PRAGMA application_id").fetchone()[0],
+        user_version=conn.execute("PRAGMA user_version").fetchone()[0],
+        n_objects=conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0],
+    )
+
+
+def _connect(path: Path, mode: str) -> sqlite3.Connection:
+    """An autocommit connection (we issue BEGIN ourselves), usable from the app's poller thread."""
+    uri = f"{path.resolve().as_uri()}?mode={mode}"
+    try:
+        return sqlite3.connect(
+            uri, uri=True, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        )
+    except sqlite3.OperationalError as exc:
+        raise StoreError(f"{path}: cannot open database ({exc})") from exc
+
+
+def _identify(conn: sqlite3.Connection, path: Path) -> _FileState:
+    """Read the file's identity; foreign files and newer schemas raise, nothing is written."""
+    try:
+        state = retrying(lambda: _read_state(conn), path)
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorcode", _SQLITE_NOTADB) & 0xFF != _SQLITE_NOTADB:
+            raise StoreError(f"{path}: cannot read database ({exc})") from exc
+        raise NotAScaletuiDatabase(path, "not an SQLite database") from exc
+    if not state.is_ours and not state.is_empty:
+        raise NotAScaletuiDatabase(path, "an SQLite database without a scaletui schema")
+    if state.user_version > SCHEMA_VERSION:
+        raise SchemaTooNew(path, state.user_version, SCHEMA_VERSION)
+    return state
+
+
+def _migrate(db: Database, path: Path) -> None:
+    """Apply pending migrations in one write transaction, re-checking under the lock."""
+
+    def body(db: Database) -> None:
+        state = _identify(db.conn, path)  # another process may have migrated meanwhile
+        if state.is_ours and state.user_version == SCHEMA_VERSION:
+            return
+        for migration in MIGRATIONS[state.user_version :]:
+            migration(db)
+        _create_views(db)
+        db.execute(f"PRAGMA application_id = {int(APPLICATION_ID)}")
+        db.execute(f"PRAGMA user_version = {int(SCHEMA_VERSION)}")
+
+    write_transaction(db, body, path)
+
+
+def _prepare_for_writing(db: Database, path: Path) -> None:
+    conn = db.conn
+    retrying(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone(), path)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    _migrate(db, path)
+
+
+def open_db(path: str | Path, *, create: bool = True, readonly: bool = False) -> Database:
+    """Open (and, unless `readonly`, create and migrate) a scaletui database.
+
+    `create=False` never creates a file: a missing path raises FileNotFoundError.
+    `readonly=True` implies `create=False`, opens with SQLite's `mode=ro` plus
+    `query_only`, and never migrates (an older schema raises `SchemaTooOld`).
+    Raises `NotAScaletuiDatabase` or `SchemaTooNew` without writing anything.
+    """
+    path = Path(path)
+    may_create = create and not readonly
+    if not path.exists() and not may_create:
+        raise FileNotFoundError(f"{path}: no such database")
+    conn = _connect(path, "ro" if readonly else ("rwc" if may_create else "rw"))
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")
+        state = _identify(conn, path)
+        if state.is_empty and not may_create:
+            raise NotAScaletuiDatabase(path, "an empty database without a scaletui schema")
+        db = Database(conn, execute_plugins=False)
+        if readonly:
+            conn.execute("PRAGMA query_only = ON")
+            if state.user_version < SCHEMA_VERSION:
+                raise SchemaTooOld(path, state.user_version, SCHEMA_VERSION)
+        else:
+            _prepare_for_writing(db, path)
+    except BaseException:
+        conn.close()
+        raise
+    return db
+
+
+def schema_version(db: Database) -> int:
+    """The schema version of an open database (`PRAGMA user_version`)."""
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
