@@ -245,3 +245,20 @@ class FitResult:
     heldout_rel_error: float | None = None
     heldout_rel_error_2: float | None = None
     warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Alert:
+    """Something a detector saw, with the numbers that show it and the usual fix.
+
+    `run_id` is None for alerts about a group of runs (non-monotonic scaling,
+    seed sensitivity); those name the runs they compare in `evidence`.
+    """
+
+    kind: str  # divergence | plateau | vanishing_gradients | exploding_gradients | overfitting | non_monotonic | seed_sensitivity
+    severity: str  # info | warning | critical
+    step: int | None  # where the evidence first appeared
+    message: str  # what was seen, one line
+    suggestion: str  # the usual fix, one line
+    evidence: dict[str, float] = field(default_factory=dict)
+    run_id: int | None = None

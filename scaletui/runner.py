@@ -301,14 +301,22 @@ class LocalProcessExecutor:
 # Inside a worker process
 # ---------------------------------------------------------------------------
 class _WorkerStop:
-    """Stop when the runner raises the shared flag or the runner process is gone."""
+    """Stop when the runner raises the shared flag, the runner process is gone, or
+    SIGUSR1 asked this worker to stop its current run (how the app stops one run)."""
 
     def __init__(self, flag: Any, parent_pid: int) -> None:
         self.flag = flag
         self.parent_pid = parent_pid
+        self.run_stop = False
 
     def is_set(self) -> bool:
+        return self.run_stop or self.sweep_stopping()
+
+    def sweep_stopping(self) -> bool:
         return bool(self.flag.value) or os.getppid() != self.parent_pid
+
+    def stop_current_run(self, signum: int, frame: Any) -> None:
+        self.run_stop = True
 
 
 class ReportingSink:
@@ -366,7 +374,8 @@ def worker_main(config: WorkerConfig, conn: Connection, stop_flag: Any) -> None:
 
     torch.set_num_threads(config.threads)
     stop = _WorkerStop(stop_flag, config.parent_pid)
-    while not stop.is_set():
+    signal.signal(signal.SIGUSR1, stop.stop_current_run)
+    while not stop.sweep_stopping():
         if not conn.poll(0.5):
             continue
         try:
@@ -375,6 +384,7 @@ def worker_main(config: WorkerConfig, conn: Connection, stop_flag: Any) -> None:
             return
         if task is None:
             return
+        stop.run_stop = False
         outcome = run_task(task, config, conn, stop)
         _send(conn, RunEvent("finished", task.run_id, task.spec.label, step=outcome.step,
                              steps=task.spec.train.steps, status=outcome.status, error=outcome.error,
