@@ -105,19 +105,23 @@ def _load_sweep(file: Path, db: Path | None, workers: int | None) -> Sweep:
 
 def _check_db_usable(path: Path, *, create: bool) -> None:
     """Refuse a file that is not a scaletui database (or is newer) before anything is written."""
-    from scaletui.store.schema import NotAScaletuiDatabase, SchemaTooNew, open_db
+    from scaletui.store.errors import SchemaTooOld, StoreError
+    from scaletui.store.schema import open_db
 
     if create and not path.exists():
         return
     try:
         open_db(path, create=False, readonly=True).close()
-    except (NotAScaletuiDatabase, SchemaTooNew, FileNotFoundError, PermissionError) as e:
+    except SchemaTooOld:
+        if not create:  # a writer migrates it; a reader cannot
+            fail(f"{path}: written by an older scaletui; run a sweep on it once to upgrade it")
+    except (StoreError, FileNotFoundError, PermissionError) as e:
         fail(str(e))
 
 
 def _run_headless(sweep: Sweep, fresh: bool) -> SweepResult:
     from scaletui.engine.data import DatasetUnavailable
-    from scaletui.runner import run_sweep
+    from scaletui.runner import SweepBusy, run_sweep
 
     stop = threading.Event()
     progress = _TtyProgress(len(sweep.runs)) if sys.stdout.isatty() else _PlainProgress()
@@ -126,6 +130,8 @@ def _run_headless(sweep: Sweep, fresh: bool) -> SweepResult:
             return run_sweep(sweep, fresh=fresh, on_event=progress.on_event, should_stop=stop.is_set)
     except DatasetUnavailable as e:
         fail(f"{sweep.source.name}: data.dataset: {e}")
+    except SweepBusy as e:
+        fail(str(e))
 
 
 @contextmanager

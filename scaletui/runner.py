@@ -106,6 +106,10 @@ class Executor(Protocol):
 # ---------------------------------------------------------------------------
 # The sweep
 # ---------------------------------------------------------------------------
+class SweepBusy(RuntimeError):
+    """The sweep cannot start as asked because another live process is running its runs."""
+
+
 def checkpoint_dir_for(sweep_checkpoints: Path, spec: RunSpec) -> Path:
     return Path(sweep_checkpoints) / spec.key
 
@@ -122,10 +126,17 @@ def run_sweep(
     prepare_datasets(sweep)  # may raise DatasetUnavailable before the database is touched
     from scaletui.store.writer import Store
 
-    store = Store(sweep.db)
-    store.reap_orphans(socket.gethostname(), pid_alive)
-    experiment_id = store.upsert_experiment(sweep.name, str(sweep.source), sweep.toml_text, sweep.loss_rule.value)
-    todo = store.register_runs(experiment_id, sweep.runs, fresh)
+    with Store(sweep.db) as store:
+        store.reap_orphans(socket.gethostname(), pid_alive)
+        if fresh and store.running_runs(sweep.name):
+            raise SweepBusy(
+                f"{sweep.db}: runs of {sweep.name!r} are still running in another process; "
+                "stop it before starting over with --fresh"
+            )
+        experiment_id = store.upsert_experiment(
+            sweep.name, str(sweep.source), sweep.toml_text, sweep.loss_rule.value
+        )
+        todo = store.register_runs(experiment_id, sweep.runs, fresh)
     if fresh:
         for spec in sweep.runs:
             shutil.rmtree(checkpoint_dir_for(sweep.checkpoint_dir, spec), ignore_errors=True)
@@ -274,7 +285,8 @@ class LocalProcessExecutor:
         reason = f"worker process {w.process.pid} died (exit code {w.process.exitcode})"
         from scaletui.store.writer import Store
 
-        Store(self.config.db).mark_interrupted(w.task.run_id, reason)
+        with Store(self.config.db) as store:
+            store.mark_interrupted(w.task.run_id, reason)
         on_event(
             RunEvent("finished", w.task.run_id, w.task.spec.label, status=RunStatus.INTERRUPTED, error=reason)
         )

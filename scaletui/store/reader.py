@@ -191,3 +191,35 @@ class Reader:
         return self._rows(
             "SELECT * FROM events WHERE id > ? AND run_id = ? ORDER BY id LIMIT ?", [after_id, run_id, limit]
         )
+
+    # ----------------------------------------------------------------- alerts and fits
+
+    def alerts(self, experiment: str | None = None, *, active_only: bool = True) -> list[dict[str, Any]]:
+        """`alerts` rows (with the experiment's name), most severe first, then by step."""
+        where = ["a.active = 1"] if active_only else []
+        params: list[Any] = []
+        if experiment is not None:
+            where.append("e.name = ?")
+            params.append(experiment)
+        sql = ("SELECT a.*, e.name AS experiment FROM alerts a LEFT JOIN experiments e ON e.id = a.experiment_id"
+               + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY CASE a.severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, a.step, a.id")
+        return self._rows(sql, params)
+
+    def alerts_since(self, after_rev: int) -> tuple[int, list[dict[str, Any]]]:
+        """Alerts inserted, updated or deactivated after cursor `after_rev`: (new cursor, rows)."""
+        rows = self._rows("SELECT * FROM alerts WHERE rev > ? ORDER BY rev", [after_rev])
+        return (max((row["rev"] for row in rows), default=after_rev), rows)
+
+    def fits(self, experiment: str | None = None, x: str | None = None) -> list[dict[str, Any]]:
+        """Stored fits, oldest first; optionally one experiment's (by name) and one x."""
+        where, params = [], []
+        if experiment is not None:
+            where.append("e.name = ?")
+            params.append(experiment)
+        if x is not None:
+            where.append("f.x = ?")
+            params.append(x)
+        sql = ("SELECT f.*, e.name AS experiment FROM fits f LEFT JOIN experiments e ON e.id = f.experiment_id"
+               + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY f.id")
+        return self._rows(sql, params)

@@ -132,7 +132,58 @@ def _v1_initial(db: Database) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial]
+_V2_STATEMENTS: tuple[str, ...] = (
+    """CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        experiment_id INTEGER REFERENCES experiments(id),
+        run_id INTEGER REFERENCES runs(id),  -- NULL for alerts about a group of runs
+        subject TEXT NOT NULL,            -- what it is about: "run:12" or "width=64" (a group)
+        kind TEXT NOT NULL,               -- divergence plateau vanishing_gradients ... non_monotonic
+        severity TEXT NOT NULL,           -- info | warning | critical
+        step INTEGER,                     -- where the evidence first appeared
+        message TEXT NOT NULL,
+        suggestion TEXT,
+        evidence_json TEXT,               -- the numbers behind it, as a JSON object
+        active INTEGER NOT NULL DEFAULT 1,  -- 0 once later evidence no longer supports it
+        first_seen_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        rev INTEGER NOT NULL DEFAULT 0,   -- bumped on every change; readers poll `rev > cursor`
+        UNIQUE (experiment_id, subject, kind)
+    )""",
+    "CREATE INDEX alerts_run ON alerts(run_id)",
+    "CREATE INDEX alerts_rev ON alerts(rev)",
+    """CREATE TABLE fits (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        created_at TEXT NOT NULL,
+        experiment_id INTEGER REFERENCES experiments(id),  -- NULL when fitted from a CSV file
+        source TEXT NOT NULL,             -- experiment name or CSV path
+        x TEXT NOT NULL,                  -- params | width | depth | flops | examples | steps | N,D
+        form TEXT NOT NULL,               -- e.g. "E + A*x^-alpha"
+        loss_rule TEXT,                   -- final | best | smoothed (NULL for CSV fits)
+        grouping TEXT,                    -- e.g. "depth=4" when one curve per group was fitted
+        n_points INTEGER NOT NULL,
+        n_sizes INTEGER,                  -- distinct x values
+        E REAL, A REAL, alpha REAL, B REAL, beta REAL,
+        objective REAL,                   -- Huber objective at the optimum
+        heldout_rel_error REAL,           -- largest x left out, fitted on the rest, predicted
+        heldout_rel_error_2 REAL,         -- the same with the largest two left out
+        params_json TEXT,                 -- every fitted parameter, as JSON
+        intervals_json TEXT,              -- bootstrap intervals {"alpha": [lo, hi], ...}
+        warnings_json TEXT,               -- JSON list of warnings
+        inputs_json TEXT,                 -- the points fitted: {"x": [...], "loss": [...], "run_ids": [...]}
+        options_json TEXT                 -- delta, bootstrap count, ...: enough to refit the same way
+    )""",
+    "CREATE INDEX fits_experiment ON fits(experiment_id, x)",
+)
+
+
+def _v2_alerts_fits(db: Database) -> None:
+    """Diagnostics' alerts and the history of fitted laws."""
+    for statement in _V2_STATEMENTS:
+        db.execute(statement)
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_alerts_fits]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # --------------------------------------------------------------------------- views

@@ -32,8 +32,10 @@ from typing import Any
 
 from sqlite_utils import Database
 
-from scaletui.records import LayerStats, LossRule, MetricRecord, ModelInfo, RunOutcome, RunSpec, RunStatus
+from scaletui.records import Alert, FitResult, LayerStats, LossRule, MetricRecord, ModelInfo, RunOutcome, RunSpec, RunStatus
+from scaletui.store.alerts import group_by_subject, sync_alerts
 from scaletui.store.codec import iso_ago, now_iso, to_real
+from scaletui.store.fits import FitInputs, insert_fit
 from scaletui.store.errors import UnknownRun
 from scaletui.store.schema import FINISHED_STATUSES, HYPERPARAMETERS, open_db
 from scaletui.store.tx import retrying, write_transaction
@@ -333,6 +335,32 @@ class Store:
     def add_event(self, run_id: int | None, kind: str, message: str) -> int:
         """Append a free-form event (run_id None for sweep-level events); returns its id."""
         return int(self._write(lambda db: _insert_event(db, run_id, kind, message)))
+
+    # ----------------------------------------------------------------- findings
+
+    def sync_alerts(self, experiment_id: int, alerts: Sequence[Alert], subjects: Iterable[str] = ()) -> int:
+        """Make the active alerts of every subject in `alerts` (plus `subjects`, which may now have
+        none) exactly these; returns the number of rows changed. See `scaletui.store.alerts`."""
+        by_subject: dict[str, list[Alert]] = {subject: [] for subject in subjects}
+        by_subject.update(group_by_subject(alerts))
+        return int(self._write(lambda db: sync_alerts(db, experiment_id, by_subject)))
+
+    def add_fit(self, result: FitResult, inputs: FitInputs) -> int:
+        """Store one fitted law with its inputs; returns the fit's id."""
+        return int(self._write(lambda db: insert_fit(db, result, inputs)))
+
+    def running_runs(self, experiment: str) -> list[int]:
+        """Ids of the experiment's runs whose status is `running` (call after `reap_orphans`)."""
+        rows = self.db.execute(
+            "SELECT r.id FROM runs r JOIN experiments e ON e.id = r.experiment_id WHERE e.name = ? AND r.status = ?",
+            [experiment, RunStatus.RUNNING.value],
+        ).fetchall()
+        return [int(row[0]) for row in rows]
+
+    def experiment_id(self, name: str) -> int | None:
+        """The id of the experiment called `name`, or None."""
+        row = self.db.execute("SELECT id FROM experiments WHERE name = ?", [name]).fetchone()
+        return None if row is None else int(row[0])
 
     def _change(self, run_id: int, values: dict[str, Any], kind: str, message: str) -> None:
         def body(db: Database) -> None:
