@@ -14,7 +14,7 @@ cost is equal on both sides and the ratio measures logging and bookkeeping.
 The two are timed alternately in one process (a, b, then b, a, ...) and the
 per-pair ratio b/a is summarised by its median and spread. Goal: <= 1.03x.
 
-    python benchmarks/overhead.py [--reps 7] [--steps 300] [--log-every 10] [--data-dir runs/data]
+    python benchmarks/overhead.py [--reps 7] [--steps 1000] [--log-every 25] [--data-dir runs/data]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ CONFIGS = [(64, 2), (64, 8), (512, 2), (512, 8)]  # (width, depth)
 CPU = torch.device("cpu")
 
 
-def make_spec(width: int, depth: int, steps: int, log_every: int = 10) -> RunSpec:
+def make_spec(width: int, depth: int, steps: int, log_every: int = TrainSpec.log_every) -> RunSpec:
     train = TrainSpec(optimizer="adam", lr=1e-3, batch_size=128, steps=steps, eval_every=10 * steps,
                       log_every=log_every, checkpoint_every=10 * steps, device="cpu")  # fmt: skip
     return RunSpec("overhead", DataSpec(dataset="mnist1d"), ModelSpec(arch="mlp", width=width, depth=depth), train)
@@ -143,8 +143,9 @@ def summarise(bare_times: list[float], full_times: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--log-every", type=int, default=10, help="per-layer statistics cadence of (b)")
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--log-every", type=int, default=TrainSpec.log_every,
+                        help="per-layer statistics cadence of (b) (default: the default cadence)")
     parser.add_argument("--data-dir", type=Path, default=Path("runs/data"))
     args = parser.parse_args()
     torch.set_num_threads(1)

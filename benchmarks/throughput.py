@@ -3,7 +3,7 @@
 1. Peak: the same number of processes as the sweep has workers, each single-threaded
    (as the workers are), multiply float32 square matrices at the same time; the
    peak is the sum of their rates. Measured at the start, in the same run.
-2. Achieved: a width >= 256 sweep through the real path (`run_sweep`: spawn workers,
+2. Achieved: a width >= 256 sweep (8 runs: widths 512/1024 x depths 2/4 x 2 seeds) through the real path (`run_sweep`: spawn workers,
    per-layer statistics, records written to SQLite). Training FLOPs are counted as
    6 x params x batch per step (forward + backward), summed over every run, divided
    by the sweep's wall time (process start-up and evaluation included: that is what a
@@ -61,7 +61,7 @@ def sweep_doc(root: Path, workers: int, steps: int) -> dict:
         "data": {"dataset": "mnist1d"},
         "model": {"arch": "mlp", "width": [512, 1024], "depth": [2, 4]},
         "train": {"optimizer": "adam", "lr": 1e-4, "batch_size": 256, "steps": steps, "eval_every": steps,
-                  "checkpoint_every": steps, "seeds": [0]},
+                  "checkpoint_every": steps, "seeds": [0, 1]},
     }
 
 
@@ -91,7 +91,7 @@ def main() -> None:
         flops, n_done = achieved(sweep.db, doc["train"]["batch_size"])
         rate = flops / wall
         print(f"sweep: {n_done}/{len(sweep.runs)} runs done (exit {result.exit_code}) in {wall:.1f} s, "
-              f"widths 512/1024 x depths 2/4, batch 256, {args.steps} steps each")
+              f"widths 512/1024 x depths 2/4 x 2 seeds, batch 256, {args.steps} steps each")
         print(f"achieved: {rate / 1e9:.1f} GFLOP/s = {rate / peak:.0%} of peak (goal >= 60%)")
 
 

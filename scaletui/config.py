@@ -149,7 +149,7 @@ TRAIN_KEYS: dict[str, Key] = {
     "epochs": Key(positive_number, None),
     "grad_clip": Key(optional(positive_number), False),
     "eval_every": Key(positive_int, 100),
-    "log_every": Key(positive_int, 10),
+    "log_every": Key(positive_int, 25),
     "checkpoint_every": Key(positive_int, 500),
     "divergence_factor": Key(lambda v: None if _is_number(v) and v > 1 else "must be a number > 1", 10.0),
     "seeds": Key(non_negative_int, [0]),

