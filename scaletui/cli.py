@@ -12,6 +12,7 @@ diverged or was interrupted, 2 bad input (sweep file, arguments, database),
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -30,6 +31,7 @@ DEFAULT_SWEEP = "experiments.toml"
 DEFAULT_DB = "runs/scaletui.db"
 EXIT_BAD_INPUT = 2
 EXIT_STOPPED = 130
+EXIT_STORAGE = 3  # the database could not be written mid-sweep (disk full, I/O error)
 
 
 def fail(message: str) -> NoReturn:
@@ -57,17 +59,35 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="scaletui")
+@click.option("--db", "app_db", type=click.Path(dir_okay=False, path_type=Path),
+              help=f"Database the app opens (default: experiment.db of ./{DEFAULT_SWEEP}, else {DEFAULT_DB}).")
 @click.pass_context
-def main(ctx: click.Context) -> None:
+def main(ctx: click.Context, app_db: Path | None) -> None:
     """scaletui: scaling-law sweeps in the terminal.
 
     \b
-    scaletui run --headless [FILE]   train a sweep (default: experiments.toml)
+    scaletui [--db PATH]             open the app (watch the database; `r` starts ./experiments.toml)
+    scaletui run [FILE]              open the app and start (or resume) the sweep in FILE
+    scaletui run --headless [FILE]   train a sweep without the app (default: experiments.toml)
     scaletui run --dry-run [FILE]    validate and list the expanded sweep
     scaletui ls                      list the runs in the database
     """
     if ctx.invoked_subcommand is None:
-        click.echo(ctx.get_help())
+        sweep_file = Path(DEFAULT_SWEEP)
+        sweep = _load_sweep(sweep_file, app_db, None) if sweep_file.is_file() else None
+        db = sweep.db if sweep else (app_db or Path(DEFAULT_DB))
+        _open_app(db, sweep, start=False)
+
+
+def _open_app(db: Path, sweep: Sweep | None, *, start: bool, run_args: tuple[str, ...] = ()) -> None:
+    """The Textual app, imported only here: `--help`, `ls` and the headless path never load textual."""
+    if db.exists():
+        _check_db_usable(db, create=False)
+    from scaletui.tui.app import ScaleApp
+
+    app = ScaleApp(db, sweep.source if sweep else None, experiment=sweep.name if sweep else None, start=start,
+                   run_args=run_args)
+    sys.exit(app.run() or 0)
 
 
 # ---------------------------------------------------------------------------
@@ -87,10 +107,15 @@ def run(file: Path, headless: bool, db: Path | None, workers: int | None, fresh:
         _print_dry_run(sweep)
         return
     if not headless:
-        fail("the interactive app is not part of this build yet; use `scaletui run --headless`")
+        run_args = (("--workers", str(workers)) if workers else ()) + (("--fresh",) if fresh else ())
+        _open_app(sweep.db, sweep, start=True, run_args=run_args)
     _check_db_usable(sweep.db, create=True)
     result = _run_headless(sweep, fresh)
     _print_summary(sweep)
+    if not result.interrupted:
+        from scaletui.cli_fit import print_sweep_fit
+
+        print_sweep_fit(sweep.db, sweep.name)
     sys.exit(EXIT_STOPPED if result.interrupted else result.exit_code)
 
 
@@ -108,6 +133,8 @@ def _check_db_usable(path: Path, *, create: bool) -> None:
     from scaletui.store.errors import SchemaTooOld, StoreError
     from scaletui.store.schema import open_db
 
+    if create:
+        _check_writable(path)
     if create and not path.exists():
         return
     try:
@@ -119,9 +146,19 @@ def _check_db_usable(path: Path, *, create: bool) -> None:
         fail(str(e))
 
 
+def _check_writable(path: Path) -> None:
+    """SQLite writes the file and creates `-wal`/`-shm` files beside it: refuse a read-only place up front."""
+    folder = path.parent
+    if not folder.is_dir():
+        fail(f"{path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        fail(f"{path}: read-only (scaletui writes the database file and its -wal and -shm files in {folder})")
+
+
 def _run_headless(sweep: Sweep, fresh: bool) -> SweepResult:
     from scaletui.engine.data import DatasetUnavailable
     from scaletui.runner import SweepBusy, run_sweep
+    from scaletui.store.errors import StoreError, StoreWriteFailed
 
     stop = threading.Event()
     progress = _TtyProgress(len(sweep.runs)) if sys.stdout.isatty() else _PlainProgress()
@@ -131,6 +168,11 @@ def _run_headless(sweep: Sweep, fresh: bool) -> SweepResult:
     except DatasetUnavailable as e:
         fail(f"{sweep.source.name}: data.dataset: {e}")
     except SweepBusy as e:
+        fail(str(e))
+    except StoreWriteFailed as e:  # mid-sweep: one line, and a code of its own (runs may need a resume)
+        click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_STORAGE)
+    except StoreError as e:
         fail(str(e))
 
 
@@ -248,11 +290,15 @@ def _print_summary(sweep: Sweep) -> None:
 
     from scaletui.store.reader import Reader
 
-    rows = [r for r in Reader(sweep.db).runs() if r["experiment"] == sweep.name]
+    reader = Reader(sweep.db)
+    rows = [r for r in reader.runs() if r["experiment"] == sweep.name]
     rows.sort(key=lambda r: (r["arch"], r["width"], r["depth"], r["seed"]))
+    alerts = reader.alerts(sweep.name)
+    badges = _alert_badges(alerts)
     table = Table(title=f"{sweep.name}: loss = {sweep.loss_rule.label}", box=None)
-    for column in ("width", "depth", "seed", "status", "params", "step", sweep.loss_rule.label, "best", "test acc"):
-        table.add_column(column, justify="left" if column == "status" else "right")
+    for column in ("width", "depth", "seed", "status", "params", "step", sweep.loss_rule.label, "best", "test acc",
+                   "alerts"):
+        table.add_column(column, justify="left" if column in ("status", "alerts") else "right")
     last_width = None
     for r in rows:
         if last_width is not None and r["width"] != last_width:
@@ -260,8 +306,27 @@ def _print_summary(sweep: Sweep) -> None:
         last_width = r["width"]
         table.add_row(str(r["width"]), str(r["depth"]), str(r["seed"]), r["status"], _fmt(r["params"], ","),
                       f"{r['step'] or 0}/{r['steps']}", _fmt(r["loss"]), _fmt(r["best_test_loss"]),
-                      _fmt(r["final_test_acc"], ".3f"))
+                      _fmt(r["final_test_acc"], ".3f"), badges.get(r["id"], ""))
     _console().print(table)
+    _print_group_alerts(alerts)
+
+
+def _alert_badges(alerts: list[dict[str, Any]]) -> dict[int, str]:
+    """Per run, the kinds of its active alerts (most severe first, as the reader orders them)."""
+    kinds: dict[int, list[str]] = {}
+    for a in alerts:
+        if a["run_id"] is not None:
+            kinds.setdefault(a["run_id"], []).append(a["kind"])
+    return {run_id: ", ".join(k) for run_id, k in kinds.items()}
+
+
+def _print_group_alerts(alerts: list[dict[str, Any]]) -> None:
+    """Alerts about groups of runs (non-monotonic scaling, seed sensitivity): one line each."""
+    group = [a for a in alerts if a["run_id"] is None]
+    if group:
+        click.echo(f"{len(group)} alert(s) about the sweep's trend:")
+    for a in group:
+        click.echo(f"  {a['kind']}: {a['message']}")
 
 
 # ---------------------------------------------------------------------------
@@ -277,15 +342,29 @@ def ls_command(db: Path, as_json: bool) -> None:
     _check_db_usable(db, create=False)
     from scaletui.store.reader import Reader
 
-    rows = Reader(db).runs()
+    reader = Reader(db)
+    rows, alerts = reader.runs(), reader.alerts()
+    badges = _alert_badges(alerts)
     if as_json:
+        rows = [{**r, "alerts": badges.get(r["id"], "")} for r in rows]
         click.echo(json.dumps(rows, indent=2, default=str))
         return
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("id", "experiment", "run", "status", "step", "params", "loss", "rule", "error", box=None)
+    table = Table("id", "experiment", "run", "status", "step", "params", "loss", "rule", "alerts", "error", box=None)
     for r in rows:
         table.add_row(str(r["id"]), r["experiment"] or "", r["label"], r["status"], f"{r['step'] or 0}/{r['steps']}",
-                      _fmt(r["params"], ","), _fmt(r["loss"]), r["loss_rule"] or "", (r["error"] or "")[:60])
+                      _fmt(r["params"], ","), _fmt(r["loss"]), r["loss_rule"] or "", badges.get(r["id"], ""),
+                      (r["error"] or "")[:60])
     _console().print(table)
+    _print_group_alerts(alerts)
+
+
+from scaletui.cli_fit import fit_command  # noqa: E402 - registered last: it needs `main`'s helpers
+
+main.add_command(fit_command, name="fit")
+
+from scaletui.cli_suggest import suggest_command  # noqa: E402 - registered last, like fit
+
+main.add_command(suggest_command, name="suggest")

@@ -7,7 +7,7 @@ every failure is one `ConfigError` line naming the file and the key, e.g.
 Sweep rule: any list-valued key is an axis and the sweep is the grid over all
 axes. `experiment.zip` names groups of axes that advance together instead
 (for example depth and dropout, so dropout shrinks as depth grows). `train.seeds`
-is always an axis.
+is always an axis. `[diagnostics]` sets the detectors' thresholds (never axes).
 
 This module is torch-free: `scaletui run --dry-run` and the app import it.
 """
@@ -18,10 +18,11 @@ import itertools
 import math
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from scaletui.analysis.diagnose import Thresholds
 from scaletui.datasets import DATASETS, IMAGE_DATASETS, missing_files, unavailable_message
 from scaletui.records import DataSpec, EarlyStopping, LossRule, ModelSpec, RunSpec, TrainSpec
 
@@ -118,6 +119,7 @@ EXPERIMENT_KEYS: dict[str, Key] = {
     "threads_per_worker": Key(positive_int, None, axis=False),
     "loss_rule": Key(one_of(*(r.value for r in LossRule)), "final", axis=False),
     "max_runs": Key(positive_int, MAX_RUNS_DEFAULT, axis=False),
+    "memory_limit_mb": Key(optional(positive_number), False, axis=False),  # per run; false = no limit
     "zip": Key(lambda v: None, [], axis=False),  # checked by _check_zip
 }
 DATA_KEYS: dict[str, Key] = {
@@ -152,7 +154,7 @@ TRAIN_KEYS: dict[str, Key] = {
     "log_every": Key(positive_int, 25),
     "checkpoint_every": Key(positive_int, 500),
     "divergence_factor": Key(lambda v: None if _is_number(v) and v > 1 else "must be a number > 1", 10.0),
-    "seeds": Key(non_negative_int, [0]),
+    "seeds": Key(non_negative_int, 0),  # one default value (a list here would be one run with seed [0])
     "device": Key(device_name, "auto", axis=False),
 }
 EARLY_STOPPING_KEYS: dict[str, Key] = {
@@ -184,6 +186,8 @@ class Sweep:
     loss_rule: LossRule
     axes: dict[str, tuple[Any, ...]]  # dotted key -> values, in file order
     runs: tuple[RunSpec, ...]
+    thresholds: Thresholds = field(default_factory=Thresholds)  # the detectors' numbers ([diagnostics])
+    memory_limit_mb: float | None = None  # a run estimated to need more fails as out of memory
 
     @property
     def datasets(self) -> tuple[DataSpec, ...]:
@@ -220,7 +224,8 @@ def build_sweep(
     workers_override: int | None = None,
 ) -> Sweep:
     err = _Errors(source.name)
-    sections = _split_sections(doc, err)
+    thresholds = _thresholds(doc.get("diagnostics", {}), err)
+    sections = _split_sections({k: v for k, v in doc.items() if k != "diagnostics"}, err)
     exp = sections["experiment"]
     if exp.get("name") is None:
         raise err.at("experiment.name", "is required (a name for this sweep)")
@@ -247,6 +252,8 @@ def build_sweep(
         loss_rule=LossRule(exp.get("loss_rule", "final")),
         axes={k: tuple(v) for k, v in grid.items() if len(v) > 1 or k == "train.seeds"},
         runs=runs,
+        thresholds=thresholds,
+        memory_limit_mb=exp.get("memory_limit_mb") or None,
     )
 
 
@@ -279,7 +286,8 @@ def _split_sections(doc: Mapping[str, Any], err: _Errors) -> dict[str, dict[str,
     out: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     for section, body in doc.items():
         if section not in ("experiment", "data", "model", "train"):
-            raise err.at(section, f"unknown section (expected {', '.join(s for s in SECTIONS if '.' not in s)})")
+            expected = [s for s in SECTIONS if "." not in s] + ["diagnostics"]
+            raise err.at(section, f"unknown section (expected {', '.join(expected)})")
         if not isinstance(body, dict):
             raise err.at(section, "must be a table, e.g. [" + section + "]")
         for key, value in body.items():
@@ -299,6 +307,30 @@ def _early_stopping_table(value: Any, err: _Errors) -> dict[str, Any]:
         if key not in EARLY_STOPPING_KEYS:
             raise err.at(f"train.early_stopping.{key}", _unknown_key_hint("train.early_stopping"))
     return dict(value)
+
+
+def _thresholds(body: Any, err: _Errors) -> Thresholds:
+    """`[diagnostics]`: any field of diagnose.Thresholds by name; the rest keep their documented defaults."""
+    if not isinstance(body, dict):
+        raise err.at("diagnostics", "must be a table, e.g. [diagnostics]")
+    defaults = Thresholds()
+    allowed = [f.name for f in fields(Thresholds)]
+    for key, value in body.items():
+        if key not in allowed:
+            raise err.at(f"diagnostics.{key}", f"unknown key (allowed: {', '.join(allowed)})")
+        _check_threshold(key, value, getattr(defaults, key), err)
+    return replace(defaults, **body)
+
+
+def _check_threshold(key: str, value: Any, default: Any, err: _Errors) -> None:
+    """Type first (an integer field takes an integer), then Thresholds' own range rules for that field."""
+    check = positive_int if _is_int(default) else positive_number
+    _check_value(f"diagnostics.{key}", check, value, err)
+    try:
+        replace(Thresholds(), **{key: value})
+    except ValueError as e:  # "threshold NAME must be ..., got X": keep the problem, name the key our way
+        problem = str(e).removeprefix(f"threshold {key} ").rsplit(", got ", 1)[0]
+        raise err.value(f"diagnostics.{key}", problem, value) from None
 
 
 def _unknown_key_hint(section: str) -> str:

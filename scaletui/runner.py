@@ -57,7 +57,8 @@ class Task:
 
 @dataclass(frozen=True)
 class RunEvent:
-    """What the runner tells its front end: started, progress, finished, worker_died."""
+    """What the runner tells its front end: started, progress, finished, worker_died (and, from a worker
+    whose database refuses writes, storage_failed: the sweep stops)."""
 
     kind: str
     run_id: int
@@ -80,6 +81,7 @@ class WorkerConfig:
     checkpoint_dir: Path
     threads: int
     parent_pid: int
+    memory_limit_mb: float | None = None  # experiment.memory_limit_mb, enforced by the training loop
 
 
 @dataclass
@@ -142,14 +144,25 @@ def run_sweep(
             shutil.rmtree(checkpoint_dir_for(sweep.checkpoint_dir, spec), ignore_errors=True)
     result = SweepResult()
 
+    storage_failures: list[str] = []  # a worker found the database unwritable: the sweep stops
+
     def record(event: RunEvent) -> None:
+        if event.kind == "storage_failed":
+            storage_failures.append(event.error or "")
         if event.kind == "finished" and event.status is not None:
             result.statuses[event.run_id] = event.status
         on_event(event)
 
     tasks = longest_first([Task(run_id, spec) for run_id, spec in todo])
     executor = executor or LocalProcessExecutor(sweep.workers, worker_config(sweep))
-    executor.run(tasks, record, should_stop)
+    from scaletui.monitor import SweepMonitor
+
+    with SweepMonitor(sweep, experiment_id, [task.run_id for task in tasks]):  # live alerts; never fails the sweep
+        executor.run(tasks, record, lambda: should_stop() or bool(storage_failures))
+    if storage_failures:
+        from scaletui.store.errors import StoreWriteFailed
+
+        raise StoreWriteFailed(sweep.db, storage_failures[0])
     result.interrupted = should_stop() or len(result.statuses) < len(tasks)
     for task in tasks:
         result.statuses.setdefault(task.run_id, RunStatus.INTERRUPTED)
@@ -187,6 +200,7 @@ def worker_config(sweep: Sweep) -> WorkerConfig:
         checkpoint_dir=sweep.checkpoint_dir.resolve(),
         threads=sweep.threads_per_worker,
         parent_pid=os.getpid(),
+        memory_limit_mb=sweep.memory_limit_mb,
     )
 
 
@@ -278,7 +292,10 @@ class LocalProcessExecutor:
         for w in list(workers):
             if w.conn in ready:
                 self._receive(w, on_event)
-            if not w.process.is_alive() and not w.conn.poll():
+            if not w.process.is_alive():
+                # Read what it sent before dying, then bury it. Not `not conn.poll()`: a dead
+                # worker's pipe polls as readable forever (EOF), which left its run unburied.
+                self._receive(w, on_event)
                 self._bury(w, workers, on_event)
 
     @staticmethod
@@ -286,7 +303,7 @@ class LocalProcessExecutor:
         try:
             while w.conn.poll():
                 event: RunEvent = w.conn.recv()
-                if event.kind == "finished":
+                if event.kind in ("finished", "storage_failed"):
                     w.task = None
                 on_event(event)
         except (EOFError, OSError):
@@ -299,10 +316,14 @@ class LocalProcessExecutor:
             self._startup_deaths += w.process.exitcode not in (0, None)
             return
         reason = f"worker process {w.process.pid} died (exit code {w.process.exitcode})"
+        from scaletui.store.errors import StoreError
         from scaletui.store.writer import Store
 
-        with Store(self.config.db) as store:
-            store.mark_interrupted(w.task.run_id, reason)
+        try:
+            with Store(self.config.db) as store:
+                store.mark_interrupted(w.task.run_id, reason)
+        except StoreError:  # the database refuses writes; the next sweep reaps the run (its pid is gone)
+            log.debug("could not mark run %s interrupted", w.task.run_id, exc_info=True)
         on_event(
             RunEvent("finished", w.task.run_id, w.task.spec.label, status=RunStatus.INTERRUPTED, error=reason)
         )
@@ -329,22 +350,27 @@ class LocalProcessExecutor:
 # Inside a worker process
 # ---------------------------------------------------------------------------
 class _WorkerStop:
-    """Stop when the runner raises the shared flag, the runner process is gone, or
+    """Stop when the runner raises the shared flag, the runner process is gone, SIGTERM
+    arrived (a service manager stopping the whole process group: stop like the sweep does), or
     SIGUSR1 asked this worker to stop its current run (how the app stops one run)."""
 
     def __init__(self, flag: Any, parent_pid: int) -> None:
         self.flag = flag
         self.parent_pid = parent_pid
         self.run_stop = False
+        self.terminated = False
 
     def is_set(self) -> bool:
         return self.run_stop or self.sweep_stopping()
 
     def sweep_stopping(self) -> bool:
-        return bool(self.flag.value) or os.getppid() != self.parent_pid
+        return self.terminated or bool(self.flag.value) or os.getppid() != self.parent_pid
 
     def stop_current_run(self, signum: int, frame: Any) -> None:
         self.run_stop = True
+
+    def terminate(self, signum: int, frame: Any) -> None:
+        self.terminated = True  # the run checkpoints and becomes `interrupted`; then the worker exits
 
 
 class ReportingSink:
@@ -400,9 +426,12 @@ def worker_main(config: WorkerConfig, conn: Connection, stop_flag: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the runner, which raises the flag
     import torch
 
+    from scaletui.store.errors import StoreWriteFailed
+
     torch.set_num_threads(config.threads)
     stop = _WorkerStop(stop_flag, config.parent_pid)
     signal.signal(signal.SIGUSR1, stop.stop_current_run)
+    signal.signal(signal.SIGTERM, stop.terminate)  # not the default death: flush and checkpoint first
     while not stop.sweep_stopping():
         if not conn.poll(0.5):
             continue
@@ -413,7 +442,11 @@ def worker_main(config: WorkerConfig, conn: Connection, stop_flag: Any) -> None:
         if task is None:
             return
         stop.run_stop = False
-        outcome = run_task(task, config, conn, stop)
+        try:
+            outcome = run_task(task, config, conn, stop)
+        except StoreWriteFailed as exc:  # nothing can be recorded; the runner stops the sweep and says why
+            _send(conn, RunEvent("storage_failed", task.run_id, task.spec.label, error=exc.reason))
+            continue
         _send(conn, RunEvent("finished", task.run_id, task.spec.label, step=outcome.step,
                              steps=task.spec.train.steps, status=outcome.status, error=outcome.error,
                              train_loss=outcome.final_train_loss))
@@ -434,6 +467,7 @@ def run_task(task: Task, config: WorkerConfig, conn: Connection, stop: _WorkerSt
             stop,
             data_dir=config.data_dir,
             checkpoint_dir=checkpoint_dir_for(config.checkpoint_dir, task.spec),
+            memory_limit_mb=config.memory_limit_mb,
         )
     except Exception as exc:  # noqa: BLE001 - one run's failure must not end the sweep
         error = f"{type(exc).__name__}: {exc}"

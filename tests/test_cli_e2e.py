@@ -78,8 +78,9 @@ def test_a_diverging_run_is_marked_while_siblings_finish(make_sweep: Callable[..
     assert all(error for lr, _, error in rows if lr == 1e4)
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_interrupts_and_a_rerun_resumes_without_duplicates(make_sweep: Callable[..., Path],
-                                                                  tmp_path: Path) -> None:
+                                                                  tmp_path: Path, signum: int) -> None:
     sweep = make_sweep(model={"width": 64, "depth": [2, 3]}, train={"steps": 1500, "checkpoint_every": 100,
                                                                     "eval_every": 250})
     proc = subprocess.Popen([sys.executable, "-m", "scaletui", "run", "--headless", str(sweep)], cwd=REPO,
@@ -90,7 +91,7 @@ def test_ctrl_c_interrupts_and_a_rerun_resumes_without_duplicates(make_sweep: Ca
         time.sleep(0.2)
         if db.exists() and db_rows(db, "select count(*) from runs where status = 'running' and step >= 200")[0][0]:
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stdout + stderr
     statuses = {s for (s,) in db_rows(db, "select status from runs")}

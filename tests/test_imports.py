@@ -26,6 +26,11 @@ FORBIDDEN = {
     "config.py": {"torch", "textual", "sqlite_utils", "scaletui.engine", "scaletui.store", "scaletui.tui"},
     "records.py": {"torch", "textual", "sqlite_utils", "numpy", "scaletui"},
     "datasets.py": {"torch", "textual", "sqlite_utils", "numpy", "scaletui"},
+    "fitting.py": {"torch", "torchvision", "textual", "scaletui.engine", "scaletui.tui", "scaletui.runner"},
+    "cli_fit.py": {"torch", "torchvision", "textual", "scaletui.engine", "scaletui.tui", "scaletui.runner"},
+    "plotting.py": {"torch", "torchvision", "textual", "scaletui.engine", "scaletui.tui", "scaletui.runner"},
+    # The app only reads, through store.Reader, and starts training as a subprocess: no torch, no SQL.
+    "tui": {"torch", "torchvision", "sqlite_utils", "scaletui.engine", "scaletui.runner"},
 }
 
 
@@ -71,6 +76,11 @@ def loaded_after(code: str) -> set[str]:
 
 
 HELP = "import sys\nfrom scaletui.cli import main\nsys.argv=['scaletui','--help']\ntry:\n    main()\nexcept SystemExit:\n    pass"
+# `scaletui fit` all the way through a (CSV) fit, without storing it.
+CSV = PACKAGE.parent / "tests" / "analysis" / "data" / "chinchilla_svg_extracted_data.csv"
+FIT = (f"import sys\nfrom scaletui.cli import main\nsys.argv=['scaletui','fit','--csv',{str(CSV)!r},"
+       "'--csv-x','Model Size','--csv-y','loss','--bootstrap','2','--no-save']\n"
+       "try:\n    main()\nexcept SystemExit as e:\n    assert e.code == 0, e.code")
 
 
 @pytest.mark.parametrize(
@@ -81,6 +91,8 @@ HELP = "import sys\nfrom scaletui.cli import main\nsys.argv=['scaletui','--help'
         "import scaletui.config",
         "import scaletui.runner",
         "import scaletui.store.schema, scaletui.store.writer, scaletui.store.reader",
+        "import scaletui.cli_fit, scaletui.fitting",
+        FIT,
     ],
 )
 def test_headless_modules_never_import_torch_or_textual(code: str) -> None:

@@ -7,7 +7,8 @@ sees the old file or the new one, never half of one. Files are loaded with
 plain number, a string or a dict/list of those (generator states are uint8
 tensors). The newest two are kept: if the newest is unreadable anyway (a disk
 that lied about fsync, a truncated copy), the previous one is used and the bad
-file is renamed aside, with an event saying so.
+file is renamed aside, with an event saying so. A process killed mid-write leaves
+its temporary file behind; the next load of that run's folder deletes it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from scaletui.records import Sink
 
 KEEP = 2
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
+_TEMPORARY = re.compile(r"^\.step_\d{8}\.pt\..*\.tmp$")  # save_checkpoint's mkstemp names
 
 
 def checkpoint_path(folder: Path, step: int) -> Path:
@@ -80,6 +82,7 @@ def load_latest_checkpoint(folder: Path, sink: Sink, required: tuple[str, ...] =
     An unreadable file, or one missing a `required` key, is renamed to `*.corrupt` and
     reported with `sink.event("checkpoint", ...)`; the previous one is tried next.
     """
+    _remove_torn_writes(folder)
     candidates = list_checkpoints(folder)
     for i in range(len(candidates) - 1, -1, -1):
         _, path = candidates[i]
@@ -93,6 +96,16 @@ def load_latest_checkpoint(folder: Path, sink: Sink, required: tuple[str, ...] =
             sink.event("checkpoint", f"{path.name} unreadable ({type(exc).__name__}: {reason}); using {fallback}")
             os.replace(path, path.with_name(path.name + ".corrupt"))
     return None
+
+
+def _remove_torn_writes(folder: Path) -> None:
+    """Delete temporary files of writes that never finished (only the run's own worker loads its folder,
+    before it saves anything, so none of these can still be in progress)."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for name in os.listdir(folder):
+            if _TEMPORARY.match(name):
+                (folder / name).unlink(missing_ok=True)
 
 
 def _check_payload(payload: Any, required: tuple[str, ...]) -> None:

@@ -30,7 +30,7 @@ from torch import nn
 
 from scaletui.engine.checkpoints import load_latest_checkpoint, save_checkpoint
 from scaletui.engine.data import Dataset, load_dataset, resolve_device
-from scaletui.engine.models import build_model, model_info, weight_layers
+from scaletui.engine.models import build_model, model_info, training_memory_bytes, weight_layers
 from scaletui.engine.optim import build_optimizer, lr_at
 from scaletui.engine.probes import LayerProbe
 from scaletui.records import (
@@ -47,6 +47,12 @@ EVAL_BATCH = 1024  # examples per forward pass when evaluating
 TRAIN_ACC_EXAMPLES = 2000  # train_acc is measured on (up to) this many training examples
 EMA_BETA = 0.9  # smoothing of the test-loss evaluations
 CHECKPOINT_KEYS = ("run_key", "step", "model", "optimizer", "torch_rng", "sampler", "progress")
+_TORCH_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+class OutOfMemory(MemoryError):
+    """The run does not fit: over the configured memory limit (checked before allocating) or the
+    device ran out. Only this run fails; its message says how much it needed."""
 
 
 # --------------------------------------------------------------------------- batches
@@ -227,24 +233,48 @@ def train_run(
     data_dir: Path,
     checkpoint_dir: Path,
     device: torch.device | None = None,
+    memory_limit_mb: float | None = None,
 ) -> RunOutcome:
     """Train `spec` to its end, an early stop, a divergence or `stop`; resume from `checkpoint_dir` if possible.
 
     Returns DONE, EARLY_STOPPED, DIVERGED (error says why and when) or INTERRUPTED (a checkpoint
-    was written). Exceptions propagate, after the sink is flushed.
+    was written). Exceptions propagate, after the sink is flushed; running out of memory (the
+    estimate over `memory_limit_mb`, or the device's own OOM) raises `OutOfMemory`.
     """
     device = device if device is not None else resolve_device(spec.train.device)
     try:
-        return _train(spec, sink, stop, Path(data_dir), Path(checkpoint_dir), device)
+        return _train(spec, sink, stop, Path(data_dir), Path(checkpoint_dir), device, memory_limit_mb)
+    except OutOfMemory:
+        raise
+    except (_TORCH_OOM, MemoryError) as exc:
+        raise OutOfMemory(f"{device} ran out of memory ({_first_line(exc)})") from exc
     finally:
         sink.flush()
 
 
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def check_memory(spec: RunSpec, data: Dataset, limit_mb: float | None) -> None:
+    """Refuse, before allocating anything, a run whose estimated training memory exceeds `limit_mb`."""
+    if limit_mb is None:
+        return
+    need = training_memory_bytes(spec.model, data.input_shape, data.num_classes, spec.train.optimizer,
+                                 spec.train.batch_size) / 2**20
+    if need > limit_mb:
+        raise OutOfMemory(f"needs ~{need:,.1f} MiB (weights, gradients, {spec.train.optimizer} state and "
+                          f"one batch of activations), over experiment.memory_limit_mb = {limit_mb:g}")
+
+
 def _train(
-    spec: RunSpec, sink: Sink, stop: StopSignal, data_dir: Path, ckpt_dir: Path, device: torch.device
+    spec: RunSpec, sink: Sink, stop: StopSignal, data_dir: Path, ckpt_dir: Path, device: torch.device,
+    memory_limit_mb: float | None = None,
 ) -> RunOutcome:
     tc = spec.train
     data = load_dataset(spec.data, data_dir, spec.seed, device)
+    check_memory(spec, data, memory_limit_mb)
     torch.manual_seed(spec.seed)
     model = build_model(spec.model, data.input_shape, data.num_classes).to(device)
     info = model_info(model, data.input_shape, tc)

@@ -229,6 +229,44 @@ def effective_lr(spec: TrainSpec, params: int) -> float:
     raise ValueError(f"unknown lr_scaling {spec.lr_scaling!r}; expected none or sqrt_params")
 
 
+# Copies of the parameters each optimizer keeps as state (momentum buffer; Adam's two moments).
+OPTIMIZER_STATE_COPIES = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}
+BYTES_PER_VALUE = 4  # float32 weights, gradients, optimizer state and activations
+
+
+def training_memory_bytes(
+    spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int, optimizer: str, batch_size: int
+) -> int:
+    """Estimated memory of one training step, in bytes, computed before anything is allocated:
+    weights + gradients + optimizer state + every module's output for one batch (what autograd keeps).
+
+    The model is built on the meta device (shapes only, no storage), so asking about a model
+    far too big for the machine costs milliseconds and no memory.
+    """
+    with torch.device("meta"):
+        model = build_model(spec, input_shape, num_classes)
+        activations = _activation_values(model, input_shape)
+    copies = 2 + OPTIMIZER_STATE_COPIES.get(optimizer, 2)
+    return BYTES_PER_VALUE * (count_params(model) * copies + batch_size * activations)
+
+
+def _activation_values(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Values in the outputs of every leaf module for one example (a batch of 2: BatchNorm needs > 1)."""
+    total = [0]
+
+    def count(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+        total[0] += output.numel()
+
+    leaves = [m for m in model.modules() if next(m.children(), None) is None]
+    hooks = [m.register_forward_hook(count) for m in leaves]
+    try:
+        model(torch.empty(2, *input_shape))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total[0] // 2
+
+
 def model_info(model: nn.Module, input_shape: tuple[int, ...], spec: TrainSpec) -> ModelInfo:
     params = count_params(model)
     return ModelInfo(

@@ -51,6 +51,19 @@ class StoreBusy(StoreError):
         super().__init__(f"{path}: still locked by another process after {waited_s:.0f} s; giving up")
 
 
+class StoreWriteFailed(StoreError):
+    """The database cannot be written: disk full, I/O error, read-only file or folder.
+
+    Nothing half-written stays behind (the failed transaction rolls back), but no run can record
+    anything either, so the sweep stops and says why in one line.
+    """
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: cannot write the database ({reason}); free space or fix permissions, "
+                         "then run the sweep again to resume")
+
+
 class UnknownRun(StoreError):
     """A run id that has no row in `runs`."""
 

@@ -26,7 +26,7 @@ from typing import TypeVar
 
 from sqlite_utils import Database
 
-from scaletui.store.errors import StoreBusy
+from scaletui.store.errors import StoreBusy, StoreWriteFailed
 
 T = TypeVar("T")
 
@@ -35,6 +35,9 @@ RETRY_DEADLINE_S = 300.0  # how long we keep retrying on top of that before givi
 _FIRST_DELAY_S = 0.005
 _MAX_DELAY_S = 0.5
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+# The file cannot take a write: read-only, I/O error (also what a file-size limit gives), disk full,
+# a -wal/-shm file that cannot be created.
+_CANNOT_WRITE = {8: "read-only", 10: "I/O error", 13: "disk full", 14: "cannot open"}
 
 
 def is_busy(exc: BaseException) -> bool:
@@ -46,6 +49,17 @@ def is_busy(exc: BaseException) -> bool:
         return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
     message = str(exc).lower()
     return "database is locked" in message or "database table is locked" in message or "busy" in message
+
+
+def cannot_write(exc: BaseException) -> bool:
+    """True for the errors that mean the storage itself refuses writes (not a bug, not a busy lock)."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _CANNOT_WRITE
+    message = str(exc).lower()
+    return any(s in message for s in ("readonly", "disk i/o", "disk is full", "unable to open"))
 
 
 def retrying(fn: Callable[[], T], path: str | Path, *, deadline_s: float = RETRY_DEADLINE_S) -> T:
@@ -86,4 +100,9 @@ def write_transaction(
             raise
         return result
 
-    return retrying(attempt, path, deadline_s=deadline_s)
+    try:
+        return retrying(attempt, path, deadline_s=deadline_s)
+    except sqlite3.OperationalError as exc:
+        if cannot_write(exc):
+            raise StoreWriteFailed(path, str(exc)) from exc
+        raise

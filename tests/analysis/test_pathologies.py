@@ -17,7 +17,7 @@ The settings were chosen so the pathology shows with a wide margin on a CPU in a
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -80,6 +80,27 @@ def kinds(alerts: list) -> set[str]:
     return {a.kind for a in alerts}
 
 
+def prefix(s: RunSeries, step: float) -> RunSeries:
+    """The run as it was stored up to `step`: what the runner's monitor had seen at that moment."""
+    train, ev, ls = s.steps <= step, s.eval_steps <= step, s.layer_steps <= step
+    return replace(s, steps=s.steps[train], train_loss=s.train_loss[train], eval_steps=s.eval_steps[ev],
+                   test_loss=s.test_loss[ev], test_acc=s.test_acc[ev] if s.test_acc.size else s.test_acc,
+                   train_acc=s.train_acc[ev] if s.train_acc.size else s.train_acc, layer_steps=s.layer_steps[ls],
+                   grad_norm=s.grad_norm[ls], weight_norm=s.weight_norm[ls],
+                   nonfinite=s.nonfinite[ls] if s.nonfinite.size else s.nonfinite)
+
+
+def assert_fires_first_at(s: RunSeries, kind: str, step: int, **kw: object) -> None:
+    """The right step: the alert is raised, naming the same step, as soon as the records up to that step
+    are stored, and not one record earlier (the step just before it, on the alert's own time axis)."""
+    axis = {"overfitting": s.eval_steps, "vanishing_gradients": s.layer_steps}.get(kind, s.steps)
+    earlier = axis[axis < step]
+    now = [a for a in diagnose_run(prefix(s, step), TH, **kw) if a.kind == kind]  # type: ignore[arg-type]
+    assert [a.step for a in now] == [step]
+    if earlier.size:
+        assert kind not in kinds(diagnose_run(prefix(s, float(earlier[-1])), TH, **kw))  # type: ignore[arg-type]
+
+
 def test_lr_tuned_on_a_small_net_diverges_a_wide_one(data_dir: Path, tmp_path: Path) -> None:
     small = train(data_dir, tmp_path, ModelSpec(width=16, depth=2), optimizer="adam", lr=0.1)
     assert small.outcome.status is RunStatus.DONE
@@ -92,6 +113,7 @@ def test_lr_tuned_on_a_small_net_diverges_a_wide_one(data_dir: Path, tmp_path: P
     [alert] = alerts
     assert alert.severity == "critical" and alert.step is not None and alert.step <= wide.outcome.step
     assert "sqrt-params" in alert.suggestion
+    assert_fires_first_at(wide.series, "divergence", alert.step, ref_params=small.series.params)
     suggested = alert.evidence["suggested_lr"]
     assert suggested == pytest.approx(0.1 * (small.series.params / wide.series.params) ** 0.5)
 
@@ -109,7 +131,11 @@ def test_dropout_starves_a_deep_mlp(data_dir: Path, tmp_path: Path) -> None:
             assert run.outcome.final_test_loss is not None
             rows.append((32, depth, seed, run.outcome.final_test_loss))
             if depth == 8:
-                deep_alerts += diagnose_run(run.series, TH)
+                run_alerts = diagnose_run(run.series, TH)
+                deep_alerts += run_alerts
+                for plateau in (a for a in run_alerts if a.kind == "plateau"):
+                    assert plateau.step >= TH.plateau_min_steps
+                    assert_fires_first_at(run.series, "plateau", plateau.step)
             else:
                 assert "plateau" not in kinds(diagnose_run(run.series, TH))
     assert "plateau" in kinds(deep_alerts)
@@ -127,6 +153,8 @@ def test_label_noise_is_memorised(data_dir: Path, tmp_path: Path) -> None:
     assert "divergence" not in kinds(alerts)  # memorisation is stable training, not instability
     [over] = [a for a in alerts if a.kind == "overfitting"]
     assert over.evidence["acc_gap"] > 0.5
+    assert over.step > over.evidence["best_step"]  # after the test loss was at its best
+    assert_fires_first_at(run.series, "overfitting", over.step)
 
 
 def test_plain_deep_mlp_with_xavier_and_sgd_vanishes_residual_one_does_not(data_dir: Path, tmp_path: Path) -> None:
@@ -135,6 +163,7 @@ def test_plain_deep_mlp_with_xavier_and_sgd_vanishes_residual_one_does_not(data_
     assert "vanishing_gradients" in kinds(alerts)
     [vanish] = [a for a in alerts if a.kind == "vanishing_gradients"]
     assert vanish.evidence["ratio"] < TH.grad_ratio_vanishing and vanish.evidence["layers"] == 25
+    assert_fires_first_at(plain.series, "vanishing_gradients", vanish.step)
 
     residual = train(data_dir, tmp_path, ModelSpec(arch="resmlp", width=32, depth=24, init="he", norm="layer"),
                      optimizer="sgd", lr=0.05)

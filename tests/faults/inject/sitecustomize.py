@@ -1,0 +1,100 @@
+"""Fault injection for the fault tests: a test seam that lives in tests/, not in scaletui.
+
+Python imports `sitecustomize` at start-up in every interpreter, including the
+spawn-started worker processes, so putting this folder first on PYTHONPATH
+reaches the runner and every worker without a line of test code in scaletui.
+It does nothing unless SCALETUI_FAULT is set. Faults, `;`-separated:
+
+- `hold_checkpoint:STEP`   in the middle of writing the checkpoint of STEP (the
+  temporary file is written but neither fsynced nor renamed), touch a marker
+  file and wait to be killed;
+- `hold_flush:STEP`        inside the database transaction that writes a train
+  loss of STEP or later (rows inserted, COMMIT not yet issued), touch a marker
+  and wait to be killed;
+- `raise:EXC:WIDTH:DEPTH:STEP`  the model of width WIDTH and depth DEPTH raises
+  EXC (RuntimeError or MemoryError) in the forward pass of training step STEP.
+
+Markers are files named `<fault>-<pid>` in SCALETUI_FAULT_MARKS, so a test
+knows which process is parked where before it sends SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _park(what: str) -> None:
+    """Say where this process is, then wait for the SIGKILL the test is about to send."""
+    marks = Path(os.environ["SCALETUI_FAULT_MARKS"])
+    marks.mkdir(parents=True, exist_ok=True)
+    (marks / f"{what}-{os.getpid()}").write_text(what)
+    while True:
+        time.sleep(3600)
+
+
+def _hold_checkpoint(step: int) -> None:
+    name = re.compile(rf"^\.step_{step:08d}\.pt\..*\.tmp$")
+    real_fsync = os.fsync
+
+    def fsync(fd: Any) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}") if isinstance(fd, int) else ""
+        if name.match(os.path.basename(target)):
+            _park("checkpoint")
+        real_fsync(fd)
+
+    os.fsync = fsync
+
+
+def _hold_flush(step: int) -> None:
+    from scaletui.store.writer import StoreSink
+
+    real_body = StoreSink._flush_body
+
+    def flush_body(self: StoreSink, db: Any) -> None:
+        real_body(self, db)
+        if any(key == "train_loss" and row_step >= step for _, row_step, key, _ in self._metrics):
+            _park("flush")
+
+    StoreSink._flush_body = flush_body  # type: ignore[method-assign]
+
+
+def _raise_in_step(exc: str, width: int, depth: int, step: int) -> None:
+    from scaletui.engine import models
+
+    error = {"RuntimeError": RuntimeError, "MemoryError": MemoryError}[exc]
+    real_build = models.build_model
+
+    def build_model(spec: Any, *args: Any, **kwargs: Any) -> Any:
+        model = real_build(spec, *args, **kwargs)
+        if (spec.width, spec.depth) == (width, depth):
+            calls = [0]
+
+            def forward_pre_hook(module: Any, inputs: Any) -> None:
+                calls[0] += module.training  # evaluation runs in eval mode and does not count
+                if module.training and calls[0] == step:
+                    raise error(f"injected fault in training step {step}")
+
+            model.register_forward_pre_hook(forward_pre_hook)
+        return model
+
+    models.build_model = build_model  # the loop imports it by name, after this runs
+
+
+def _install(spec: str) -> None:
+    kind, *args = spec.split(":")
+    if kind == "hold_checkpoint":
+        _hold_checkpoint(int(args[0]))
+    elif kind == "hold_flush":
+        _hold_flush(int(args[0]))
+    elif kind == "raise":
+        _raise_in_step(args[0], int(args[1]), int(args[2]), int(args[3]))
+    else:
+        raise ValueError(f"SCALETUI_FAULT: unknown fault {spec!r}")
+
+
+for _spec in filter(None, os.environ.get("SCALETUI_FAULT", "").split(";")):
+    _install(_spec)

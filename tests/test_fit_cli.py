@@ -1,0 +1,159 @@
+"""`scaletui fit` as a user runs it: a real subprocess over a real database (or CSV file).
+
+The database's runs follow a known law (tests/fitdb.py: loss = 0.3 + 40 * params^-0.5 at the
+end of training), so the printed and stored numbers can be checked, not just their presence.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from scaletui import cli_fit, fitting
+from scaletui.records import LossRule
+from tests.analysis.conftest import CHINCHILLA_CSV
+from tests.conftest import run_cli
+from tests.fitdb import ALPHA, fill, plan
+
+pytestmark = pytest.mark.slow  # every test starts the real CLI (numpy + scipy imports, a fit)
+
+
+@pytest.fixture(scope="module")
+def law_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fill(tmp_path_factory.mktemp("cli") / "runs.db", plan(depths=(1, 2), diverged=[(128, 2, 1)]))
+
+
+@pytest.fixture
+def fresh_db(law_db: Path, tmp_path: Path) -> Path:
+    """A private copy, so tests that store fits do not see each other's."""
+    db = tmp_path / "runs.db"
+    with sqlite3.connect(law_db) as src, sqlite3.connect(db) as dst:
+        src.backup(dst)
+    return db
+
+
+def fits_rows(db: Path) -> list[sqlite3.Row]:
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        return conn.execute("SELECT * FROM fits ORDER BY id").fetchall()
+
+
+def test_table_shows_law_intervals_heldout_stability_and_rule(fresh_db: Path) -> None:
+    out = run_cli("fit", "--db", str(fresh_db), "--bootstrap", "60")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    heading = "law: L(params) = E + A*x^-alpha; loss = final test loss; 19 points, 10 sizes, 1 diverged excluded"
+    assert heading in text
+    alpha_line = next(line for line in text.splitlines() if line.strip().startswith("alpha "))
+    assert float(alpha_line.split()[1]) == pytest.approx(ALPHA, abs=0.01) and "90% interval" in text
+    assert "held-out: largest 1 left out: x=3.277e+06: predicted" in text
+    assert "alpha stability: alpha" in text and ": stable" in text
+    assert "stored as fit #1" in text
+    (row,) = fits_rows(fresh_db)
+    assert row["source"] == "law" and row["loss_rule"] == "final" and row["x"] == "params"
+
+
+def test_json_is_machine_readable_and_no_save_stores_nothing(fresh_db: Path) -> None:
+    out = run_cli("fit", "--db", str(fresh_db), "--x", "width", "--group-by", "depth", "--loss-rule", "best",
+                  "--form", "power", "--bootstrap", "30", "--json", "--no-save")
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert [f["group"] for f in doc["fits"]] == ["depth=1", "depth=2"]
+    for f in doc["fits"]:
+        assert f["loss_rule"] == "best" and f["form"] == "A*x^-alpha" and set(f["params"]) == {"A", "alpha"}
+        assert f["fit_id"] is None and len(f["heldout"]) == 2 and f["n_bootstrap"] == 30
+    assert fits_rows(fresh_db) == []
+
+
+def test_png_is_written(fresh_db: Path, tmp_path: Path) -> None:
+    png = tmp_path / "law.png"
+    out = run_cli("fit", "--db", str(fresh_db), "--bootstrap", "30", "--png", str(png), "--no-save")
+    assert out.returncode == 0, out.stderr
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    assert f"plot written to {png}" in out.stdout
+
+
+def test_chinchilla_csv_reproduces_besiroglu_2024_and_is_stored(tmp_path: Path) -> None:
+    db = tmp_path / "fits.db"
+    out = run_cli("fit", "--csv", str(CHINCHILLA_CSV), "--csv-x", "Model Size", "--csv-compute", "Training FLOP",
+                  "--csv-y", "loss", "--drop-highest", "5", "--bootstrap", "0", "--json", "--db", str(db))
+    assert out.returncode == 0, out.stderr
+    (fit,) = json.loads(out.stdout)["fits"]
+    p = fit["params"]
+    assert abs(p["alpha"] - 0.3478) < 0.002 and abs(p["beta"] - 0.3658) < 0.002 and abs(p["E"] - 1.8172) < 0.005
+    assert fit["n_points"] == 240
+    (row,) = fits_rows(db)
+    assert row["source"] == str(CHINCHILLA_CSV) and row["experiment_id"] is None
+    assert row["beta"] == pytest.approx(p["beta"])
+    assert len(json.loads(row["inputs_json"])["D"]) == 240
+
+
+def test_one_variable_csv_fit(tmp_path: Path) -> None:
+    csv = tmp_path / "law.csv"
+    rows = [f"{n},{0.3 + 40 * n**-0.5}" for n in (1e3, 4e3, 1.6e4, 6.4e4, 2.56e5)]
+    csv.write_text("n,loss\n" + "\n".join(rows) + "\n")
+    out = run_cli("fit", "--csv", str(csv), "--csv-x", "n", "--csv-y", "loss", "--bootstrap", "0", "--no-save")
+    assert out.returncode == 0, out.stderr
+    assert "L = 0.3 + 40 n^-0.500" in out.stdout and "loss from CSV" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--experiment", "nope"], "no experiment 'nope'; experiments are ['law']"),
+        (["--x", "height"], "Invalid value for '--x'"),
+        (["--group-by", "colour"], "group-by: unknown column 'colour'"),
+        (["--x", "examples"], "law: only 1 distinct value(s) of x; a fit needs at least 2 sizes"),
+        (["--csv", "nowhere.csv", "--csv-x", "a", "--csv-y", "b"], "nowhere.csv: no such file"),
+        (["--csv", str(CHINCHILLA_CSV), "--csv-x", "N", "--csv-y", "loss"], "no column 'N'"),
+        (["--csv", str(CHINCHILLA_CSV), "--csv-x", "Model Size"], "--csv needs --csv-x COLUMN and --csv-y COLUMN"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(law_db: Path, args: list[str], message: str) -> None:
+    out = run_cli("fit", "--db", str(law_db), "--bootstrap", "0", "--no-save", *args)
+    assert out.returncode == 2, out.stdout
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: ") and message in out.stderr
+
+
+def test_missing_database_and_no_finished_runs_exit_2(tmp_path: Path) -> None:
+    out = run_cli("fit", "--db", str(tmp_path / "none.db"))
+    expected = f"error: {tmp_path / 'none.db'}: no such database (run a sweep first, or pass --db)"
+    assert out.returncode == 2 and out.stderr.strip() == expected
+    db = fill(tmp_path / "div.db", plan(widths=(8, 16), seeds=(0,), diverged=[(8, 1, 0), (16, 1, 0)]))
+    out = run_cli("fit", "--db", str(db))
+    assert out.returncode == 2
+    assert "no finished runs with a final test loss to fit (0 finished, 2 diverged)" in out.stderr
+
+
+# ----------------------------------------------------------------------------- in-process pieces
+
+
+def test_cli_choices_are_the_fitting_choices() -> None:
+    assert cli_fit.X_CHOICES == fitting.X_CHOICES
+    assert set(cli_fit.FORM_CHOICES) == set(fitting.FORMS)
+    assert cli_fit.LOSS_RULES == tuple(r.value for r in LossRule)
+
+
+def test_headless_closing_fit_prints_and_stores(fresh_db: Path, capsys: pytest.CaptureFixture[str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli_fit, "HEADLESS_BOOTSTRAP", 20)
+    cli_fit.print_sweep_fit(fresh_db, "law")
+    out = capsys.readouterr()
+    assert "law: L(params)" in out.out and "held-out:" in out.out and out.err == ""
+    assert len(fits_rows(fresh_db)) == 1
+
+
+def test_headless_closing_fit_never_raises(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli_fit.print_sweep_fit(tmp_path / "missing.db", "law")
+    err = capsys.readouterr().err
+    assert err.startswith("warning: fit skipped: ") and err.count("\n") == 1
+
+
+def test_headless_closing_fit_needs_three_sizes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = fill(tmp_path / "two.db", plan(widths=(8, 16)))
+    cli_fit.print_sweep_fit(db, "law")
+    assert capsys.readouterr() == ("", "") and fits_rows(db) == []

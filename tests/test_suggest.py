@@ -1,0 +1,192 @@
+"""`scaletui suggest`: the configurator fed from a real database of finished learning-rate sweeps.
+
+The sweeps are written through Store and StoreSink exactly as the runner and a worker write them. Their
+losses follow a known landscape: each size has a best rate lr*(N) = 0.5 * N^-0.6 and the loss grows with
+the squared log-distance from it, plus seed noise; rates on a coarse grid (x2 apart) that never hits
+lr* exactly; rates far above lr* diverge. The fourth size's own stored sweep is the ground truth the
+prediction from the other three must match within a factor of 2.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scaletui.analysis.configurator import RULES, LrTrial, best_lr_per_size, mlp_params
+from scaletui.cli_suggest import RULE_CHOICES
+from scaletui.config import load_sweep
+from scaletui.records import DataSpec, ModelInfo, ModelSpec, RunOutcome, RunSpec, RunStatus, TrainSpec
+from scaletui.store.writer import Store, StoreSink
+from scaletui.suggest import SuggestError, suggest_for, suggestion
+from tests.conftest import REPO, run_cli
+
+GRID = [1e-4 * 2**i for i in range(9)]  # 1e-4 ... 0.0256
+DEPTH = 2
+SWEPT_WIDTHS = (16, 32, 64)
+HELD_OUT_WIDTH = 128
+
+
+def params_of(width: int, depth: int = DEPTH) -> int:
+    return mlp_params(40, width, depth, 10)  # MNIST-1D: 40 inputs, 10 classes
+
+
+def true_best_lr(params: int) -> float:
+    return 0.5 * params**-0.6
+
+
+def loss_at(params: int, lr: float, seed: int) -> float:
+    """A bowl in log lr around the size's best rate; bigger models reach a lower floor."""
+    rng = np.random.default_rng(hash((params, round(lr, 9), seed)) % 2**32)
+    distance = math.log(lr / true_best_lr(params))
+    return 2.0 * params**-0.1 + 0.05 * distance**2 + 0.003 * rng.standard_normal()
+
+
+def store_sweep(db: Path, experiment: str, widths: tuple[int, ...], lrs: list[float], seeds: tuple[int, ...] = (0, 1)
+                ) -> None:
+    """Finished runs of every (width, lr, seed), as the runner and its workers would have stored them."""
+    specs = [RunSpec(experiment, DataSpec(train_size=512), ModelSpec(width=w, depth=DEPTH),
+                     TrainSpec(lr=lr, steps=200, batch_size=32), seed) for w in widths for lr in lrs for seed in seeds]
+    with Store(db) as store:
+        exp = store.upsert_experiment(experiment, None, '[experiment]\nname = "x"\ndata_dir = "runs/data"\n', "final")
+        for run_id, spec in store.register_runs(exp, specs, fresh=False):
+            params = params_of(spec.model.width)
+            with StoreSink(db, run_id) as sink:
+                sink.started(ModelInfo(params, 2 * params, ("0", "1", "2"), spec.train.lr), resumed_from=0)
+            diverged = spec.train.lr > 8 * true_best_lr(params)
+            loss = math.nan if diverged else loss_at(params, spec.train.lr, spec.seed)
+            status = RunStatus.DIVERGED if diverged else RunStatus.DONE
+            store.finish_run(run_id, RunOutcome(status, step=200, final_test_loss=loss))
+
+
+@pytest.fixture
+def swept_db(tmp_path: Path) -> Path:
+    db = tmp_path / "runs.db"
+    store_sweep(db, "lr-sweep", SWEPT_WIDTHS, GRID)
+    store_sweep(db, "held-out", (HELD_OUT_WIDTH,), GRID)
+    return db
+
+
+def measured_best_lr(width: int) -> float:
+    """The best rate the held-out size's own sweep found (same refinement as the configurator's)."""
+    trials = [LrTrial(width, DEPTH, params_of(width), lr, seed, loss_at(params_of(width), lr, seed))
+              for lr in GRID for seed in (0, 1) if lr <= 8 * true_best_lr(params_of(width))]
+    [best] = best_lr_per_size(trials)
+    return best.lr
+
+
+def test_three_swept_sizes_predict_the_fourths_best_lr_within_a_factor_of_2(swept_db: Path) -> None:
+    proposal = suggest_for(swept_db, "lr-sweep", HELD_OUT_WIDTH, DEPTH)
+    assert proposal.rule == "power_law"
+    assert [b.width for b in proposal.best_lrs] == list(SWEPT_WIDTHS)
+    assert proposal.target_params == params_of(HELD_OUT_WIDTH)
+    measured = measured_best_lr(HELD_OUT_WIDTH)
+    assert 0.5 < proposal.lr / measured < 2.0, (proposal.lr, measured)
+    assert proposal.confidence in ("high", "medium")
+
+
+def test_the_held_out_sweep_in_the_database_agrees_with_its_ground_truth(swept_db: Path) -> None:
+    """The check above compares with what the stored fourth sweep says, not only with the formula."""
+    own = suggest_for(swept_db, "held-out", HELD_OUT_WIDTH, DEPTH)
+    assert own.rule == "sqrt_params" and len(own.best_lrs) == 1  # one swept size: no fit
+    assert own.best_lrs[0].lr == pytest.approx(measured_best_lr(HELD_OUT_WIDTH))
+
+
+def test_sizes_that_did_not_sweep_lr_are_left_out_of_the_fit(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    store_sweep(db, "lr-sweep", SWEPT_WIDTHS, GRID)
+    store_sweep(db, "lr-sweep", (256,), [GRID[-1] / 64])  # one rate only: says nothing about the best rate
+    proposal = suggest_for(db, "lr-sweep", HELD_OUT_WIDTH, DEPTH)
+    assert [b.width for b in proposal.best_lrs] == list(SWEPT_WIDTHS)
+
+
+def test_too_few_swept_sizes_fall_back_to_the_sqrt_params_rule(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    store_sweep(db, "small", (16, 32), GRID)
+    proposal = suggest_for(db, "small", HELD_OUT_WIDTH, DEPTH)
+    assert proposal.rule == "sqrt_params" and "only 2 size(s)" in proposal.note
+    anchor = proposal.best_lrs[-1]  # the swept size nearest the target
+    assert proposal.lr == pytest.approx(anchor.lr * math.sqrt(anchor.params / params_of(HELD_OUT_WIDTH)))
+
+
+def test_no_database_falls_back_to_the_width_rule_with_low_confidence(tmp_path: Path) -> None:
+    proposal = suggest_for(tmp_path / "missing.db", None, 256, 3)
+    assert (proposal.rule, proposal.confidence) == ("width", "low")
+    assert proposal.lr == pytest.approx(1e-3 * 64 / 256)
+    assert "no finished runs" in proposal.note
+    assert not (tmp_path / "missing.db").exists()  # a read never creates the file
+
+
+def test_unknown_experiment_and_bad_sizes_are_errors(swept_db: Path) -> None:
+    with pytest.raises(SuggestError, match="no experiment named 'nope'"):
+        suggest_for(swept_db, "nope", 64, 2)
+    with pytest.raises(SuggestError, match="must be positive"):
+        suggest_for(swept_db, "lr-sweep", 0, 2)
+
+
+def test_default_experiment_is_the_latest_with_finished_runs(swept_db: Path) -> None:
+    s = suggestion(swept_db, None, HELD_OUT_WIDTH, DEPTH)
+    assert s.experiment == "held-out"
+    assert s.dirs == {"data_dir": "runs/data"}  # carried over from the stored sweep file
+
+
+def test_rule_choices_match_the_configurator() -> None:
+    assert RULE_CHOICES == RULES
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_cli_prints_method_confidence_lr_and_a_fragment_that_parses(swept_db: Path) -> None:
+    out = run_cli("suggest", "--width", str(HELD_OUT_WIDTH), "--depth", str(DEPTH), "--db", str(swept_db),
+                  "--experiment", "lr-sweep")
+    assert out.returncode == 0, out.stderr
+    assert "method:       power_law" in out.stdout
+    assert "confidence:   " in out.stdout and "predicted lr: " in out.stdout
+    fragment = tomllib.loads(out.stdout[out.stdout.index("# scaletui configurator"):])
+    assert fragment["model"] == {"arch": "mlp", "width": HELD_OUT_WIDTH, "depth": DEPTH}
+    proposal = suggest_for(swept_db, "lr-sweep", HELD_OUT_WIDTH, DEPTH)
+    assert fragment["train"] == {"lr": float(f"{proposal.lr:.3g}"), "lr_scaling": "none"}
+
+
+def test_cli_append_writes_a_one_run_sweep_with_the_proposal(swept_db: Path, tmp_path: Path) -> None:
+    target = tmp_path / "next.toml"
+    out = run_cli("suggest", "--width", "128", "--depth", "3", "--db", str(swept_db), "--experiment", "lr-sweep",
+                  "--append", str(target))
+    assert out.returncode == 0, out.stderr
+    sweep = load_sweep(target)
+    [run] = sweep.runs
+    proposal = suggest_for(swept_db, "lr-sweep", 128, 3)
+    assert (run.model.width, run.model.depth, run.train.lr_scaling) == (128, 3, "none")
+    assert run.train.lr == float(f"{proposal.lr:.3g}")
+    assert (run.data.train_size, run.train.steps, run.train.batch_size) == (512, 200, 32)  # the best run's config
+    assert sweep.name == "lr-sweep-suggested" and sweep.db == swept_db.resolve()
+    again = run_cli("suggest", "--width", "128", "--depth", "3", "--db", str(swept_db), "--append", str(target))
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+
+
+def test_cli_bad_width_is_one_line_exit_2(tmp_path: Path) -> None:
+    out = run_cli("suggest", "--width", "0", "--depth", "2", "--db", str(tmp_path / "x.db"))
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1 and "--width" in out.stderr
+
+
+def test_cli_on_an_empty_database_falls_back_and_says_so(tmp_path: Path) -> None:
+    out = run_cli("suggest", "--width", "256", "--depth", "2", "--db", str(tmp_path / "none.db"))
+    assert out.returncode == 0, out.stderr
+    assert "method:       width" in out.stdout and "confidence:   low" in out.stdout
+    assert "no finished runs to learn from" in out.stdout
+
+
+def test_cli_suggest_never_imports_torch(swept_db: Path) -> None:
+    code = ("import sys\nfrom scaletui.cli import main\ntry:\n"
+            f"    main(['suggest', '--width', '64', '--depth', '2', '--db', {str(swept_db)!r}])\n"
+            "except SystemExit:\n    pass\nprint('torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
