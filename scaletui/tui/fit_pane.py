@@ -1,0 +1,280 @@
+"""The app's fit pane: the sweep's scaling law, how sure we are of it, and whether it predicts.
+
+Shows, for the chosen x, grouping, loss rule and form: a log-log plot of the points (mean and
+seed spread), the fitted law, its bootstrap prediction band and the held-out sizes (what the law
+predicted for them when fitted without them, next to what was measured); and a table of the
+parameters with their intervals, the held-out errors and how alpha moved over training.
+
+The pane owns its fitting: `runs_changed()` (called by the app when runs finish) schedules a refit
+in a thread worker. Fits take seconds (a bootstrap refits the law hundreds of times), so the UI
+thread never runs one; the worker reads the database through `scaletui.fitting` with its own
+read-only connection and only posts a `FitPane.Fitted` message, which the pane applies on the UI
+thread. A newer request cancels the older one (exclusive worker group), and a cancelled fit stops
+between bootstrap resamples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.message import Message
+from textual.widget import Widget
+from textual.widgets import DataTable, Static
+from textual.worker import Worker, WorkerState, get_current_worker
+from textual_plotext import PlotextPlot
+
+from scaletui.analysis.powerlaw import Form, predict
+from scaletui.fitting import X_CHOICES, FitReport, FitSpec, describe_stability, fit_experiment
+from scaletui.records import LossRule
+
+__all__ = ["FitPane", "PANE_BOOTSTRAP", "GROUPINGS"]
+
+PANE_BOOTSTRAP = 200  # enough for a 90% interval that means something, fast enough to refit live
+GROUPINGS: tuple[str | None, ...] = (None, "depth", "width")
+RULES: tuple[LossRule | None, ...] = (None, LossRule.FINAL, LossRule.BEST, LossRule.SMOOTHED)  # None: experiment's
+CURVE_MARKERS = ("dot", "hd", "fhd", "braille")
+TABLE_COLUMNS = ("curve", "E", "A", "alpha", "held-out 1", "held-out 2", "alpha over training")
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """What the pane fits; every key press makes a new one."""
+
+    x: str = "params"
+    group_by: str | None = None
+    rule: LossRule | None = None
+    form: Form = Form.OFFSET
+
+    def spec(self) -> FitSpec:
+        return FitSpec(x=self.x, group_by=self.group_by, loss_rule=self.rule, form=self.form,
+                       n_bootstrap=PANE_BOOTSTRAP)
+
+    def label(self) -> str:
+        rule = self.rule.label if self.rule else "experiment's loss rule"
+        group = f", one curve per {self.group_by}" if self.group_by else ""
+        return f"L({self.x}) = {self.form.value}{group}; {rule}"
+
+
+def _next(options: tuple, current: object) -> object:
+    return options[(options.index(current) + 1) % len(options)]
+
+
+def _cell(report: FitReport, name: str) -> str:
+    value = report.fit.params.get(name)
+    if value is None:
+        return "-"
+    if report.boot is None:
+        return f"{value:.4g}"
+    lo, hi = report.boot.intervals[name]
+    return f"{value:.4g} [{lo:.3g}, {hi:.3g}]"
+
+
+def _heldout_cell(report: FitReport, k: int) -> str:
+    held = report.check.leave_one if k == 1 else report.check.leave_two
+    return "-" if held is None else f"{held.max_rel_error:.1%}"
+
+
+def _stability_cell(report: FitReport) -> str:
+    s = report.stability
+    if s is None or math.isnan(s.rel_range):
+        return "-"
+    spread = f"{s.rel_range:.0%} range" if math.isfinite(s.rel_range) else "median 0"
+    return f"{'stable' if s.stable else 'UNSTABLE'} ({spread})"
+
+
+class FitPane(Widget, can_focus=True):
+    """Scaling-law fit of one experiment: plot, parameter table, checks. Keys choose what is fitted."""
+
+    DEFAULT_CSS = """
+    FitPane { layout: vertical; height: 1fr; }
+    FitPane > #fit-status { height: auto; color: $text-muted; }
+    FitPane > PlotextPlot { height: 2fr; min-height: 8; }
+    FitPane > DataTable { height: auto; max-height: 8; }
+    FitPane > #fit-notes { height: auto; max-height: 8; }
+    """
+
+    BINDINGS = [
+        Binding("x", "cycle_x", "x axis", show=True),
+        Binding("g", "cycle_grouping", "grouping", show=True),
+        Binding("l", "cycle_rule", "loss rule", show=True),
+        Binding("f", "toggle_form", "form", show=True),
+    ]
+
+    @dataclass
+    class Fitted(Message):
+        """A refit finished (posted from the fit worker). `error` is one line when it could not fit."""
+
+        choice: _Choice
+        experiment: str | None
+        reports: tuple[FitReport, ...]
+        skipped: tuple[str, ...]
+        error: str | None = None
+
+    def __init__(self, db_path: Path, experiment: str | None = None, *, id: str | None = None) -> None:  # noqa: A002
+        super().__init__(id=id)
+        self.db_path = Path(db_path)
+        self.experiment = experiment
+        self.choice = _Choice()
+        self.reports: tuple[FitReport, ...] = ()
+
+    def compose(self) -> ComposeResult:
+        yield Static("no fit yet", id="fit-status", markup=False)
+        yield PlotextPlot(id="fit-plot")
+        table: DataTable[str] = DataTable(id="fit-table", cursor_type="row", zebra_stripes=True)
+        table.add_columns(*TABLE_COLUMNS)
+        yield table
+        yield Static("", id="fit-notes", markup=False)
+
+    def on_mount(self) -> None:
+        self.runs_changed()
+
+    # ----------------------------------------------------------------- public interface
+
+    def set_experiment(self, name: str | None) -> None:
+        """Fit another experiment (None: the only or most recently updated one)."""
+        self.experiment = name
+        self.runs_changed()
+
+    def runs_changed(self) -> None:
+        """Runs finished (or changed): refit in the background; the newest request wins."""
+        self._status(f"fitting {self.choice.label()} ...")
+        self._refit(self.choice, self.experiment)
+
+    # ----------------------------------------------------------------- keys
+
+    def action_cycle_x(self) -> None:
+        self._choose(replace(self.choice, x=str(_next(X_CHOICES, self.choice.x))))
+
+    def action_cycle_grouping(self) -> None:
+        self._choose(replace(self.choice, group_by=_next(GROUPINGS, self.choice.group_by)))  # type: ignore[arg-type]
+
+    def action_cycle_rule(self) -> None:
+        self._choose(replace(self.choice, rule=_next(RULES, self.choice.rule)))  # type: ignore[arg-type]
+
+    def action_toggle_form(self) -> None:
+        self._choose(replace(self.choice, form=Form.POWER if self.choice.form is Form.OFFSET else Form.OFFSET))
+
+    def _choose(self, choice: _Choice) -> None:
+        self.choice = choice
+        self.runs_changed()
+
+    # ----------------------------------------------------------------- the worker
+
+    @work(thread=True, exclusive=True, group="fit", exit_on_error=False)
+    def _refit(self, choice: _Choice, experiment: str | None) -> None:
+        """Runs in a thread: fit, then post the result. Touches no widget."""
+        from scaletui.fitting import FitInputError
+        from scaletui.store.errors import StoreError
+
+        worker = get_current_worker()
+        try:
+            result = fit_experiment(self.db_path, experiment, choice.spec(), should_stop=lambda: worker.is_cancelled)
+        except (FitInputError, StoreError, FileNotFoundError) as exc:
+            self.post_message(self.Fitted(choice, experiment, (), (), str(exc)))
+            return
+        if not worker.is_cancelled:
+            self.post_message(self.Fitted(choice, experiment, result.reports, result.skipped))
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """An unexpected error in the fit worker becomes a visible line, not a crash."""
+        if event.worker.group == "fit" and event.state is WorkerState.ERROR:
+            self._status(f"fit failed: {event.worker.error}")
+
+    def on_fit_pane_fitted(self, message: FitPane.Fitted) -> None:
+        message.stop()
+        if message.choice != self.choice or message.experiment != self.experiment:
+            return  # an answer to a question no longer asked
+        with self.app.batch_update():
+            self.reports = message.reports
+            self._show_table(message.reports)
+            self._show_plot(message.reports)
+            self._show_notes(message)
+            self._status(message.error and f"cannot fit: {message.error}" or self._summary(message.reports))
+
+    # ----------------------------------------------------------------- drawing
+
+    def _status(self, text: str) -> None:
+        self.query_one("#fit-status", Static).update(text)
+
+    def _summary(self, reports: tuple[FitReport, ...]) -> str:
+        r = reports[0]
+        diverged = f", {r.n_diverged} diverged excluded" if r.n_diverged else ""
+        return (f"{r.source}: L({r.x_name}) = {r.form.value}; loss = {r.loss_label}; {r.fit.n_points} runs, "
+                f"{r.n_sizes} sizes{diverged}; {PANE_BOOTSTRAP} bootstrap resamples, 90% intervals")
+
+    def _show_table(self, reports: tuple[FitReport, ...]) -> None:
+        """A fit replaces the previous one wholesale (it is not a live per-run table), so rebuild."""
+        table = self.query_one("#fit-table", DataTable)
+        table.clear()
+        for r in reports:
+            table.add_row(r.group or "all", _cell(r, "E"), _cell(r, "A"), _cell(r, "alpha"), _heldout_cell(r, 1),
+                          _heldout_cell(r, 2), _stability_cell(r), key=r.group or "all")
+
+    def _show_notes(self, message: FitPane.Fitted) -> None:
+        lines = []
+        for r in message.reports:
+            who = f"{r.group}: " if r.group else ""
+            held = r.check.leave_one
+            if held is not None:
+                lines.append(f"{who}largest x={held.x_out[0]:.4g} left out: predicted {held.predicted[0]:.4g}, "
+                             f"actual {held.actual[0]:.4g} ({held.rel_error[0]:.1%})")
+            lines.append(f"{who}alpha over training: {describe_stability(r.stability)}")
+            lines += [f"{who}warning: {w}" for w in r.warnings]
+        lines += [f"skipped {s}" for s in message.skipped]
+        self.query_one("#fit-notes", Static).update("\n".join(lines))
+
+    def _show_plot(self, reports: tuple[FitReport, ...]) -> None:
+        """Log-log by hand (plotext's own log axes fail on values below 1): log10 of every
+        coordinate on linear axes, with ticks labelled in the original units."""
+        widget = self.query_one("#fit-plot", PlotextPlot)
+        plt = widget.plt
+        plt.clear_data()
+        plt.clear_figure()
+        for i, r in enumerate(reports):
+            _plot_curve(plt, r, CURVE_MARKERS[i % len(CURVE_MARKERS)])
+        if reports:
+            xs = np.concatenate([r.xs[0] for r in reports])
+            ys = np.concatenate([r.loss for r in reports])
+            plt.xticks(*_log_ticks(xs))
+            plt.yticks(*_log_ticks(ys))
+            plt.xlabel(f"{reports[0].x_name} (log)")
+            plt.ylabel(f"{reports[0].loss_label or 'loss'} (log)")
+        widget.refresh()
+
+
+def _log_ticks(values: np.ndarray, n: int = 5) -> tuple[list[float], list[str]]:
+    """n tick positions in log10 space spanning `values`, labelled with the values themselves."""
+    lo, hi = math.log10(float(values.min())), math.log10(float(values.max()))
+    ticks = np.linspace(lo, hi, n) if hi > lo else np.array([lo])
+    return ticks.tolist(), [f"{10**t:.3g}" for t in ticks]
+
+
+def _log(values: object) -> list[float]:
+    return np.log10(np.asarray(values, dtype=float)).tolist()
+
+
+def _plot_curve(plt: Any, r: FitReport, marker: str) -> None:
+    """Points with their seed range, the law, the band, and the held-out prediction vs actual (log10 units)."""
+    name = r.group or "mean over seeds"
+    x = [p.x for p in r.points]
+    # Drawn back to front: band, law, seed spread, points (later series overwrite earlier cells).
+    if r.boot is not None and np.all(np.isfinite(r.boot.band_lo)) and np.all(r.boot.band_lo > 0):
+        for edge in (r.boot.band_lo, r.boot.band_hi):
+            plt.plot(_log(r.boot.band_x[0]), _log(edge), marker=".", color="gray")
+    grid = np.geomspace(min(x), max(x), 60)
+    plt.plot(_log(grid), _log(predict(r.fit, grid)), marker="braille", label=f"fit {name}")
+    for p in r.points:
+        if p.hi > p.lo:  # the seed spread as a vertical segment
+            plt.plot(_log([p.x, p.x]), _log([p.lo, p.hi]), marker="|")
+    plt.scatter(_log(x), _log([p.mean for p in r.points]), marker=marker, label=name)
+    held = r.check.leave_one
+    if held is not None:
+        plt.scatter(_log(held.x_out), _log(held.predicted), marker="x", label="held out: predicted")
+        plt.scatter(_log(held.x_out), _log(held.actual), marker="o", label="held out: actual")

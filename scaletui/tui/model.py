@@ -1,0 +1,325 @@
+"""Pure view logic of the app: ranking, deltas, downsampling, smoothing, grid shading, ETA.
+
+Nothing here imports textual or touches the database, so every rule the screen follows (which
+run is "the next shallower one", which bucket keeps a spike, what colour a cell gets) is a plain
+function with unit tests, and the widgets only format and place what these functions return.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+FINISHED = frozenset({"done", "early_stopped", "diverged"})
+OK = frozenset({"done", "early_stopped"})
+EMA_BETA = 0.9  # the same beta as the loss rule `smoothed`
+
+#: Short badges for alert kinds in the runs table (the alerts pane spells them out).
+ALERT_BADGES: dict[str, str] = {
+    "divergence": "DIV", "plateau": "PLAT", "vanishing_gradients": "VANISH",
+    "exploding_gradients": "EXPLODE", "overfitting": "OVERFIT", "non_monotonic": "NONMONO",
+    "seed_sensitivity": "SEED",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """The columns of `run_summary` the app shows or ranks by, for one run."""
+
+    id: int
+    experiment: str | None
+    label: str
+    status: str
+    arch: str
+    width: int
+    depth: int
+    seed: int
+    dataset: str | None
+    train_size: int | None
+    optimizer: str | None
+    lr: float | None
+    params: int | None
+    step: int | None
+    steps: int | None
+    final_train_loss: float | None
+    final_test_loss: float | None
+    best_test_loss: float | None
+    loss: float | None
+    loss_rule: str | None
+    started_at: str | None
+    finished_at: str | None
+    host: str | None
+    pid: int | None
+    rev: int
+
+    @staticmethod
+    def from_summary(row: Mapping[str, Any]) -> RunRow:
+        return RunRow(**{name: row.get(name) for name in RunRow.__dataclass_fields__})
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def comparison_group(self, across: str) -> tuple[Any, ...]:
+        """Runs that differ only in `across` (depth or width): the same everything else and seed."""
+        other = self.width if across == "depth" else self.depth
+        return (self.experiment, self.arch, self.dataset, self.train_size, self.optimizer, self.lr, self.seed, other)
+
+
+# --------------------------------------------------------------------------- ranking and filtering
+
+SORT_KEYS: tuple[str, ...] = ("rank", "loss", "params", "status", "step", "id")
+
+
+def _missing_last(value: float | None) -> tuple[int, float]:
+    return (1, 0.0) if value is None or math.isnan(value) else (0, float(value))
+
+
+def rank_key(run: RunRow, group_by: str) -> tuple[Any, ...]:
+    """Grouped by width and ranked by depth (or the other way round), then seed, then id."""
+    first, second = (run.width, run.depth) if group_by == "width" else (run.depth, run.width)
+    return (run.experiment or "", run.arch, first, second, run.seed, run.id)
+
+
+def order_runs(runs: Iterable[RunRow], losses: Mapping[int, float | None], sort: str, group_by: str,
+               reverse: bool = False) -> list[int]:
+    """Run ids in display order. `losses` is the shown test loss of each run (live or final)."""
+    keys = {
+        "rank": lambda r: rank_key(r, group_by),
+        "loss": lambda r: (_missing_last(losses.get(r.id)), rank_key(r, group_by)),
+        "params": lambda r: (_missing_last(r.params), rank_key(r, group_by)),
+        "status": lambda r: (r.status, rank_key(r, group_by)),
+        "step": lambda r: (r.step or 0, rank_key(r, group_by)),
+        "id": lambda r: r.id,
+    }
+    return [r.id for r in sorted(runs, key=keys[sort], reverse=reverse)]
+
+
+def matches(run: RunRow, badges: str, query: str) -> bool:
+    """Every whitespace-separated term of `query` occurs in the run's label, status, experiment or
+    alert badges (case-insensitive); `w64`, `d8`, `running`, `div` all work."""
+    haystack = f"{run.label} {run.status} {run.experiment or ''} {run.arch} {badges}".lower()
+    return all(term in haystack for term in query.lower().split())
+
+
+# --------------------------------------------------------------------------- the central question
+
+
+@dataclass(frozen=True)
+class Delta:
+    """Loss of a run minus the loss of the next smaller run along one axis (same everything else)."""
+
+    value: float
+    worse: bool  # the larger model has the higher loss
+
+
+def size_deltas(runs: Iterable[RunRow], across: str = "depth") -> dict[int, Delta]:
+    """For each finished run, its loss (by the loss rule) against the next shallower (or narrower)
+    finished run of its comparison group. Runs without a smaller finished neighbour get none."""
+    groups: dict[tuple[Any, ...], list[RunRow]] = {}
+    for run in runs:
+        if run.status in OK and run.loss is not None and math.isfinite(run.loss):
+            groups.setdefault(run.comparison_group(across), []).append(run)
+    deltas: dict[int, Delta] = {}
+    for members in groups.values():
+        members.sort(key=lambda r: (getattr(r, across), r.id))
+        for smaller, larger in zip(members, members[1:]):
+            if getattr(larger, across) > getattr(smaller, across):
+                diff = float(larger.loss) - float(smaller.loss)  # type: ignore[arg-type]
+                deltas[larger.id] = Delta(diff, diff > 0)
+    return deltas
+
+
+# --------------------------------------------------------------------------- curves
+
+
+def debiased_ema(values: Sequence[float], beta: float = EMA_BETA) -> list[float]:
+    """Exponential moving average with Adam-style bias correction, so the first points are not
+    dragged towards zero. Non-finite values are skipped (the previous smoothed value repeats)."""
+    out: list[float] = []
+    ema, count = 0.0, 0
+    for v in values:
+        if math.isfinite(v):
+            ema = beta * ema + (1 - beta) * v
+            count += 1
+        out.append(ema / (1 - beta**count) if count else math.nan)
+    return out
+
+
+def downsample_minmax(steps: Sequence[int], values: Sequence[float], buckets: int) -> tuple[list[int], list[float]]:
+    """At most ~2 points per bucket: each bucket's minimum and maximum, in step order, so a
+    spike (or a dip) anywhere in the bucket survives. Short series come back unchanged."""
+    n = len(values)
+    if buckets <= 0 or n <= 2 * buckets:
+        return list(steps), list(values)
+    out_steps: list[int] = []
+    out_values: list[float] = []
+    for b in range(buckets):
+        lo, hi = b * n // buckets, (b + 1) * n // buckets
+        _keep_extremes(steps, values, lo, hi, out_steps, out_values)
+    return out_steps, out_values
+
+
+def _keep_extremes(steps: Sequence[int], values: Sequence[float], lo: int, hi: int,
+                   out_steps: list[int], out_values: list[float]) -> None:
+    """Append the min and max of values[lo:hi] (NaN-safe: a non-finite value counts as extreme)."""
+    finite = [i for i in range(lo, hi) if math.isfinite(values[i])]
+    extremes = {i for i in range(lo, hi) if not math.isfinite(values[i])}
+    if finite:
+        extremes |= {min(finite, key=values.__getitem__), max(finite, key=values.__getitem__)}
+    for i in sorted(extremes):
+        out_steps.append(steps[i])
+        out_values.append(values[i])
+
+
+def bucket_max(values: Sequence[float], buckets: int) -> list[float]:
+    """A sparkline's series: the largest finite value per bucket (a gradient spike must show)."""
+    n = len(values)
+    if n <= buckets or buckets <= 0:
+        return [v for v in values if math.isfinite(v)]
+    out = []
+    for b in range(buckets):
+        chunk = [v for v in values[b * n // buckets:(b + 1) * n // buckets] if math.isfinite(v)]
+        if chunk:
+            out.append(max(chunk))
+    return out
+
+
+def log10_safe(values: Sequence[float]) -> list[float]:
+    """log10 for a log-scale plot drawn on linear axes; non-positive values become NaN (not drawn)."""
+    return [math.log10(v) if v > 0 and math.isfinite(v) else math.nan for v in values]
+
+
+# --------------------------------------------------------------------------- grid view
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One (depth, width) point: mean loss over seeds with its spread and where it goes wrong."""
+
+    depth: int
+    width: int
+    mean: float | None
+    spread: float | None  # max - min over seeds
+    n_seeds: int
+    n_diverged: int
+    shade: float | None  # 0 = best cell of the grid, 1 = worst
+    worse_than_shallower: bool
+    worse_than_narrower: bool
+
+
+def grid_cells(points: Iterable[Mapping[str, Any]]) -> dict[tuple[int, int], GridCell]:
+    """`final_losses` rows of one experiment -> cells keyed (depth, width). Several rows per size
+    (other swept settings) are reduced to the best of them: each size at its best setting."""
+    best: dict[tuple[int, int], Mapping[str, Any]] = {}
+    for p in points:
+        key = (int(p["depth"]), int(p["width"]))
+        if key not in best or _missing_last(p["mean_loss"]) < _missing_last(best[key]["mean_loss"]):
+            best[key] = p
+    means = {k: p["mean_loss"] for k, p in best.items() if p["mean_loss"] is not None}
+    lo, hi = (min(means.values()), max(means.values())) if means else (0.0, 0.0)
+    return {k: _cell(k, p, means, lo, hi) for k, p in best.items()}
+
+
+def _cell(key: tuple[int, int], p: Mapping[str, Any], means: Mapping[tuple[int, int], float],
+          lo: float, hi: float) -> GridCell:
+    depth, width = key
+    mean = means.get(key)
+    spread = None if p["max_loss"] is None else float(p["max_loss"]) - float(p["min_loss"])
+    shallower = _nearest_below(means, depth, lambda d, w: w == width and d < depth, axis=0)
+    narrower = _nearest_below(means, width, lambda d, w: d == depth and w < width, axis=1)
+    return GridCell(
+        depth, width, mean, spread, int(p["n_seeds"] or 0), int(p["n_diverged"] or 0),
+        shade=None if mean is None else shade(mean, lo, hi),
+        worse_than_shallower=mean is not None and shallower is not None and mean > shallower,
+        worse_than_narrower=mean is not None and narrower is not None and mean > narrower,
+    )  # fmt: skip
+
+
+def _nearest_below(means: Mapping[tuple[int, int], float], at: int, pick: Any, axis: int) -> float | None:
+    """Mean loss of the nearest smaller neighbour along one axis (0 = depth, 1 = width)."""
+    below = [(k[axis], v) for k, v in means.items() if pick(*k)]
+    return max(below)[1] if below else None
+
+
+def shade(value: float, best: float, worst: float) -> float:
+    """Position of `value` between the best (0) and worst (1) loss of the grid."""
+    if not math.isfinite(value) or worst <= best:
+        return 0.0
+    return min(1.0, max(0.0, (value - best) / (worst - best)))
+
+
+def shade_color(t: float) -> str:
+    """Green (best) through yellow to red (worst), as an `rgb(...)` colour for a cell background."""
+    t = min(1.0, max(0.0, t))
+    red = int(40 + 160 * min(1.0, 2 * t))
+    green = int(40 + 140 * min(1.0, 2 * (1 - t)))
+    return f"rgb({red},{green},40)"
+
+
+# --------------------------------------------------------------------------- status bar
+
+
+def parse_iso(text: str | None) -> float | None:
+    """Seconds since the epoch of a stored ISO-8601 UTC timestamp (`...Z`), or None."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def status_counts(runs: Iterable[RunRow]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.status] = counts.get(run.status, 0) + 1
+    return counts
+
+
+def eta_seconds(runs: Sequence[RunRow]) -> float | None:
+    """Time left for the queued and running runs: mean wall time of the finished ones, times the
+    work left (a running run counts for the fraction of its steps still to go), spread over the
+    runs running now. None until one run has finished or while nothing is running."""
+    durations = [end - start for r in runs if r.finished
+                 for start, end in [(parse_iso(r.started_at), parse_iso(r.finished_at))]
+                 if start is not None and end is not None and end >= start]
+    running = [r for r in runs if r.status == "running"]
+    if not durations or not running:
+        return None
+    mean = sum(durations) / len(durations)
+    left = sum(1 for r in runs if r.status == "queued")
+    left += sum(1 - min(1.0, (r.step or 0) / r.steps) if r.steps else 1.0 for r in running)
+    return mean * left / len(running)
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def fmt_loss(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if math.isnan(value):
+        return "nan"
+    return f"{value:.4f}" if abs(value) < 100 else f"{value:.3g}"
+
+
+def fmt_count(n: int | None) -> str:
+    """1234567 -> 1.23M: parameter counts in a narrow column."""
+    if n is None:
+        return "-"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(n)

@@ -1,0 +1,1 @@
+"""Modal screens: help, quit confirmation, the configurator's proposal."""

@@ -1,0 +1,204 @@
+"""What the app knows, kept on the UI thread and changed only by applying a `Snapshot`.
+
+`ViewState.apply` folds one snapshot into the state and returns a `Changes` record saying what
+moved (which runs, whether the selected run's curves or layers grew, new events, alerts, the grid),
+so each widget redraws only when its inputs changed. Plain Python, no textual: unit tested.
+
+Memory is bounded by what is tracked: whole loss series (compact `array`s) only for the selected run
+and its group, per-layer series only for the selected run, the latest few hundred events.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from array import array
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from scaletui.tui.model import ALERT_BADGES, RunRow
+from scaletui.tui.poller import LayerUpdate, SeriesUpdate, Snapshot
+
+EVENT_LOG_LINES = 300
+
+
+@dataclass
+class Series:
+    """One metric of one run, in step order."""
+
+    steps: array = field(default_factory=lambda: array("q"))
+    values: array = field(default_factory=lambda: array("d"))
+
+    def extend(self, steps: Iterable[int], values: Iterable[float]) -> None:
+        self.steps.extend(steps)
+        self.values.extend(values)
+
+
+@dataclass
+class LayerSeries:
+    """One layer of the selected run: gradient and weight norms over steps, non-finite count."""
+
+    name: str
+    steps: array = field(default_factory=lambda: array("q"))
+    grad: array = field(default_factory=lambda: array("d"))
+    weight: array = field(default_factory=lambda: array("d"))
+    nonfinite: int = 0
+
+
+@dataclass
+class Changes:
+    """What one applied snapshot changed (widgets redraw accordingly)."""
+
+    runs: set[int] = field(default_factory=set)  # rows or live values changed
+    added: set[int] = field(default_factory=set)  # runs seen for the first time
+    series: set[int] = field(default_factory=set)
+    layers: bool = False
+    events: list[dict[str, Any]] = field(default_factory=list)
+    alerts: bool = False
+    grid: bool = False
+    experiments: bool = False
+    finished: set[int] = field(default_factory=set)  # runs that just reached a finished status
+
+
+class ViewState:
+    """The app's data, current as of the last applied snapshot."""
+
+    def __init__(self) -> None:
+        self.runs: dict[int, RunRow] = {}
+        self.live_train: dict[int, float] = {}
+        self.live_test: dict[int, float] = {}
+        self.live_best: dict[int, float] = {}
+        self.series: dict[tuple[int, str], Series] = {}
+        self.layers_of: int | None = None
+        self.layers: dict[int, LayerSeries] = {}
+        self.alerts: dict[int, dict[str, Any]] = {}
+        self.badges: dict[int, str] = {}
+        self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_LOG_LINES)
+        self.final_losses: tuple[dict[str, Any], ...] = ()
+        self.experiments: tuple[str, ...] = ()
+        self.polled_at: float | None = None
+        self.error: str | None = None
+
+    # ----------------------------------------------------------------- applying
+
+    def apply(self, snap: Snapshot) -> Changes:
+        changes = Changes()
+        self.polled_at, self.error = snap.polled_at, snap.error
+        self._apply_runs(snap, changes)
+        for live in snap.live:
+            self._apply_live(live.run_id, live.train, live.test)
+            changes.runs.add(live.run_id)
+        self._apply_series(snap, changes)
+        self._apply_layers(snap.layers, changes)
+        self.events.extend(snap.events)
+        changes.events = list(snap.events)
+        if snap.alerts:
+            self._apply_alerts(snap.alerts)
+            changes.alerts = True
+        if snap.final_losses is not None:
+            self.final_losses, changes.grid = snap.final_losses, True
+        if snap.experiments is not None and snap.experiments != self.experiments:
+            self.experiments, changes.experiments = snap.experiments, True
+        return changes
+
+    def _apply_runs(self, snap: Snapshot, changes: Changes) -> None:
+        for run in snap.runs:
+            old = self.runs.get(run.id)
+            if old is None:
+                changes.added.add(run.id)
+            elif run.finished and not old.finished:
+                changes.finished.add(run.id)
+            if run.finished or run.status != "running":
+                self.live_train.pop(run.id, None)  # the row's final values take over
+            self.runs[run.id] = run
+            changes.runs.add(run.id)
+
+    def _apply_live(self, run_id: int, train: tuple[int, float] | None, test: Iterable[tuple[int, float]]) -> None:
+        if train is not None:
+            self.live_train[run_id] = train[1]
+        for _, value in test:
+            self.live_test[run_id] = value
+            if math.isfinite(value) and value < self.live_best.get(run_id, math.inf):
+                self.live_best[run_id] = value
+
+    def _apply_series(self, snap: Snapshot, changes: Changes) -> None:
+        selected, group = snap.tracked
+        keep = {selected} | set(group)
+        for stale in [k for k in self.series if k[0] not in keep]:
+            del self.series[stale]
+        for update in snap.series:
+            self._extend_series(update)
+            changes.series.add(update.run_id)
+
+    def _extend_series(self, update: SeriesUpdate) -> None:
+        key = (update.run_id, update.key)
+        if update.reset or key not in self.series:
+            self.series[key] = Series()
+        self.series[key].extend(update.steps, update.values)
+
+    def _apply_layers(self, updates: Iterable[LayerUpdate], changes: Changes) -> None:
+        for update in updates:
+            if update.reset or update.run_id != self.layers_of:
+                self.layers_of, self.layers = update.run_id, {}
+            for row in update.rows:
+                layer = self.layers.setdefault(row.layer, LayerSeries(row.name))
+                layer.steps.append(row.step)
+                layer.grad.append(row.grad_norm)
+                layer.weight.append(row.weight_norm)
+                layer.nonfinite += row.nonfinite
+            changes.layers = True
+
+    def _apply_alerts(self, rows: Iterable[dict[str, Any]]) -> None:
+        for row in rows:
+            if row["active"]:
+                self.alerts[row["id"]] = row
+            else:
+                self.alerts.pop(row["id"], None)
+        self.badges = alert_badges(self.alerts.values())
+
+    # ----------------------------------------------------------------- derived values
+
+    def train_loss(self, run: RunRow) -> float | None:
+        """Latest train loss: live while running, the stored final value afterwards."""
+        return self.live_train.get(run.id, run.final_train_loss)
+
+    def test_loss(self, run: RunRow) -> float | None:
+        """"The loss of the run" once finished; the latest test evaluation while it trains."""
+        if run.finished and run.loss is not None:
+            return run.loss
+        return self.live_test.get(run.id, run.final_test_loss)
+
+    def best_loss(self, run: RunRow) -> float | None:
+        return run.best_test_loss if run.best_test_loss is not None else self.live_best.get(run.id)
+
+    def group_of(self, run_id: int, group_by: str) -> list[int]:
+        """The other runs drawn faint next to `run_id`: its comparison group along the ranked axis."""
+        run = self.runs.get(run_id)
+        if run is None:
+            return []
+        across = "depth" if group_by == "width" else "width"
+        key = run.comparison_group(across)
+        return [r.id for r in self.runs.values() if r.id != run_id and r.comparison_group(across) == key]
+
+
+def alert_badges(alerts: Iterable[dict[str, Any]]) -> dict[int, str]:
+    """Per run, its active alerts as short badges, most severe first."""
+    order = {"critical": 0, "warning": 1, "info": 2}
+    per_run: dict[int, list[tuple[int, str]]] = {}
+    for a in alerts:
+        if a.get("run_id") is not None:
+            badge = ALERT_BADGES.get(a["kind"], a["kind"][:6].upper())
+            per_run.setdefault(a["run_id"], []).append((order.get(a["severity"], 3), badge))
+    return {run_id: " ".join(b for _, b in sorted(set(items))) for run_id, items in per_run.items()}
+
+
+def evidence_text(alert: dict[str, Any], limit: int = 6) -> str:
+    """The numbers behind an alert, `key=value` with 4 significant digits."""
+    try:
+        evidence = json.loads(alert.get("evidence_json") or "{}")
+    except ValueError:
+        return ""
+    parts = [f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in list(evidence.items())[:limit]]
+    return ", ".join(parts)

@@ -1,0 +1,100 @@
+"""Per-layer gradient norms of the selected run: one sparkline per layer, input layer at the top.
+
+Each line shows the layer's name, its gradient-norm sparkline over steps (bucketed by maximum, so a
+spike shows), the latest gradient norm and the latest weight norm. The header gives the ratio of the
+first layer's gradient norm to the last one's (a tiny ratio is vanishing gradients in the early
+layers, seen at a glance) and a red badge when any non-finite gradient value was counted.
+
+Lines are reused across runs and ticks (a sparkline's `data` is swapped); only a change in the number
+of layers mounts or removes lines at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.widget import Widget
+from textual.widgets import Label, Sparkline, Static
+
+from scaletui.tui.model import bucket_max
+from scaletui.tui.state import LayerSeries, ViewState
+
+SPARK_POINTS = 120  # bounded input for a sparkline, whatever the length of the run
+
+
+def grad_ratio(layers: dict[int, LayerSeries]) -> float | None:
+    """Latest first-layer gradient norm over latest last-layer gradient norm."""
+    if len(layers) < 2:
+        return None
+    first, last = layers[min(layers)], layers[max(layers)]
+    if not len(first.grad) or not len(last.grad):
+        return None
+    a, b = first.grad[-1], last.grad[-1]
+    return a / b if b > 0 and math.isfinite(a) and math.isfinite(b) else None
+
+
+def header_text(state: ViewState) -> str:
+    layers = state.layers
+    if not layers:
+        return "gradients: no layer statistics yet"
+    ratio = grad_ratio(layers)
+    ratio_text = "-" if ratio is None else f"{ratio:.3g}"
+    nonfinite = sum(layer.nonfinite for layer in layers.values())
+    badge = f"  [b white on red] NONFINITE {nonfinite} [/]" if nonfinite else ""
+    return f"grad norm first/last layer: [b]{ratio_text}[/]  ({len(layers)} layers){badge}"
+
+
+def _latest(values: Sequence[float]) -> str:
+    return f"{values[-1]:.3g}" if len(values) else "-"
+
+
+class LayerLine(Horizontal):
+    """name | sparkline | grad norm | weight norm"""
+
+    def __init__(self, layer: int) -> None:
+        super().__init__(classes="layer-line")
+        self.layer_index = layer
+
+    def compose(self) -> ComposeResult:
+        yield Label("", classes="layer-name")
+        yield Sparkline([], classes="layer-spark")
+        yield Label("", classes="layer-value")
+
+    def show(self, series: LayerSeries) -> None:
+        self.query_one(".layer-name", Label).update(f"{self.layer_index:>2} {series.name[:12]}")
+        self.query_one(Sparkline).data = bucket_max(series.grad, SPARK_POINTS)
+        flag = " [b red]![/]" if series.nonfinite else ""
+        self.query_one(".layer-value", Label).update(f"g {_latest(series.grad)} w {_latest(series.weight)}{flag}")
+
+
+class GradPane(Widget):
+    """Header plus one LayerLine per layer of the selected run."""
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:  # noqa: A002
+        super().__init__(id=id, classes=classes)
+
+    def compose(self) -> ComposeResult:
+        yield Static("gradients: no run selected", id="grad-header")
+        yield VerticalScroll(id="grad-lines")
+
+    def show(self, state: ViewState) -> None:
+        self.query_one("#grad-header", Static).update(header_text(state))
+        box = self.query_one("#grad-lines", VerticalScroll)
+        lines = list(box.query(LayerLine))
+        wanted = sorted(state.layers)
+        for extra in lines[len(wanted):]:
+            extra.remove()
+        if len(lines) < len(wanted):  # new lines fill in once mounted
+            box.mount_all([LayerLine(layer) for layer in wanted[len(lines):]])
+            self.call_after_refresh(self._fill, state)
+        self._fill(state)
+
+    def _fill(self, state: ViewState) -> None:
+        wanted = sorted(state.layers)
+        for line, layer in zip(self.query_one("#grad-lines").query(LayerLine), wanted):
+            if line.is_mounted and line.children:
+                line.layer_index = layer
+                line.show(state.layers[layer])

@@ -1,0 +1,290 @@
+"""The app's behaviour through its keys, with Pilot, over real SQLite files.
+
+Selection, sorting, filtering, pausing, switching views, help; a database that another process is
+writing (the app attaches to it exactly as to its own sweep); and, marked slow, a real tiny sweep
+started, one run stopped and the sweep stopped from the app's keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from textual.widgets import ContentSwitcher, DataTable, Input
+
+from scaletui.store.reader import Reader
+from scaletui.tui.app import ScaleApp, stop_refusal
+from scaletui.tui.screens.modals import ConfirmScreen, HelpScreen
+from scaletui.tui.widgets.grad_pane import LayerLine
+from scaletui.tui.widgets.loss_pane import LossPane
+from scaletui.tui.widgets.runs_table import RunsTable
+from scaletui.tui.widgets.status_bar import StatusBar
+from tests.tui import sweepdb
+
+REPO = Path(__file__).resolve().parents[2]
+NOW = 1767268800.0  # 2026-01-01T12:00:00Z, the fixture's pinned time
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    path = tmp_path / "sweep.db"
+    sweepdb.build(path)
+    return path
+
+
+async def until(pilot, condition: Callable[[], bool], timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    """Let the app run until `condition()` holds (the poller works in its own thread)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await pilot.pause(0.05)
+
+
+def table_ids(app: ScaleApp) -> list[int]:
+    table = app.query_one(RunsTable)
+    return [int(table.coordinate_to_cell_key((i, 0)).row_key.value) for i in range(table.row_count)]  # type: ignore[arg-type]
+
+
+def loaded(app: ScaleApp) -> Callable[[], bool]:
+    return lambda: len(table_ids(app)) == 6 and (1, "train_loss") in app.state.series
+
+
+def cell(app: ScaleApp, run_id: int, column: str) -> str:
+    return str(app.query_one(RunsTable).get_cell(str(run_id), column))
+
+
+def test_selection_drives_the_loss_and_gradient_panes(db: Path) -> None:
+    async def go() -> None:
+        app = ScaleApp(db, clock=lambda: NOW)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await until(pilot, loaded(app))
+            assert table_ids(app) == [1, 2, 3, 4, 5, 6] and app.selected == 1
+            await until(pilot, lambda: len(app.query(LayerLine)) == 2)
+            await pilot.press("down", "down")
+            await until(pilot, lambda: app.selected == 3 and len(app.query(LayerLine)) == 5)
+            assert "mlp w8 d4 s0" in str(app.query_one("#loss-title").render())
+            assert app.state.group_of(3, "width") == [1, 2]
+            assert cell(app, 3, "delta").endswith("▲")  # d4 worse than d2 at width 8
+            assert "VANISH" in cell(app, 3, "alerts")
+
+    asyncio.run(go())
+
+
+def test_sort_flip_and_filter_from_the_keyboard(db: Path) -> None:
+    async def go() -> None:
+        app = ScaleApp(db, clock=lambda: NOW)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await until(pilot, loaded(app))
+            await pilot.press("t")  # grouped by depth, ranked by width
+            assert table_ids(app) == [1, 4, 2, 5, 3, 6]
+            assert str(app.query_one(RunsTable).columns["delta"].label) == "Δ width"  # type: ignore[index]
+            await pilot.press("t", "o")  # back to width groups; sort by loss
+            assert app.view.sort == "loss"
+            assert table_ids(app)[:2] == [4, 5] and table_ids(app)[-1] == 6  # queued (no loss) last
+            await pilot.press("O")
+            assert table_ids(app)[0] == 6
+            await pilot.press("slash")
+            assert app.query_one("#filter", Input).has_focus
+            await pilot.press(*"w8 d", "enter")
+            assert sorted(table_ids(app)) == [1, 2, 3]
+            await pilot.press("slash", *" vanish")
+            assert table_ids(app) == [3]
+            await pilot.press("escape")
+            assert sorted(table_ids(app)) == [1, 2, 3, 4, 5, 6] and app.query_one(RunsTable).has_focus
+
+    asyncio.run(go())
+
+
+def test_pause_stops_applying_new_rows_until_resumed(db: Path) -> None:
+    spec = sweepdb.specs((16,), (2,), (0,), 60)[0]
+
+    async def go() -> None:
+        app = ScaleApp(db, clock=lambda: NOW, poll_interval=0.05)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await until(pilot, loaded(app))
+            await pilot.press("space")
+            assert "PAUSED" in str(app.query_one(StatusBar).render())
+            await pilot.pause(0.2)  # let a poll that was under way finish
+            sweepdb.extend_run(db, 5, spec, 31, 45)
+            await pilot.pause(0.5)
+            assert cell(app, 5, "step") == "30/60"
+            await pilot.press("space")
+            await until(pilot, lambda: cell(app, 5, "step") == "45/60")
+            assert "polled" in str(app.query_one(StatusBar).render())
+
+    asyncio.run(go())
+
+
+def test_views_panes_help_and_log_and_smoothing_toggles(db: Path) -> None:
+    async def go() -> None:
+        app = ScaleApp(db, clock=lambda: NOW)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, loaded(app))
+            assert app.screen.has_class("-narrow")
+            assert app.query_one(LossPane).display and not app.query_one("#grad-pane").display
+            await pilot.press("p")
+            assert app.query_one("#grad-pane").display and not app.query_one(LossPane).display
+            await pilot.press("p", "p", "p")
+            assert app.query_one(LossPane).display
+            await pilot.press("l", "e")
+            assert app.log_y and app.smooth
+            assert "log y + EMA" in str(app.query_one("#loss-title").render())
+            await pilot.press("g")
+            assert app.query_one(ContentSwitcher).current == "grid"
+            grid = app.query_one("#grid-table", DataTable)
+            assert grid.row_count == 3 and "▼d" in str(grid.get_cell("4", "8"))
+            await pilot.press("1", "question_mark")
+            assert isinstance(app.screen, HelpScreen)
+            keys = [str(row[0]) for row in (app.screen.query_one(DataTable).get_row_at(i)
+                                            for i in range(app.screen.query_one(DataTable).row_count))]
+            assert {"q", "?", "r", "k", "space", "/", "l", "e", "g", "f", "s"} <= set(keys)
+            await pilot.press("escape", "q")
+        assert app.return_value == 0
+
+    asyncio.run(go())
+
+
+def test_start_without_sweep_file_and_stop_run_elsewhere_only_warn(db: Path) -> None:
+    async def go() -> None:
+        app = ScaleApp(db, clock=lambda: NOW)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await until(pilot, loaded(app))
+            await pilot.press("r")
+            assert app.sweep_proc is None
+            await pilot.press("down", "down", "down", "down")  # run 5: running on another host
+            await until(pilot, lambda: app.selected == 5)
+            await pilot.press("k")
+            assert any("stop it there" in n.message for n in app._notifications)
+
+    asyncio.run(go())
+    assert stop_refusal(None, None, None) == "no run selected"
+    assert stop_refusal("done", "h", 1) == "the selected run is done, not running"
+
+
+WRITER = textwrap.dedent("""
+    import sys, time
+    sys.path.insert(0, {repo!r})
+    from pathlib import Path
+    from tests.tui import sweepdb
+    spec = sweepdb.specs((16,), (2,), (0,), 60)[0]
+    for first in range(31, 61, 5):
+        sweepdb.extend_run(Path({db!r}), 5, spec, first, first + 4)
+        time.sleep(0.1)
+""")
+
+
+def test_attaches_to_a_database_another_process_is_writing(db: Path) -> None:
+    """Another process appends steps to a running run; the app shows them as they land."""
+
+    async def go() -> None:
+        app = ScaleApp(db, clock=lambda: NOW, poll_interval=0.1)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await until(pilot, loaded(app))
+            await pilot.press("down", "down", "down", "down")
+            await until(pilot, lambda: app.selected == 5)
+            writer = subprocess.Popen([sys.executable, "-c", WRITER.format(repo=str(REPO), db=str(db))])
+            try:
+                await until(pilot, lambda: cell(app, 5, "step") == "60/60", timeout=30)
+            finally:
+                assert writer.wait(timeout=30) == 0
+            await until(pilot, lambda: len(app.state.series[(5, "train_loss")].values) == 61)
+            assert list(app.state.series[(5, "train_loss")].steps) == list(range(61))
+            assert app.state.layers[0].steps[-1] == 60
+
+    asyncio.run(go())
+
+
+@pytest.mark.slow
+def test_start_stop_one_run_then_the_sweep_from_the_keys(make_sweep: Callable[..., Path], tmp_path: Path) -> None:
+    """A real sweep: `r` starts it as a subprocess, `k` stops the selected run, `X` stops the rest."""
+    sweep = make_sweep(model={"width": [8, 16], "depth": [1]}, train={"steps": 20000, "eval_every": 500},
+                       experiment={"workers": 2})
+    db = tmp_path / "runs.db"
+
+    def statuses() -> dict[int, str]:
+        if not db.exists():
+            return {}
+        with Reader(db) as reader:
+            return {r["id"]: r["status"] for r in reader.runs()}
+
+    async def go() -> None:
+        app = ScaleApp(db, sweep, experiment="tiny", poll_interval=0.2)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await pilot.press("r")
+            await until(pilot, lambda: app.sweep_proc is not None, timeout=20)
+            await until(pilot, lambda: list(statuses().values()).count("running") == 2
+                        and all(app.state.runs[i].status == "running" for i in statuses()), timeout=120)
+            await until(pilot, lambda: app.selected is not None)
+            victim = app.selected
+            await pilot.press("k")
+            await until(pilot, lambda: statuses()[victim] == "interrupted", timeout=60)
+            other = next(i for i in statuses() if i != victim)
+            assert statuses()[other] == "running"
+            await pilot.press("X")
+            await until(pilot, lambda: app.sweep_proc is None, timeout=90)
+            assert statuses()[other] == "interrupted"
+            assert "stopped; runs are resumable" in app.sweep_note
+            await until(pilot, lambda: app.state.runs[other].status == "interrupted")
+
+    asyncio.run(go())
+    assert (tmp_path / "scaletui-app-sweep.log").exists()
+
+
+@pytest.mark.slow
+def test_quit_while_training_asks_then_stops_cleanly(make_sweep: Callable[..., Path], tmp_path: Path) -> None:
+    sweep = make_sweep(model={"width": [8], "depth": [1]}, train={"steps": 20000, "eval_every": 500},
+                       experiment={"workers": 1})
+    db = tmp_path / "runs.db"
+
+    async def go() -> ScaleApp:
+        app = ScaleApp(db, sweep, experiment="tiny", poll_interval=0.2, start=True)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await until(pilot, lambda: any(r.status == "running" for r in app.state.runs.values()), timeout=120)
+            await pilot.press("q")
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("n")
+            assert app.sweep_proc is not None
+            await pilot.press("q", "y")
+            await until(pilot, lambda: app.sweep_proc is None, timeout=90)
+        return app
+
+    app = asyncio.run(go())
+    assert app.return_value == 0
+    with Reader(db) as reader:
+        assert [r["status"] for r in reader.runs()] == ["interrupted"]
+    assert os.path.exists(tmp_path / "checkpoints")
+
+
+def test_fit_view_mounts_the_fit_pane_and_s_shows_the_configurators_proposal(db: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from scaletui.tui import fit_pane
+    from scaletui.tui.fit_pane import FitPane
+    from scaletui.tui.screens.modals import TextScreen
+
+    monkeypatch.setattr(fit_pane, "PANE_BOOTSTRAP", 20)  # the pane's own tests cover its fits
+
+    async def go() -> None:
+        app = ScaleApp(db, clock=lambda: NOW)
+        async with app.run_test(size=(160, 48)) as pilot:
+            await until(pilot, loaded(app))
+            await pilot.press("f")
+            await until(pilot, lambda: bool(app.query(FitPane)) and app.query_one(FitPane).has_focus)
+            assert app.query_one(ContentSwitcher).current == "fit"
+            await pilot.press("1")
+            assert app.query_one(ContentSwitcher).current == "dashboard" and app.query_one(RunsTable).has_focus
+            await pilot.press("s")  # selected: w8 d1; the next width of the sweep is 16
+            await until(pilot, lambda: isinstance(app.screen, TextScreen), timeout=20)
+            assert app.screen.title_text.startswith("next size w16 d1: lr ")
+            assert "[model]" in str(app.screen.query_one("#text-body").render())
+            await pilot.press("escape")
+            await until(pilot, lambda: not any(w.is_running for w in app.workers if w.group == "fit"), timeout=60)
+
+    asyncio.run(go())
