@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from scaletui.records import LayerStats, MetricRecord, ModelInfo, RunOutcome, RunSpec, RunStatus
+from scaletui.runner import pid_alive  # the liveness check the runner hands to reap_orphans
 from scaletui.store import Reader, Store, StoreSink, UnknownRun
 
 Spec = Callable[..., RunSpec]
@@ -40,16 +41,6 @@ def dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     return child.pid
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --------------------------------------------------------------------------- registration
