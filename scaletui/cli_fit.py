@@ -11,7 +11,9 @@ Also home of `print_sweep_fit`, the law printed at the end of `scaletui run --he
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -52,11 +54,13 @@ def _console() -> Any:
 
 @click.command(name="fit")
 @click.option("--db", "db", type=click.Path(dir_okay=False, path_type=Path),
-              help="Database to read runs from and store fits in [default: runs/scaletui.db].")
+              help="Database to read runs from and store fits in (default: experiment.db of ./experiments.toml, "
+                   "else runs/scaletui.db).")
 @click.option("--experiment", help="Experiment name (default: the only, or most recently updated, one).")
 @click.option("--x", "x", type=click.Choice(X_CHOICES), default="params", show_default=True,
               help="What the law is fitted against (flops = forward FLOPs/example x steps x batch size).")
-@click.option("--group-by", help="One curve per value of this config key (e.g. depth when --x width).")
+@click.option("--group-by", help="One curve per value of this config key (e.g. depth when --x width); with --csv, "
+                                 "of this column, or of several joined by commas (Task,Model).")
 @click.option("--loss-rule", type=click.Choice(LOSS_RULES),
               help="Which number is the loss of a run (default: the experiment's rule).")
 @click.option("--form", type=click.Choice(FORM_CHOICES), default="offset", show_default=True,
@@ -74,35 +78,51 @@ def _console() -> Any:
 @click.option("--csv-d", help="CSV column for D: fits L(N, D) = E + A/N^alpha + B/D^beta.")
 @click.option("--csv-compute", help="CSV column for compute C: D = C / (6N), two-variable law.")
 @click.option("--csv-y", help="CSV column for the loss.")
+@click.option("--csv-group", help="CSV column whose values the bootstrap resamples (a run or seed column: its rows "
+                                  "are drawn together) [default: each row].")
 @click.option("--drop-highest", type=click.IntRange(min=0), default=0, show_default=True,
               help="CSV: drop this many highest-loss rows (the Chinchilla replication drops 5).")
 @click.option("--no-save", is_flag=True, help="Do not store the fit in the fits table.")
 def fit_command(db: Path | None, experiment: str | None, x: str, group_by: str | None, loss_rule: str | None, form: str,
                 n_bootstrap: int, level: float, seed: int, as_json: bool, png: Path | None, csv_path: Path | None,
                 csv_x: str | None, csv_d: str | None, csv_compute: str | None, csv_y: str | None,
-                drop_highest: int, no_save: bool) -> None:
+                csv_group: str | None, drop_highest: int, no_save: bool) -> None:
     """Fit a scaling law with intervals, held-out error and stability, and store it."""
     from scaletui.fitting import FORMS, FitInputError, FitSpec
     from scaletui.records import LossRule
 
-    db = db if db is not None else Path(_cli().DEFAULT_DB)
+    csv_only = {"--csv-x": csv_x, "--csv-y": csv_y, "--csv-d": csv_d, "--csv-compute": csv_compute,
+                "--csv-group": csv_group, "--drop-highest": drop_highest or None}
+    given = [flag for flag, value in csv_only.items() if value is not None]
+    if csv_path is None and given:  # a sweep's fit would silently ignore them
+        fail(f"{', '.join(given)}: only with --csv FILE")
+    db = _cli().resolve_db(db)
     spec = FitSpec(x=x, group_by=group_by, loss_rule=LossRule(loss_rule) if loss_rule else None, form=FORMS[form],
                    n_bootstrap=n_bootstrap, level=level, seed=seed)
     try:
         if csv_path is not None:
-            reports, skipped = [_fit_csv(csv_path, csv_x, csv_d, csv_compute, csv_y, drop_highest, spec)], ()
+            columns = CsvColumns(csv_x, csv_y, csv_d, csv_compute, csv_group)
+            reports, skipped = _fit_csv(csv_path, columns, drop_highest, spec, db=None if no_save else db)
         else:
             reports, skipped = _fit_db(db, experiment, spec)
     except FitInputError as exc:
         fail(str(exc))
+    not_stored = None
     if not no_save:
-        reports = _save(db, reports, create=csv_path is not None)
+        reports, not_stored = _save(db, reports)
+    _show(reports, skipped, as_json)
     if png is not None:
-        _write_png(reports, png)
+        _write_png(reports, png, announce=not as_json)
+    if not_stored is not None:  # after the result: the law was fitted and shown, only keeping it failed
+        hint = "; --db PATH stores it elsewhere" if csv_path is not None else ""
+        click.echo(f"note: fit not stored: {not_stored}{hint}", err=True)
+
+
+def _show(reports: list[FitReport], skipped: Sequence[str], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"fits": [r.to_json() for r in reports], "skipped": list(skipped)}, indent=2))
     else:
-        _print_reports(reports, skipped, png)
+        _print_reports(reports, skipped)
 
 
 def _fit_db(db: Path, experiment: str | None, spec: FitSpec) -> tuple[list[FitReport], Sequence[str]]:
@@ -115,36 +135,87 @@ def _fit_db(db: Path, experiment: str | None, spec: FitSpec) -> tuple[list[FitRe
     return list(result.reports), result.skipped
 
 
-def _fit_csv(path: Path, x: str | None, d: str | None, compute: str | None, y: str | None, drop: int,
-             spec: FitSpec) -> FitReport:
-    from scaletui.fitting import fit_csv
+@dataclass(frozen=True)
+class CsvColumns:
+    """The --csv-* options: which columns are x (or N), the loss, D or compute, the resampling unit."""
 
-    if x is None or y is None:
+    x: str | None
+    y: str | None
+    d: str | None
+    compute: str | None
+    unit: str | None
+
+
+def _fit_csv(path: Path, columns: CsvColumns, drop: int, spec: FitSpec,
+             db: Path | None) -> tuple[list[FitReport], Sequence[str]]:
+    """Check the options (and that `db`, where the fit will be stored, is no foreign file), then fit."""
+    from scaletui.fitting import FORMS, fit_csv
+
+    c = columns
+    if c.x is None or c.y is None:
         fail(f"{path}: --csv needs --csv-x COLUMN and --csv-y COLUMN")
-    if d is not None and compute is not None:
+    if c.d is not None and c.compute is not None:
         fail(f"{path}: give one of --csv-d and --csv-compute, not both")
+    if spec.form is FORMS["power"] and (c.d is not None or c.compute is not None):
+        two = "--csv-d" if c.d is not None else "--csv-compute"
+        fail(f"{path}: --form power fits one variable; with {two} the law is E + A/N^alpha + B/D^beta "
+             "(drop --form)")
     if not path.is_file():
         fail(f"{path}: no such file")
-    return fit_csv(path, x=x, y=y, d=d, compute=compute, drop_highest=drop, spec=spec)
+    if db is not None:
+        _refuse_foreign_db(db)
+    result = fit_csv(path, x=c.x, y=c.y, d=c.d, compute=c.compute, unit=c.unit, drop_highest=drop, spec=spec)
+    return list(result.reports), result.skipped
 
 
-def _save(db: Path, reports: list[FitReport], *, create: bool) -> list[FitReport]:
-    """Store the fits; a CSV fit may create the database (and its folder)."""
+def _refuse_foreign_db(db: Path) -> None:
+    """A --db that names some other file is bad input: said before the fit, not after it. A database
+    that merely cannot be written is noted after the fit instead (see `_save`)."""
+    from scaletui.store.errors import NotAScaletuiDatabase, SchemaTooNew, StoreError
+    from scaletui.store.schema import open_db
+
+    if not db.is_file() or db.stat().st_size == 0:  # missing or empty: storing creates it
+        return
+    try:
+        open_db(db, create=False, readonly=True).close()
+    except (NotAScaletuiDatabase, SchemaTooNew) as exc:
+        fail(str(exc))
+    except (StoreError, OSError, sqlite3.Error):  # older schema (the writer upgrades it), unreadable: `_save`
+        pass
+
+
+def _save(db: Path, reports: list[FitReport]) -> tuple[list[FitReport], str | None]:
+    """Store the fits, creating the database and its folder when they do not exist.
+
+    Returns the reports with their fit ids, or unchanged with one line saying why they could not be
+    stored (a folder that cannot be created, a read-only place, a busy or broken database): the fit
+    itself succeeded, so that is a note, not a failure.
+    """
     from scaletui.fitting import save_reports
+    from scaletui.store.errors import StoreError, StoreWriteFailed
 
-    if create:
-        _check_db_usable(db, create=True)
-        db.parent.mkdir(parents=True, exist_ok=True)
-    return save_reports(db, reports)
+    folder = db.parent
+    if folder.exists() and not folder.is_dir():
+        return reports, f"{db}: {folder} is a file, not a folder"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return save_reports(db, reports), None
+    except StoreWriteFailed as exc:
+        return reports, f"{db}: cannot write the database ({exc.reason})"
+    except (StoreError, OSError, sqlite3.Error) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return reports, text if str(db) in text else f"{db}: {text}"
 
 
-def _write_png(reports: list[FitReport], png: Path) -> None:
+def _write_png(reports: list[FitReport], png: Path, *, announce: bool) -> None:
     from scaletui.plotting import write_png
 
     try:
         write_png(reports, png)
     except OSError as exc:
         fail(f"{png}: cannot write the plot ({exc.strerror or exc})")
+    if announce:
+        _console().print(f"plot written to {png}", markup=False, highlight=False)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -173,7 +244,7 @@ def _heading(r: FitReport) -> str:
     what = f"{r.source}" + (f" ({r.group})" if r.group else "")
     rule = f"loss = {r.loss_label}" if r.loss_label else "loss from CSV"
     diverged = f", {r.n_diverged} diverged excluded" if r.n_diverged else ""
-    unit = "runs" if r.run_ids else "rows"
+    unit = r.resample_unit or ("runs" if r.run_ids else "rows")
     boot = f", {r.boot.n_done} bootstrap resamples over {unit}" if r.boot else ""
     return f"{what}: L({r.x_name}) = {r.form.value}; {rule}; {r.fit.n_points} points, {r.n_sizes} sizes{diverged}{boot}"
 
@@ -191,7 +262,7 @@ def report_lines(r: FitReport) -> list[str]:
     return lines
 
 
-def _print_reports(reports: Sequence[FitReport], skipped: Sequence[str], png: Path | None) -> None:
+def _print_reports(reports: Sequence[FitReport], skipped: Sequence[str]) -> None:
     console = _console()
     for r in reports:
         console.print(_heading(r), markup=False, highlight=False)
@@ -201,8 +272,6 @@ def _print_reports(reports: Sequence[FitReport], skipped: Sequence[str], png: Pa
         console.print()
     for line in skipped:
         console.print(f"skipped: {line}", markup=False, highlight=False)
-    if png is not None:
-        console.print(f"plot written to {png}", markup=False, highlight=False)
 
 
 # ----------------------------------------------------------------------------- after a headless run
@@ -228,6 +297,6 @@ def print_sweep_fit(db: Path, experiment: str) -> None:
         if _finished_sizes(db, experiment) < MIN_SIZES_FOR_SWEEP_FIT:
             return
         result = fit_experiment(db, experiment, FitSpec(x="params", n_bootstrap=HEADLESS_BOOTSTRAP))
-        _print_reports(save_reports(db, result.reports), result.skipped, None)
+        _print_reports(save_reports(db, result.reports), result.skipped)
     except Exception as exc:  # noqa: BLE001 - a fit must never change a finished sweep's exit code
         click.echo(f"warning: fit skipped: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", err=True)

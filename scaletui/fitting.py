@@ -9,9 +9,12 @@ fit pane all go through it, so a law means the same thing wherever it is shown:
 * **the loss of a run**: the experiment's stated rule (final, best or smoothed test loss) unless
   another is chosen; the rule's label travels with every report.
 * **x**: one of `X_CHOICES` (see `run_x` for how each is read from the runs table).
-* **uncertainty**: bootstrap over runs (a resample draws whole runs, never steps of one run).
+* **uncertainty**: bootstrap over runs (a resample draws whole runs, never steps of one run);
+  for a CSV file over rows, or over the values of a column (`unit`: a run or seed column), so
+  that rows of one run, or copies of one row, are drawn together.
 * **prediction**: the largest size (all its seeds) left out, fitted on the rest and predicted;
-  then the two largest.
+  then the two largest. Each left-out point is judged on its own: for L(N, D) every (N, D)
+  that was trained, never a mean over D that no run had.
 * **time**: the law refitted at every evaluation step of the test-loss series; if alpha moves
   between training regimes, the law quoted at the end predicts nothing.
 
@@ -33,8 +36,10 @@ import numpy as np
 
 from scaletui.analysis.powerlaw import (
     BootstrapResult,
+    FitData,
     FitOptions,
     Form,
+    HeldOut,
     LawFit,
     Monotonicity,
     PredictiveCheck,
@@ -46,6 +51,7 @@ from scaletui.analysis.powerlaw import (
     fit_warnings,
     load_csv,
     predictive_check,
+    row_list,
     to_fit_result,
 )
 from scaletui.records import FitResult, LossRule
@@ -54,7 +60,7 @@ from scaletui.store.reader import Reader
 
 __all__ = [
     "X_CHOICES", "FORMS", "FitInputError", "FitSpec", "RunPoint", "Point", "Curves", "FitReport",
-    "ExperimentFit", "gather", "fit_curve", "fit_experiment", "fit_csv", "save_reports",
+    "ExperimentFit", "CsvFit", "gather", "fit_curve", "fit_experiment", "fit_csv", "csv_group_columns", "save_reports",
     "resolve_experiment", "loss_at_steps", "describe_heldout", "describe_stability",
 ]
 
@@ -307,6 +313,7 @@ class FitReport:
     loss_rule: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
     fit_id: int | None = None
+    resample_unit: str = ""  # what the bootstrap drew: "runs", "rows", "6 values of 'seed'"
 
     @property
     def result(self) -> FitResult:
@@ -319,9 +326,11 @@ class FitReport:
     def inputs(self) -> FitInputs:
         """What the `fits` table keeps about where this fit came from."""
         extra = {"D": self.xs[1].tolist()} if len(self.xs) == 2 else {}
+        # Every held-out point travels with the options: the fits table keeps the worst one as a column.
+        options = {**self.options, "heldout": _clean(_heldout_json(self.check))}
         return FitInputs(source=self.source, x=self.xs[0].tolist(), loss=self.loss.tolist(),
                          experiment_id=self.experiment_id, loss_rule=self.loss_rule, grouping=self.group,
-                         run_ids=self.run_ids, extra_x=extra, options=self.options)
+                         run_ids=self.run_ids, extra_x=extra, options=options)
 
     def to_json(self) -> dict[str, Any]:
         """A plain, JSON-ready summary (NaN and infinities become null)."""
@@ -329,11 +338,18 @@ class FitReport:
 
 
 def _heldout_json(check: PredictiveCheck) -> list[dict[str, Any]]:
+    """One entry per check (largest 1, largest 2 left out); its lists hold one value per held-out point
+    (x, or N with D for the two-variable law; n = the rows averaged into `actual`)."""
     out = []
     for k, h in ((1, check.leave_one), (2, check.leave_two)):
-        if h is not None:
-            out.append({"left_out": k, "x": list(h.x_out), "predicted": list(h.predicted), "actual": list(h.actual),
-                        "rel_error": list(h.rel_error), "params": dict(h.fit.params)})
+        if h is None:
+            continue
+        entry: dict[str, Any] = {"left_out": k, "x": list(h.x_out)}
+        if h.points and len(h.points[0]) == 2:
+            entry["D"] = [p[1] for p in h.points]
+        entry.update({"predicted": list(h.predicted), "actual": list(h.actual), "rel_error": list(h.rel_error),
+                      "n": list(h.n_obs), "max_rel_error": h.max_rel_error, "params": dict(h.fit.params)})
+        out.append(entry)
     return out
 
 
@@ -349,7 +365,8 @@ def _report_json(r: FitReport) -> dict[str, Any]:
     return {
         "fit_id": r.fit_id, "source": r.source, "x": r.x_name, "group": r.group, "form": r.form.value,
         "loss_rule": r.loss_rule, "loss_label": r.loss_label, "n_points": r.fit.n_points, "n_sizes": r.n_sizes,
-        "n_diverged": r.n_diverged, "params": dict(r.fit.params), "converged": r.fit.converged,
+        "n_diverged": r.n_diverged, "resample_unit": r.resample_unit, "params": dict(r.fit.params),
+        "converged": r.fit.converged,
         "objective": r.fit.objective, "level": boot.level if boot else None,
         "n_bootstrap": boot.n_done if boot else 0,
         "intervals": {k: list(v) for k, v in boot.intervals.items()} if boot else {},
@@ -420,6 +437,11 @@ def _check_sizes(x: np.ndarray, what: str) -> None:
         raise FitInputError(f"{what}: only {sizes} distinct value(s) of x; a fit needs at least 2 sizes")
 
 
+def _check_points(n_points: int, form: Form, what: str) -> None:
+    if n_points < form.n_params:
+        raise FitInputError(f"{what}: only {n_points} points; {form.value} has {form.n_params} parameters")
+
+
 def _fit_arrays(form: Form, xs: tuple[np.ndarray, ...], y: np.ndarray, groups: np.ndarray | None,
                 spec: FitSpec, stop: StopCheck | None) -> tuple[LawFit, BootstrapResult | None, PredictiveCheck]:
     """The law, its bootstrap (over `groups`: runs or seeds) and the held-out check."""
@@ -442,14 +464,16 @@ def fit_curve(points: Sequence[RunPoint], spec: FitSpec, *, source: str, loss_ru
     x = np.array([p.x for p in points], dtype=float)
     y = np.array([p.loss for p in points], dtype=float)
     run_ids = np.array([p.run_id for p in points])
-    _check_sizes(x, f"{source}{f' ({group})' if group else ''}")
+    what = f"{source}{f' ({group})' if group else ''}"
+    _check_sizes(x, what)
+    _check_points(x.size, spec.form, what)
     fit, boot, check = _fit_arrays(spec.form, (x,), y, run_ids, spec, should_stop)
     mono = check_monotone(x, y)
     stability = _stability(points, spec, should_stop)
     warnings = (*fit_warnings(fit, x, y, boot=boot), *_monotonicity_warnings(mono), *_stability_warnings(stability))
     return FitReport(source, spec.x, loss_rule.label, group, spec.form, (x,), y, tuple(int(i) for i in run_ids),
                      summarise_points(x, y), fit, boot, check, mono, stability, tuple(warnings), n_diverged,
-                     experiment_id, loss_rule.value, spec.options_json())
+                     experiment_id, loss_rule.value, spec.options_json(), resample_unit="runs")
 
 
 # ----------------------------------------------------------------------------- experiments and CSV files
@@ -493,27 +517,147 @@ def fit_experiment(db_path: str | Path, experiment: str | None, spec: FitSpec, *
     return ExperimentFit(curves, tuple(reports), tuple(skipped))
 
 
+@dataclass(frozen=True)
+class CsvFit:
+    """The fits of one CSV file: one report per curve (per value of `group_by`), and curves that
+    could not be fitted ("d.csv (model=tiny): only 1 distinct value(s) of x ...")."""
+
+    reports: tuple[FitReport, ...]
+    skipped: tuple[str, ...]
+
+
+def csv_group_columns(group_by: str | None) -> tuple[str, ...]:
+    """`group_by` for a CSV file: one column, or several joined by commas ("Task,Model")."""
+    return () if group_by is None else tuple(c.strip() for c in group_by.split(","))
+
+
 def fit_csv(path: str | Path, *, x: str, y: str, d: str | None = None, compute: str | None = None,
-            drop_highest: int = 0, spec: FitSpec = FitSpec()) -> FitReport:
+            unit: str | None = None, drop_highest: int = 0, spec: FitSpec = FitSpec()) -> CsvFit:
     """Fit columns of any CSV file through the same code: x (one variable), or x = N with D
-    (`d`, or `compute` giving D = C / (6N)) for the two-variable law. Each row is a resampling unit."""
+    (`d`, or `compute` giving D = C / (6N)) for the two-variable law.
+
+    `spec.group_by` splits the rows into curves (a column, or several joined by commas), one law
+    each, like a sweep's; curves that cannot be fitted are listed in `skipped`. `unit` is the
+    column whose values the bootstrap resamples (a run or seed column); without it each row is
+    a unit. What load_csv refuses or leaves out is in its docstring.
+    """
+    two_vars = d is not None or compute is not None
+    if two_vars and spec.form is Form.POWER:
+        raise FitInputError(f"{path}: form {Form.POWER.value} fits one variable; N and D are fitted with "
+                            f"{Form.TWO_VAR.value}")
+    columns = csv_group_columns(spec.group_by)
     try:
-        data = (load_csv(path, x=x, loss=y, drop_highest=drop_highest) if d is None and compute is None
-                else load_csv(path, n=x, d=d, compute=compute, loss=y, drop_highest=drop_highest))
+        data = (load_csv(path, n=x, d=d, compute=compute, loss=y, group=unit, split=columns,
+                         drop_highest=drop_highest) if two_vars
+                else load_csv(path, x=x, loss=y, group=unit, split=columns, drop_highest=drop_highest))
     except (OSError, ValueError) as exc:
         raise FitInputError(str(exc)) from exc
-    form = spec.form if len(data.xs) == 1 else data.form
-    _check_sizes(data.xs[0], str(path))
-    fit, boot, check = _fit_arrays(form, data.xs, data.loss, None, spec, None)
-    mono = check_monotone(data.xs[0], data.loss) if form.n_vars == 1 else None
-    points = summarise_points(data.xs[0], data.loss) if form.n_vars == 1 else ()
-    warnings = (*fit_warnings(fit, data.xs if form.n_vars == 2 else data.xs[0], data.loss, boot=boot),
-                *_monotonicity_warnings(mono))
+    form = Form.TWO_VAR if two_vars else spec.form
     options = {**spec.options_json(), "form": form.value, "csv_y": y, "csv_d": d, "csv_compute": compute,
-               "drop_highest": drop_highest}
-    x_name = x if form.n_vars == 1 else f"{data.names[0]},{data.names[1]}"
-    return FitReport(str(path), x_name, None, None, form, data.xs, data.loss, (), points, fit, boot, check, mono,
-                     None, tuple(warnings), options=options)
+               "csv_group": unit, "drop_highest": drop_highest}
+    csv_spec = _CsvSpec(str(path), y, unit, columns, form, spec, options)
+    return _fit_csv_curves(data, csv_spec)
+
+
+@dataclass(frozen=True)
+class _CsvSpec:
+    """How the curves of one CSV file are fitted (the columns and the fit's choices)."""
+
+    source: str
+    loss_column: str
+    unit: str | None
+    group_columns: tuple[str, ...]
+    form: Form
+    spec: FitSpec
+    options: dict[str, Any]
+
+
+def _fit_csv_curves(data: FitData, cs: _CsvSpec) -> CsvFit:
+    reports, skipped = [], []
+    for values, index in _csv_curves(data).items():
+        label = _csv_label(cs.group_columns, values)
+        try:
+            reports.append(_csv_report(data.take(index), values, label, cs))
+        except FitInputError as exc:
+            if not cs.group_columns:
+                raise
+            skipped.append(str(exc))
+    for values, rows in _lossless_curves(data).items():
+        skipped.append(f"{cs.source} ({_csv_label(cs.group_columns, values)}): no row has a loss in column "
+                       f"{cs.loss_column!r} (rows {row_list(rows)}: empty, NaN or inf)")
+    if not reports:
+        raise FitInputError(f"{cs.source}: no curve could be fitted ({skipped[0]}"
+                            + (f"; and {len(skipped) - 1} more)" if len(skipped) > 1 else ")"))
+    return CsvFit(tuple(reports), tuple(skipped))
+
+
+def _csv_curves(data: FitData) -> dict[tuple[str, ...], np.ndarray]:
+    """Point indices of each curve, in the order curves first appear in the file."""
+    by: dict[tuple[str, ...], list[int]] = {}
+    for i, values in enumerate(data.split):
+        by.setdefault(values, []).append(i)
+    return {values: np.array(index) for values, index in by.items()}
+
+
+def _lossless_curves(data: FitData) -> dict[tuple[str, ...], list[int]]:
+    """Curves whose every row was left out for having no loss: the rows of each."""
+    fitted = set(data.split)
+    out: dict[tuple[str, ...], list[int]] = {}
+    for row, values in data.dropped:
+        if values not in fitted:
+            out.setdefault(values, []).append(row)
+    return out
+
+
+def _csv_label(columns: tuple[str, ...], values: tuple[str, ...]) -> str | None:
+    return ", ".join(f"{c}={v}" for c, v in zip(columns, values)) if columns else None
+
+
+def _csv_report(data: FitData, values: tuple[str, ...], label: str | None, cs: _CsvSpec) -> FitReport:
+    """One curve of a CSV file: the law, its bootstrap over `cs.unit` (or rows), held-out errors, checks."""
+    what = f"{cs.source}{f' ({label})' if label else ''}"
+    _check_sizes(data.xs[0], what)
+    _check_points(data.loss.size, cs.form, what)
+    spec, unit_text, unit_warnings = _resampling(data, cs)
+    fit, boot, check = _fit_arrays(cs.form, data.xs, data.loss, data.groups, spec, None)
+    one = cs.form.n_vars == 1
+    mono = check_monotone(data.xs[0], data.loss) if one else None
+    dropped = [row for row, v in data.dropped if v == values]
+    warnings = (*fit_warnings(fit, data.xs[0] if one else data.xs, data.loss, boot=boot),
+                *_monotonicity_warnings(mono), *unit_warnings, *_row_warnings(data, dropped, cs))
+    x_name = data.names[0] if one else f"{data.names[0]},{data.names[1]}"
+    points = summarise_points(data.xs[0], data.loss) if one else ()
+    return FitReport(cs.source, x_name, None, label, cs.form, data.xs, data.loss, (), points, fit, boot, check,
+                     mono, None, tuple(warnings), options=cs.options, resample_unit=unit_text)
+
+
+def _resampling(data: FitData, cs: _CsvSpec) -> tuple[FitSpec, str, list[str]]:
+    """The spec to fit with, what the bootstrap draws, and why there is no bootstrap (one unit only)."""
+    if cs.unit is None or data.groups is None:
+        return cs.spec, "rows", []
+    n_units = int(np.unique(data.groups).size)
+    if n_units < 2 and cs.spec.n_bootstrap > 0:
+        why = f"no bootstrap: only 1 value of {cs.unit!r} in this curve; intervals need at least 2 resampling units"
+        return replace(cs.spec, n_bootstrap=0), "", [why]
+    return cs.spec, f"{n_units} value{'s' if n_units != 1 else ''} of {cs.unit!r}", []
+
+
+def _row_warnings(data: FitData, dropped: list[int], cs: _CsvSpec) -> list[str]:
+    """Rows left out for want of a loss, and exact copies of rows (which pose as independent evidence)."""
+    out = []
+    if dropped:
+        rows = "1 row" if len(dropped) == 1 else f"{len(dropped)} rows"
+        out.append(f"{rows} without a loss in column {cs.loss_column!r} (empty, NaN or inf) left out: "
+                   f"rows {row_list(dropped)}")
+    copies = int(data.duplicate.sum())
+    if copies:
+        what = "1 row is an exact duplicate of an earlier row" if copies == 1 else \
+            f"{copies} rows are exact duplicates of earlier rows"
+        effect = ("each copy weighs in the fit again" if cs.unit is not None else
+                  "the bootstrap counts every copy as independent evidence, so its intervals are too narrow; "
+                  "remove them, or resample by a run or seed column (--csv-group)")
+        out.append(f"{what}: {effect}")
+    return out
 
 
 def save_reports(db_path: str | Path, reports: Sequence[FitReport]) -> list[FitReport]:
@@ -528,15 +672,21 @@ def save_reports(db_path: str | Path, reports: Sequence[FitReport]) -> list[FitR
 
 
 def describe_heldout(check: PredictiveCheck) -> list[str]:
-    """One line per held-out check: what was left out, predicted vs actual, relative error."""
+    """One line per held-out point: what was left out, predicted vs actual, relative error."""
     lines = []
     for k, h in ((1, check.leave_one), (2, check.leave_two)):
         if h is None:
             continue
-        pairs = ", ".join(f"x={xv:.4g}: predicted {p:.4g}, actual {a:.4g} ({e:.1%})"
-                          for xv, p, a, e in zip(h.x_out, h.predicted, h.actual, h.rel_error))
-        lines.append(f"largest {k} left out: {pairs}")
+        for i, (p, a, e) in enumerate(zip(h.predicted, h.actual, h.rel_error)):
+            lines.append(f"largest {k} left out: {_point_text(h, i)}: predicted {p:.4g}, actual {a:.4g} ({e:.1%})")
     return lines + list(check.notes)
+
+
+def _point_text(h: HeldOut, i: int) -> str:
+    """"x=1024", or "N=1e+09, D=2e+10" for the two-variable law."""
+    point = h.points[i] if h.points else (h.x_out[i],)
+    names = ("x",) if len(point) == 1 else ("N", "D")
+    return ", ".join(f"{name}={v:.4g}" for name, v in zip(names, point))
 
 
 def describe_stability(s: Stability | None) -> str:

@@ -6,6 +6,7 @@ end of training), so the printed and stored numbers can be checked, not just the
 
 from __future__ import annotations
 
+import csv as std_csv
 import json
 import sqlite3
 from pathlib import Path
@@ -111,6 +112,7 @@ def test_one_variable_csv_fit(tmp_path: Path) -> None:
         (["--csv", "nowhere.csv", "--csv-x", "a", "--csv-y", "b"], "nowhere.csv: no such file"),
         (["--csv", str(CHINCHILLA_CSV), "--csv-x", "N", "--csv-y", "loss"], "no column 'N'"),
         (["--csv", str(CHINCHILLA_CSV), "--csv-x", "Model Size"], "--csv needs --csv-x COLUMN and --csv-y COLUMN"),
+        (["--csv-x", "n", "--drop-highest", "2"], "--csv-x, --drop-highest: only with --csv FILE"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(law_db: Path, args: list[str], message: str) -> None:
@@ -157,3 +159,120 @@ def test_headless_closing_fit_needs_three_sizes(tmp_path: Path, capsys: pytest.C
     db = fill(tmp_path / "two.db", plan(widths=(8, 16)))
     cli_fit.print_sweep_fit(db, "law")
     assert capsys.readouterr() == ("", "") and fits_rows(db) == []
+
+
+# ----------------------------------------------------------------------------- CSV files from the command line
+
+
+def write_law_csv(path: Path, header: str = "n,loss", rows: list[str] | None = None) -> Path:
+    rows = rows if rows is not None else [f"{n},{0.3 + 40 * n**-0.5}" for n in (1e3, 4e3, 1.6e4, 6.4e4, 2.56e5)]
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def test_csv_fit_in_a_folder_without_runs_shows_the_law_and_stores_it(tmp_path: Path) -> None:
+    write_law_csv(tmp_path / "d.csv")
+    out = run_cli("fit", "--csv", "d.csv", "--csv-x", "n", "--csv-y", "loss", "--bootstrap", "0", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "L = 0.3 + 40 n^-0.500" in out.stdout and "stored as fit #1" in out.stdout and out.stderr == ""
+    (row,) = fits_rows(tmp_path / "runs" / "scaletui.db")
+    assert row["source"] == "d.csv"
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_csv_fit_that_cannot_be_stored_shows_the_law_notes_it_and_exits_0(tmp_path: Path, as_json: bool) -> None:
+    write_law_csv(tmp_path / "d.csv")
+    (tmp_path / "runs").write_text("a file where the database's folder would be\n")
+    out = run_cli("fit", "--csv", "d.csv", "--csv-x", "n", "--csv-y", "loss", "--bootstrap", "0",
+                  *(["--json"] if as_json else []), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    if as_json:
+        (fit,) = json.loads(out.stdout)["fits"]
+        assert fit["params"]["alpha"] == pytest.approx(0.5, abs=1e-3) and fit["fit_id"] is None
+    else:
+        assert "L = 0.3 + 40 n^-0.500" in out.stdout and "stored as" not in out.stdout
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("note: fit not stored: ")
+    assert str(Path("runs") / "scaletui.db") in out.stderr and "Traceback" not in out.stderr
+
+
+def test_csv_fit_refuses_a_database_that_is_not_scaletuis_before_fitting(tmp_path: Path) -> None:
+    write_law_csv(tmp_path / "d.csv")
+    (tmp_path / "notes.db").write_text("not a database\n")
+    out = run_cli("fit", "--csv", "d.csv", "--csv-x", "n", "--csv-y", "loss", "--db", "notes.db", cwd=tmp_path)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "notes.db: not an SQLite database" in out.stderr
+
+
+def test_csv_group_by_fits_one_law_per_value_stores_each_and_lists_the_skipped(tmp_path: Path) -> None:
+    rows = [f"{m},{n},{s * (0.3 + 40 * n**-0.5)}" for m, s in (("small", 1.0), ("large", 0.5))
+            for n in (1e3, 4e3, 1.6e4, 6.4e4, 2.56e5)]
+    csv = write_law_csv(tmp_path / "d.csv", "model,n,loss", [*rows, "tiny,1000,3.0"])
+    db = tmp_path / "fits.db"
+    out = run_cli("fit", "--csv", str(csv), "--csv-x", "n", "--csv-y", "loss", "--group-by", "model",
+                  "--bootstrap", "0", "--json", "--db", str(db))
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert [f["group"] for f in doc["fits"]] == ["model=small", "model=large"]
+    assert [f["n_points"] for f in doc["fits"]] == [5, 5]
+    assert doc["skipped"] == [f"{csv} (model=tiny): only 1 distinct value(s) of x; a fit needs at least 2 sizes"]
+    assert [r["grouping"] for r in fits_rows(db)] == ["model=small", "model=large"]
+    text = run_cli("fit", "--csv", str(csv), "--csv-x", "n", "--csv-y", "loss", "--group-by", "model",
+                   "--bootstrap", "0", "--no-save")
+    assert f"{csv} (model=large): L(n)" in text.stdout and "skipped: " in text.stdout
+
+
+def test_csv_group_by_on_the_revisiting_benchmark_fits_each_curve(tmp_path: Path) -> None:
+    """Alabdulmohsin et al.'s language curves (1,398 rows, 20 curves, LM curves stored 4 times):
+    one law per (Domain, Task, Model), each on its own rows, duplicates named."""
+    from tests.refdata import data_dir
+
+    csv = data_dir() / "external" / "revisiting_benchmark.lang.csv"
+    if not csv.is_file():
+        pytest.skip(f"reference data not found: {csv}")
+    out = run_cli("fit", "--csv", str(csv), "--csv-x", "Seen Examples", "--csv-y", "Loss",
+                  "--group-by", "Domain,Task,Model", "--bootstrap", "0", "--json", "--no-save", timeout=600)
+    assert out.returncode == 0, out.stderr
+    with csv.open(newline="", encoding="utf-8") as fh:
+        rows = [tuple(r) for r in std_csv.reader(fh)][1:]
+    curves = {r[:3] for r in rows}
+    doc = json.loads(out.stdout)
+    assert len(doc["fits"]) == len(curves) == 20 and doc["skipped"] == []
+    assert sum(f["n_points"] for f in doc["fits"]) == len(rows)
+    nmt = next(f for f in doc["fits"] if f["group"] == "Domain=NMT, Task=log_perplexity, Model=6 Enc, 6 Dec")
+    assert nmt["n_points"] == 11 and nmt["warnings"] == []
+    copies = [int(w.split()[0]) for f in doc["fits"] for w in f["warnings"] if "exact duplicates of earlier rows" in w]
+    assert len(copies) == 5 and sum(copies) == len(rows) - len(set(rows))  # the 5 LM curves, each stored 4 times
+
+
+def test_form_power_with_a_two_variable_csv_is_refused(tmp_path: Path) -> None:
+    out = run_cli("fit", "--csv", str(CHINCHILLA_CSV), "--csv-x", "Model Size", "--csv-compute", "Training FLOP",
+                  "--csv-y", "loss", "--form", "power", "--no-save", cwd=tmp_path)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and "--form power" in out.stderr and "--csv-compute" in out.stderr
+
+
+def test_csv_group_resamples_by_a_column_and_duplicates_are_warned(tmp_path: Path) -> None:
+    rows = [f"r{i},{n},{(0.3 + 40 * n**-0.5) * w}" for i, (n, w) in
+            enumerate(zip((1e3, 4e3, 1.6e4, 6.4e4, 2.56e5, 1e6), (1.01, 0.99, 1.004, 0.996, 1.008, 0.993)))]
+    csv = write_law_csv(tmp_path / "d.csv", "run,n,loss", rows * 3)
+    out = run_cli("fit", "--csv", str(csv), "--csv-x", "n", "--csv-y", "loss", "--csv-group", "run",
+                  "--bootstrap", "40", "--no-save")
+    assert out.returncode == 0, out.stderr
+    assert "40 bootstrap resamples over 6 values of 'run'" in out.stdout
+    assert "warning: 12 rows are exact duplicates of earlier rows" in out.stdout
+    doc = json.loads(run_cli("fit", "--csv", str(csv), "--csv-x", "n", "--csv-y", "loss", "--bootstrap", "0",
+                             "--json", "--no-save").stdout)
+    assert any(w.startswith("12 rows are exact duplicates of earlier rows") for w in doc["fits"][0]["warnings"])
+
+
+def test_two_variable_heldout_is_reported_per_point(tmp_path: Path) -> None:
+    law = {"E": 1.7, "A": 400.0, "alpha": 0.34, "B": 410.0, "beta": 0.28}
+    rows = [f"{n},{d},{law['E'] + law['A'] * n ** -law['alpha'] + law['B'] * d ** -law['beta']}"
+            for n in (1e7, 3e7, 1e8, 3e8, 1e9, 3e9) for d in (100 * n, 400 * n)]
+    csv = write_law_csv(tmp_path / "nd.csv", "N,D,loss", rows)
+    out = run_cli("fit", "--csv", str(csv), "--csv-x", "N", "--csv-d", "D", "--csv-y", "loss", "--bootstrap", "0",
+                  "--no-save")
+    assert out.returncode == 0, out.stderr
+    held = [line for line in out.stdout.splitlines() if line.startswith("held-out: largest 1 left out")]
+    assert [line.split(": predicted")[0] for line in held] == [
+        "held-out: largest 1 left out: N=3e+09, D=3e+11", "held-out: largest 1 left out: N=3e+09, D=1.2e+12"]

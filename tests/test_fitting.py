@@ -18,7 +18,10 @@ import pytest
 from scaletui.analysis.powerlaw import Form
 from scaletui.fitting import (
     FitInputError,
+    FitReport,
     FitSpec,
+    describe_heldout,
+    fit_csv,
     fit_experiment,
     gather,
     loss_at_steps,
@@ -166,3 +169,98 @@ def test_report_json_is_plain_json(law_db: Path) -> None:
     doc = json.loads(json.dumps(report.to_json(), allow_nan=False))
     assert doc["params"]["alpha"] == pytest.approx(report.fit.alpha)
     assert doc["heldout"][0]["left_out"] == 1 and doc["stability"]["stable"] is True
+
+
+# ----------------------------------------------------------------------------- CSV files
+
+
+def law_rows(sizes: tuple[float, ...] = (1e3, 4e3, 1.6e4, 6.4e4, 2.56e5, 1e6), scale: float = 1.0,
+             noise: tuple[float, ...] = (1.01, 0.99, 1.004, 0.996, 1.008, 0.993)) -> list[tuple[float, float]]:
+    """(x, loss) on the law 0.3 + 40 x^-0.5 (times `scale`), with a fixed wobble so a bootstrap has spread."""
+    return [(x, scale * (0.3 + 40 * x**-0.5) * w) for x, w in zip(sizes, noise)]
+
+
+def test_csv_rows_split_by_a_column_give_one_law_each_and_skip_what_cannot_be_fitted(tmp_path: Path) -> None:
+    csv = tmp_path / "curves.csv"
+    lines = [f"small,{x},{y}" for x, y in law_rows()] + [f"large,{x},{y}" for x, y in law_rows(scale=0.5)]
+    csv.write_text("model,n,loss\n" + "\n".join(lines + ["tiny,1000,3.0", "tiny,1000,3.1"]) + "\n")
+    result = fit_csv(csv, x="n", y="loss", spec=replace_spec(group_by="model", n_bootstrap=0))
+    assert [r.group for r in result.reports] == ["model=small", "model=large"]
+    small, large = result.reports
+    assert small.fit.alpha == pytest.approx(0.5, abs=0.05) and large.fit.alpha == pytest.approx(0.5, abs=0.05)
+    assert large.fit.A == pytest.approx(small.fit.A / 2, rel=0.2)
+    assert small.loss.size == large.loss.size == 6
+    (skipped,) = result.skipped
+    assert skipped.startswith(f"{csv} (model=tiny): only 1 distinct value(s) of x")
+    assert small.inputs().grouping == "model=small" and small.options["group_by"] == "model"
+
+
+def test_csv_grouped_by_several_columns(tmp_path: Path) -> None:
+    csv = tmp_path / "curves.csv"
+    lines = [f"{task},{m},{x},{y * (1 + 0.1 * i)}" for i, (task, m) in enumerate([("a", "s"), ("a", "l"), ("b", "s")])
+             for x, y in law_rows()]
+    csv.write_text("task,model,n,loss\n" + "\n".join(lines) + "\n")
+    result = fit_csv(csv, x="n", y="loss", spec=replace_spec(group_by="task,model", n_bootstrap=0))
+    assert [r.group for r in result.reports] == ["task=a, model=s", "task=a, model=l", "task=b, model=s"]
+
+
+def test_csv_group_column_is_the_bootstrap_unit_and_duplicates_are_warned(tmp_path: Path) -> None:
+    """Every row written 4 times: resampled by row the copies pose as evidence and the interval shrinks;
+    resampled by the run column it is the interval of the file without copies."""
+    rows = [f"r{i},{x},{y}" for i, (x, y) in enumerate(law_rows())]
+    once, four = tmp_path / "once.csv", tmp_path / "four.csv"
+    once.write_text("run,n,loss\n" + "\n".join(rows) + "\n")
+    four.write_text("run,n,loss\n" + "\n".join(rows * 4) + "\n")
+    spec = replace_spec(n_bootstrap=60, stability=False)
+
+    def width(report: FitReport) -> float:
+        lo, hi = report.boot.intervals["alpha"]
+        return hi - lo
+
+    (base,) = fit_csv(once, x="n", y="loss", spec=spec).reports
+    (by_row,) = fit_csv(four, x="n", y="loss", spec=spec).reports
+    (by_run,) = fit_csv(four, x="n", y="loss", unit="run", spec=spec).reports
+    assert width(by_run) == pytest.approx(width(base), rel=0.05)
+    assert width(by_row) < 0.8 * width(base)
+    assert by_run.boot.n_groups == 6 and by_run.resample_unit == "6 values of 'run'"
+    assert not any("duplicate" in w for w in base.warnings)
+    for report in (by_row, by_run):
+        assert any(w.startswith("18 rows are exact duplicates of earlier rows") for w in report.warnings)
+
+
+def test_csv_with_one_resampling_unit_gets_no_interval_and_says_why(tmp_path: Path) -> None:
+    csv = tmp_path / "one.csv"
+    csv.write_text("run,n,loss\n" + "\n".join(f"r0,{x},{y}" for x, y in law_rows()) + "\n")
+    (report,) = fit_csv(csv, x="n", y="loss", unit="run", spec=replace_spec(n_bootstrap=20)).reports
+    assert report.boot is None
+    assert any("no bootstrap: only 1 value of 'run'" in w for w in report.warnings)
+
+
+def test_csv_rows_without_a_loss_are_left_out_with_a_warning(tmp_path: Path) -> None:
+    csv = tmp_path / "gaps.csv"
+    csv.write_text("n,loss\n" + "\n".join(f"{x},{y}" for x, y in law_rows()) + "\n2e6,nan\n4e6,\n")
+    (report,) = fit_csv(csv, x="n", y="loss", spec=replace_spec(n_bootstrap=0)).reports
+    assert report.loss.size == 6
+    assert "2 rows without a loss in column 'loss' (empty, NaN or inf) left out: rows 8, 9" in report.warnings
+
+
+def test_two_variable_heldout_is_per_point_in_json_and_in_the_stored_fit(tmp_path: Path) -> None:
+    law = {"E": 1.7, "A": 400.0, "alpha": 0.34, "B": 410.0, "beta": 0.28}
+    rows = [(n, d, law["E"] + law["A"] * n ** -law["alpha"] + law["B"] * d ** -law["beta"])
+            for n in (1e7, 3e7, 1e8, 3e8, 1e9, 3e9) for d in (1e9 * n / 1e7, 4e9 * n / 1e7)]
+    csv = tmp_path / "nd.csv"
+    csv.write_text("N,D,loss\n" + "\n".join(f"{n},{d},{y}" for n, d, y in rows) + "\n")
+    (report,) = fit_csv(csv, x="N", y="loss", d="D", spec=replace_spec(n_bootstrap=0)).reports
+    leave_one = report.to_json()["heldout"][0]
+    assert leave_one["x"] == [3e9, 3e9] and leave_one["D"] == pytest.approx([3e11, 1.2e12])
+    assert leave_one["actual"] == pytest.approx([y for n, _, y in rows if n == 3e9])  # each point its own loss
+    assert len(leave_one["rel_error"]) == 2 and leave_one["n"] == [1, 1]
+    save_reports(tmp_path / "fits.db", [report])
+    with sqlite3.connect(tmp_path / "fits.db") as conn:
+        options, err = conn.execute("SELECT options_json, heldout_rel_error FROM fits").fetchone()
+    stored = json.loads(options)["heldout"]
+    assert stored[0]["D"] == pytest.approx([3e11, 1.2e12]) and stored[0]["actual"] == pytest.approx(leave_one["actual"])
+    assert err == pytest.approx(max(leave_one["rel_error"]))
+    lines = describe_heldout(report.check)
+    assert lines[0].startswith("largest 1 left out: N=3e+09, D=3e+11: predicted ")
+    assert lines[1].startswith("largest 1 left out: N=3e+09, D=1.2e+12: predicted ")

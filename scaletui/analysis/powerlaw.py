@@ -33,11 +33,13 @@ this module runs in the app's process and must never pull in torch.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import ctypes
 import enum
 import functools
+import io
 import itertools
 import math
 import threading
@@ -54,10 +56,10 @@ from scaletui.records import FitResult
 
 __all__ = [
     "Form", "FitOptions", "LawFit", "BootstrapResult", "HeldOut", "PredictiveCheck", "Violation",
-    "Monotonicity", "Stability", "FitData",
+    "Monotonicity", "Stability", "FitData", "CsvError",
     "fit_law", "fit_power_law", "fit_two_variable", "predict", "objective", "bootstrap_law",
     "predictive_check", "check_monotone", "fit_warnings", "conditioning", "exponent_stability",
-    "load_csv", "to_fit_result", "start_grid", "HOFFMANN_2022", "BESIROGLU_2024",
+    "load_csv", "row_list", "to_fit_result", "start_grid", "HOFFMANN_2022", "BESIROGLU_2024",
 ]
 
 # Published Chinchilla fits, for tests and for the "does my fitter have the 2022 bug" check.
@@ -587,9 +589,11 @@ def _summarise(form: Form, full: LawFit, thetas: list[np.ndarray], level: float,
 class HeldOut:
     """The law fitted without the largest value(s) of the first variable, judged on them.
 
-    Per held-out value: `predicted` and `actual` are means over its distinct feature tuples
-    (for one variable: the prediction and the seed-mean loss at that x); `rel_error` is the mean
-    over those tuples of |pred - actual_mean| / actual_mean.
+    One entry per held-out *point*: a distinct feature tuple (x; or (N, D) for the two-variable
+    law, so an N trained at three D is three points). `actual` is the mean loss of the rows at
+    exactly that point (its seeds), never a mean over different D: that would be a loss no run
+    had. `x_out[i]` is the point's first variable, `points[i]` the whole tuple, `n_obs[i]` how
+    many rows it averages; `rel_error[i]` = |predicted - actual| / actual.
     """
 
     x_out: tuple[float, ...]
@@ -597,6 +601,8 @@ class HeldOut:
     actual: tuple[float, ...]
     rel_error: tuple[float, ...]
     fit: LawFit
+    points: tuple[tuple[float, ...], ...] = ()
+    n_obs: tuple[int, ...] = ()
 
     @property
     def max_rel_error(self) -> float:
@@ -614,16 +620,16 @@ class PredictiveCheck:
 
 
 def _judge(fit: LawFit, feats: tuple[np.ndarray, ...], y: np.ndarray, x_out: np.ndarray) -> HeldOut:
-    rows = []
-    for xv in x_out:
-        sel = feats[0] == xv
-        tuples, inverse = np.unique(np.vstack([f[sel] for f in feats]).T, axis=0, return_inverse=True)
-        inverse = inverse.ravel()
-        actual = np.array([y[sel][inverse == j].mean() for j in range(len(tuples))])
-        pred = predict(fit, *tuples.T)
-        rows.append((float(pred.mean()), float(actual.mean()), float(np.mean(np.abs(pred - actual) / actual))))
-    pred_m, act_m, err = zip(*rows)
-    return HeldOut(tuple(float(v) for v in x_out), pred_m, act_m, err, fit)
+    """Predicted vs actual at every distinct held-out point, ascending (by N, then D)."""
+    sel = np.isin(feats[0], x_out)
+    tuples, inverse = np.unique(np.vstack([f[sel] for f in feats]).T, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    n_obs = np.bincount(inverse, minlength=len(tuples))
+    actual = np.bincount(inverse, weights=y[sel], minlength=len(tuples)) / n_obs
+    pred = predict(fit, *tuples.T)
+    err = np.abs(pred - actual) / actual
+    return HeldOut(tuple(float(t[0]) for t in tuples), tuple(map(float, pred)), tuple(map(float, actual)),
+                   tuple(map(float, err)), fit, tuple(tuple(map(float, t)) for t in tuples), tuple(map(int, n_obs)))
 
 
 def _leave_out(form: Form, feats: tuple[np.ndarray, ...], y: np.ndarray, k: int,
@@ -873,54 +879,269 @@ def _stability_summary(steps: np.ndarray, fits: list[LawFit | None], last_k: int
 # ----------------------------------------------------------------------------- CSV and records
 
 
+class CsvError(ValueError):
+    """A CSV file that cannot be fitted, as one line naming the file and, where it applies, row and column."""
+
+
 @dataclass(frozen=True)
 class FitData:
-    """Arrays ready for `fit_law`: `xs` (one array, or N and D), `loss`, optional `groups`."""
+    """Arrays ready for `fit_law`: `xs` (one array, or N and D), `loss`, optional `groups`.
+
+    From a CSV file also, per point: `rows`, its spreadsheet row (the header is row 1); `split`,
+    its values of the `split` columns (empty tuples without); `duplicate`, True where the row
+    repeats an earlier row of the file cell for cell. `dropped` lists (row, split values) of the
+    rows left out for having no loss.
+    """
 
     xs: tuple[np.ndarray, ...]
     loss: np.ndarray
     groups: np.ndarray | None
     names: tuple[str, ...]
+    rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    split: tuple[tuple[str, ...], ...] = ()
+    duplicate: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    dropped: tuple[tuple[int, tuple[str, ...]], ...] = ()
 
     @property
     def form(self) -> Form:
         """The natural default law for these columns."""
         return Form.TWO_VAR if len(self.xs) == 2 else Form.OFFSET
 
+    def take(self, index: np.ndarray) -> FitData:
+        """The points at `index` (e.g. one curve); `dropped` stays the file's."""
+        return FitData(tuple(v[index] for v in self.xs), self.loss[index],
+                       None if self.groups is None else self.groups[index], self.names, self.rows[index],
+                       tuple(self.split[i] for i in index), self.duplicate[index], self.dropped)
 
-def _column(rows: list[dict[str, str]], name: str, path: Path) -> np.ndarray:
-    if rows and name not in rows[0]:
-        raise ValueError(f"{path}: no column {name!r}; columns are {sorted(rows[0])}")
+
+#: Separators tried, in this order, on the header (see `_pick_delimiter`).
+CSV_DELIMITERS = (",", ";", "\t", "|")
+#: What a dropped row's loss was, for messages.
+NO_LOSS = "empty, NaN or inf"
+
+
+def row_list(rows: Sequence[int], limit: int = 8) -> str:
+    """Row numbers for a message: "3, 7, 9", or the first `limit` and how many in all."""
+    shown = ", ".join(map(str, rows[:limit]))
+    return shown if len(rows) <= limit else f"{shown}, ... ({len(rows)} in all)"
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """A cell or name as quoted in a message: repr (one line whatever it holds), cut to `limit`."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def _decode(raw: bytes) -> str:
+    """The text of a CSV file: UTF-16 when it starts with a UTF-16 byte-order mark (Excel's "Unicode
+    text"), else UTF-8 without its byte-order mark, else Latin-1, which decodes any bytes, so a legacy
+    export still reads (its labels may look odd; its numbers are ASCII either way)."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        with contextlib.suppress(UnicodeDecodeError):
+            return raw.decode("utf-16").removeprefix("\ufeff")
+    raw = raw.removeprefix(codecs.BOM_UTF8)
     try:
-        return np.array([float(r[name]) for r in rows])
-    except ValueError as exc:
-        raise ValueError(f"{path}: column {name!r} is not numeric ({exc})") from exc
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _records(text: str, delimiter: str, path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(spreadsheet row, cells stripped of spaces) of every record with a non-empty cell."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        for cells in reader:
+            stripped = [c.strip() for c in cells]
+            if any(stripped):
+                yield reader.line_num, stripped
+    except csv.Error as exc:
+        raise CsvError(f"{path}: row {reader.line_num}: {exc}") from None
+
+
+def _pick_delimiter(text: str, wanted: Sequence[str], path: Path) -> str:
+    """The separator whose header names every wanted column; failing that, the one that splits the
+    header into the most columns (ties: the order of CSV_DELIMITERS, so a comma wins)."""
+    headers = {}
+    for delimiter in CSV_DELIMITERS:
+        with contextlib.suppress(CsvError):
+            headers[delimiter] = next(_records(text, delimiter, path), (0, []))[1]
+            if set(wanted) <= set(headers[delimiter]):
+                return delimiter
+    return max(CSV_DELIMITERS, key=lambda dl: len(headers.get(dl, [])))
+
+
+@dataclass(frozen=True)
+class _Table:
+    """A CSV file's header and data records, every record checked against the header's width."""
+
+    path: Path
+    header: list[str]
+    records: list[tuple[int, list[str]]]
+
+    def cell(self, row: int, cells: list[str], name: str) -> str:
+        i = self.header.index(name)
+        if i >= len(cells):
+            have = f"{len(cells)} cell" + ("s" if len(cells) != 1 else "")
+            raise CsvError(f"{self.path}: row {row}, column {name!r}: missing (the row has {have}, "
+                           f"the header {len(self.header)})")
+        return cells[i]
+
+
+def _read_table(path: Path, wanted: Sequence[str]) -> _Table:
+    try:
+        text = _decode(path.read_bytes())
+    except OSError as exc:
+        raise CsvError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    records = list(_records(text, _pick_delimiter(text, wanted, path), path))
+    if not records:
+        raise CsvError(f"{path}: empty file")
+    (_, header), data = records[0], records[1:]
+    for name in dict.fromkeys(wanted):
+        if (count := header.count(name)) != 1:
+            listed = ", ".join(_shown(h) for h in header[:12]) + (", ..." if len(header) > 12 else "")
+            raise CsvError(f"{path}: no column {name!r}; columns are [{listed}]" if count == 0 else
+                           f"{path}: column {name!r} appears {count} times in the header")
+    for row, cells in data:
+        if len(cells) > len(header) and any(cells[len(header):]):  # trailing empty cells are harmless
+            raise CsvError(f"{path}: row {row}: {len(cells)} cells but the header has {len(header)} columns "
+                           "(a separator inside an unquoted value?)")
+    if not data:
+        raise CsvError(f"{path}: no data rows (only a header)")
+    return _Table(path, header, data)
+
+
+def _number(text: str, where: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise CsvError(f"{where}: not a number: {_shown(text)}") from None
+
+
+def _positive(table: _Table, row: int, cells: list[str], name: str) -> float:
+    """An x, N, D or compute: a finite number > 0 (it is fitted in log space); anything else is refused."""
+    where = f"{table.path}: row {row}, column {name!r}"
+    text = table.cell(row, cells, name)
+    if not text:
+        raise CsvError(f"{where}: empty")
+    value = _number(text, where)
+    if not math.isfinite(value):
+        raise CsvError(f"{where}: {text} is not a finite number")
+    if value <= 0:
+        raise CsvError(f"{where}: {text} is not > 0 (the law is fitted in log space)")
+    return value
+
+
+def _loss(table: _Table, row: int, cells: list[str], name: str) -> float | None:
+    """A row's loss; None when it has none (empty, NaN or +inf: a run without a usable loss, like a
+    diverged one). Text, and a loss <= 0 (log space), are refused."""
+    where = f"{table.path}: row {row}, column {name!r}"
+    text = table.cell(row, cells, name)
+    value = _number(text, where) if text else math.nan
+    if math.isnan(value) or value == math.inf:
+        return None
+    if value <= 0:
+        raise CsvError(f"{where}: {text} is not > 0 (the law is fitted in log space)")
+    return value
+
+
+def _label(table: _Table, row: int, cells: list[str], name: str) -> str:
+    text = table.cell(row, cells, name)
+    if not text:
+        raise CsvError(f"{table.path}: row {row}, column {name!r}: empty")
+    return text
+
+
+def _key(cells: list[str]) -> tuple[str, ...]:
+    """A record as compared for exact duplicates (trailing empty cells do not count)."""
+    end = len(cells)
+    while end and not cells[end - 1]:
+        end -= 1
+    return tuple(cells[:end])
+
+
+@dataclass
+class _Parsed:
+    """The rows of a CSV file that have a loss (numbers: the wanted columns, the loss last), and
+    those that have none."""
+
+    values: list[list[float]] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
+    split: list[tuple[str, ...]] = field(default_factory=list)
+    units: list[str] = field(default_factory=list)
+    duplicate: list[bool] = field(default_factory=list)
+    dropped: list[tuple[int, tuple[str, ...]]] = field(default_factory=list)
+
+
+def _parse_rows(table: _Table, numeric: Sequence[str], loss: str, group: str | None,
+                split: Sequence[str]) -> _Parsed:
+    out, seen = _Parsed(), set()
+    for row, cells in table.records:
+        key, curve = _key(cells), tuple(_label(table, row, cells, c) for c in split)
+        y = _loss(table, row, cells, loss)
+        if y is None:
+            out.dropped.append((row, curve))
+        else:
+            out.values.append([_positive(table, row, cells, c) for c in numeric] + [y])
+            out.units.append(_label(table, row, cells, group) if group is not None else "")
+            out.rows.append(row)
+            out.split.append(curve)
+            out.duplicate.append(key in seen)
+        seen.add(key)
+    return out
 
 
 def load_csv(path: str | Path, *, x: str | None = None, n: str | None = None, d: str | None = None,
              compute: str | None = None, loss: str = "loss", group: str | None = None,
-             drop_highest: int = 0) -> FitData:
+             split: Sequence[str] = (), drop_highest: int = 0) -> FitData:
     """Read fit inputs from a CSV: either `x`, or `n` with `d` (or `compute`, giving D = C / (6N)).
 
-    `drop_highest` removes that many highest-loss rows (the Chinchilla replication drops 5).
+    `group`: a column of labels (e.g. seed or run), the bootstrap's resampling unit. `split`: the
+    columns whose values name a curve (one law per distinct combination). `drop_highest` removes
+    that many highest-loss rows (the Chinchilla replication drops 5).
+
+    Real-world files: UTF-8 with or without a byte-order mark, UTF-16 with one, else Latin-1; the
+    separator is `,`, `;`, tab or `|`, whichever makes the header name the wanted columns; names
+    and cells lose surrounding spaces; blank rows are skipped; rows are numbered as in a spreadsheet
+    (the header is row 1). A row whose loss is empty, NaN or +inf is left out and listed in
+    `dropped`. Everything else that cannot be fitted raises `CsvError` naming the file, row and
+    column: a missing cell, more cells than the header, text where a number belongs, an empty or
+    non-finite x (N, D, compute), any value <= 0 (the law is fitted in log space), an empty label.
     """
-    p = Path(path)
-    with p.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
     if (x is None) == (n is None) or (n is not None and (d is None) == (compute is None)):
         raise ValueError("give either x=..., or n=... with exactly one of d=... / compute=...")
-    y = _column(rows, loss, p)
-    if not 0 <= drop_highest < y.size:
-        raise ValueError(f"drop_highest must be in [0, {y.size}), got {drop_highest}")
+    p = Path(path)
+    numeric = [c for c in (x, n, d, compute) if c is not None]
+    labels = [*([group] if group is not None else []), *split]
+    table = _read_table(p, [*numeric, loss, *labels])
+    parsed = _parse_rows(table, numeric, loss, group, split)
+    if not parsed.values:
+        raise CsvError(f"{p}: no row has a loss in column {loss!r} "
+                       f"(rows {row_list([r for r, _ in parsed.dropped])}: {NO_LOSS})")
+    numbers = np.array(parsed.values)
+    xs, names = _variables(numbers, x, n, d, compute)
+    data = FitData(xs, numbers[:, -1], np.array(parsed.units) if group is not None else None, names,
+                   np.array(parsed.rows, dtype=int), tuple(parsed.split), np.array(parsed.duplicate, dtype=bool),
+                   tuple(parsed.dropped))
+    return _without_highest(data, drop_highest, p)
+
+
+def _variables(table: np.ndarray, x: str | None, n: str | None, d: str | None,
+               compute: str | None) -> tuple[tuple[np.ndarray, ...], tuple[str, ...]]:
+    """x; or N and D (D = C / (6N) from a compute column), with their names, from load_csv's columns."""
     if x is not None:
-        xs, names = (_column(rows, x, p),), (x,)
-    else:
-        nn = _column(rows, n, p)
-        dd = _column(rows, d, p) if d is not None else _column(rows, compute, p) / (6.0 * nn)  # type: ignore[arg-type]
-        xs, names = (nn, dd), (n, d or f"{compute}/(6*{n})")
-    g = np.array([r[group] for r in rows]) if group is not None else None
-    keep = np.sort(np.argsort(y, kind="stable")[: y.size - drop_highest]) if drop_highest else np.arange(y.size)
-    return FitData(tuple(v[keep] for v in xs), y[keep], None if g is None else g[keep], names)
+        return (table[:, 0],), (x,)
+    dd = table[:, 1] if d is not None else table[:, 1] / (6.0 * table[:, 0])
+    return (table[:, 0], dd), (n or "", d or f"{compute}/(6*{n})")
+
+
+def _without_highest(data: FitData, drop_highest: int, path: Path) -> FitData:
+    """`data` less its `drop_highest` highest losses (file order kept)."""
+    if drop_highest < 0:
+        raise ValueError(f"drop_highest must be >= 0, got {drop_highest}")
+    if drop_highest >= data.loss.size:
+        raise CsvError(f"{path}: drop_highest={drop_highest} would drop all {data.loss.size} rows with a loss")
+    if drop_highest == 0:
+        return data
+    return data.take(np.sort(np.argsort(data.loss, kind="stable")[: data.loss.size - drop_highest]))
 
 
 def to_fit_result(fit: LawFit, x: str, *, boot: BootstrapResult | None = None,
@@ -930,7 +1151,7 @@ def to_fit_result(fit: LawFit, x: str, *, boot: BootstrapResult | None = None,
         form=fit.form.value, x=x, params=dict(fit.params),
         intervals=dict(boot.intervals) if boot is not None else {},
         n_points=fit.n_points, loss=fit.objective,
-        heldout_rel_error=check.leave_one.rel_error[0] if check and check.leave_one else None,
+        heldout_rel_error=check.leave_one.max_rel_error if check and check.leave_one else None,
         heldout_rel_error_2=check.leave_two.max_rel_error if check and check.leave_two else None,
         warnings=tuple(warnings),
     )

@@ -62,6 +62,32 @@ def test_heldout_check_on_two_variable_data(chinchilla: FitData) -> None:
     assert 0 <= check.leave_one.rel_error[0] < 0.05  # the law extrapolates to the 16B model within 5%
 
 
+def test_two_variable_heldout_judges_each_n_d_point_on_its_own() -> None:
+    """Left-out N = 1e9 was trained at three D: each is a point of its own, never a mean over D.
+
+    The law is exact except at (1e9, 4e10), which is 10% worse: only that point may show the error,
+    and its "actual" is its own loss (a mean over D would be a loss no run had).
+    """
+    law = {"E": 1.7, "A": 400.0, "alpha": 0.34, "B": 410.0, "beta": 0.28}
+    n = np.repeat([1e7, 3e7, 1e8, 3e8, 1e9], 3)
+    d = np.tile([1e9, 4e9, 4e10], 5) * np.repeat([1.0, 1.5, 2.0, 2.5, 3.0], 3)
+    y = law["E"] + law["A"] * n ** -law["alpha"] + law["B"] * d ** -law["beta"]
+    off = (n == 1e9) & (d == d.max())
+    y = np.where(off, y * 1.1, y)
+    y = np.append(y, y[-1])  # a second seed of the worst point: its actual is the mean of its two rows
+    n, d = np.append(n, n[-1]), np.append(d, d[-1])
+    held = predictive_check(Form.TWO_VAR, (n, d), y).leave_one
+    assert held is not None and held.x_out == (1e9, 1e9, 1e9)
+    assert held.points == tuple((1e9, float(dv)) for dv in np.unique(d[n == 1e9]))
+    assert held.actual == pytest.approx([float(y[(n == 1e9) & (d == dv)].mean()) for dv in np.unique(d[n == 1e9])])
+    assert held.n_obs == (1, 1, 2)
+    assert held.rel_error[0] < 1e-4 and held.rel_error[1] < 1e-4
+    assert held.rel_error[2] == pytest.approx(0.1 / 1.1, rel=1e-3)
+    assert held.max_rel_error == held.rel_error[2]
+    assert to_fit_result(held.fit, "N,D", check=predictive_check(Form.TWO_VAR, (n, d), y)).heldout_rel_error \
+        == pytest.approx(held.max_rel_error)
+
+
 # ----------------------------------------------------------------------------- monotonicity
 
 
