@@ -27,8 +27,7 @@ if TYPE_CHECKING:
     from scaletui.config import Sweep
     from scaletui.runner import SweepResult
 
-DEFAULT_SWEEP = "experiments.toml"
-DEFAULT_DB = "runs/scaletui.db"
+from scaletui.config import DEFAULT_DB, DEFAULT_SWEEP_FILE as DEFAULT_SWEEP  # torch-free, no heavy imports
 EXIT_BAD_INPUT = 2
 EXIT_STOPPED = 130
 EXIT_STORAGE = 3  # the database could not be written mid-sweep (disk full, I/O error)
@@ -71,12 +70,27 @@ def main(ctx: click.Context, app_db: Path | None) -> None:
     scaletui run --headless [FILE]   train a sweep without the app (default: experiments.toml)
     scaletui run --dry-run [FILE]    validate and list the expanded sweep
     scaletui ls                      list the runs in the database
+    scaletui fit                     fit the scaling law of a sweep (or a CSV file) and say how well it predicts
+    scaletui suggest -w W -d D       propose the learning rate for a size not yet run
+
+    The database is --db, else experiment.db of ./experiments.toml, else runs/scaletui.db.
     """
     if ctx.invoked_subcommand is None:
         sweep_file = Path(DEFAULT_SWEEP)
         sweep = _load_sweep(sweep_file, app_db, None) if sweep_file.is_file() else None
         db = sweep.db if sweep else (app_db or Path(DEFAULT_DB))
         _open_app(db, sweep, start=False)
+
+
+def resolve_db(explicit: Path | None) -> Path:
+    """The database of any command: `--db`, else `./experiments.toml`'s `experiment.db`, else the default
+    (`scaletui.config.find_db`); a sweep file that is not TOML is one line and exit 2."""
+    from scaletui.config import ConfigError, find_db
+
+    try:
+        return find_db(explicit)
+    except ConfigError as e:
+        fail(str(e))
 
 
 def _open_app(db: Path, sweep: Sweep | None, *, start: bool, run_args: tuple[str, ...] = ()) -> None:
@@ -102,10 +116,10 @@ def _open_app(db: Path, sweep: Sweep | None, *, start: bool, run_args: tuple[str
 @click.option("--dry-run", is_flag=True, help="Validate FILE and print the expanded sweep without training.")
 def run(file: Path, headless: bool, db: Path | None, workers: int | None, fresh: bool, dry_run: bool) -> None:
     """Train the sweep in FILE (resuming what an earlier run left unfinished)."""
-    sweep = _load_sweep(file, db, workers)
-    if dry_run:
-        _print_dry_run(sweep)
+    if dry_run:  # a plan needs no data on disk: say what a real run needs instead of refusing
+        _print_dry_run(_load_sweep(file, db, workers, check_data=False))
         return
+    sweep = _load_sweep(file, db, workers)
     if not headless:
         run_args = (("--workers", str(workers)) if workers else ()) + (("--fresh",) if fresh else ())
         _open_app(sweep.db, sweep, start=True, run_args=run_args)
@@ -119,11 +133,11 @@ def run(file: Path, headless: bool, db: Path | None, workers: int | None, fresh:
     sys.exit(EXIT_STOPPED if result.interrupted else result.exit_code)
 
 
-def _load_sweep(file: Path, db: Path | None, workers: int | None) -> Sweep:
+def _load_sweep(file: Path, db: Path | None, workers: int | None, *, check_data: bool = True) -> Sweep:
     from scaletui.config import ConfigError, load_sweep
 
     try:
-        return load_sweep(file, db=db, workers=workers)
+        return load_sweep(file, db=db, workers=workers, check_data=check_data)
     except ConfigError as e:
         fail(str(e))
 
@@ -258,7 +272,7 @@ def _print_dry_run(sweep: Sweep) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from scaletui.config import axis_value
+    from scaletui.config import axis_value, unavailable_datasets
 
     console = _console()
     axes = ", ".join(f"{k} ({len(v)})" for k, v in sweep.axes.items())
@@ -270,6 +284,8 @@ def _print_dry_run(sweep: Sweep) -> None:
                   else str(axis_value(spec, axis)) for axis in sweep.axes]
         table.add_row(str(i), spec.key, *values, str(spec.train.steps))
     console.print(table)
+    for problem in unavailable_datasets(sweep.runs, sweep.data_dir):
+        click.echo(f"warning: {sweep.source.name}: data.dataset: {problem}; a real run needs it", err=True)
 
 
 def _console() -> Any:
@@ -284,17 +300,23 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
 
 
 def _print_summary(sweep: Sweep) -> None:
-    """Runs grouped by width, ranked by depth, with the loss and the rule that picked it."""
-    from rich.console import Console
-    from rich.table import Table
-
+    """Runs grouped by width, ranked by depth, with the loss and the rule that picked it; then the mean
+    and seed spread of each size, the numbers a trend is judged by."""
     from scaletui.store.reader import Reader
 
-    reader = Reader(sweep.db)
-    rows = [r for r in reader.runs() if r["experiment"] == sweep.name]
-    rows.sort(key=lambda r: (r["arch"], r["width"], r["depth"], r["seed"]))
-    alerts = reader.alerts(sweep.name)
-    badges = _alert_badges(alerts)
+    with Reader(sweep.db) as reader:
+        rows = [r for r in reader.runs() if r["experiment"] == sweep.name]
+        rows.sort(key=lambda r: (r["arch"], r["width"], r["depth"], r["seed"]))
+        alerts = reader.alerts(sweep.name)
+        configs = {r["id"]: reader.run_config(r["id"]) for r in rows}
+    _console().print(_runs_table(sweep, rows, _alert_badges(alerts)))
+    _console().print(_size_means_table(sweep, rows, configs))
+    _print_group_alerts(alerts)
+
+
+def _runs_table(sweep: Sweep, rows: list[dict[str, Any]], badges: dict[int, str]) -> Any:
+    from rich.table import Table
+
     table = Table(title=f"{sweep.name}: loss = {sweep.loss_rule.label}", box=None)
     for column in ("width", "depth", "seed", "status", "params", "step", sweep.loss_rule.label, "best", "test acc",
                    "alerts"):
@@ -307,8 +329,44 @@ def _print_summary(sweep: Sweep) -> None:
         table.add_row(str(r["width"]), str(r["depth"]), str(r["seed"]), r["status"], _fmt(r["params"], ","),
                       f"{r['step'] or 0}/{r['steps']}", _fmt(r["loss"]), _fmt(r["best_test_loss"]),
                       _fmt(r["final_test_acc"], ".3f"), badges.get(r["id"], ""))
-    _console().print(table)
-    _print_group_alerts(alerts)
+    return table
+
+
+def size_means(sweep: Sweep, rows: list[dict[str, Any]], configs: dict[int, str | None]
+               ) -> dict[tuple[Any, ...], list[float]]:
+    """Losses of the successful runs, keyed by (width, depth, every other axis but the seed), in row order."""
+    from scaletui.config import axis_value
+    from scaletui.records import RunSpec, RunStatus
+
+    others = [a for a in sweep.axes if a not in ("model.width", "model.depth", "train.seeds")]
+    groups: dict[tuple[Any, ...], list[float]] = {}
+    for r in rows:
+        config = configs.get(r["id"])
+        if config is None:
+            continue
+        spec = RunSpec.from_dict(json.loads(config))
+        key = (spec.model.width, spec.model.depth, *(axis_value(spec, a) for a in others))
+        losses = groups.setdefault(key, [])
+        if RunStatus(r["status"]).ok and r["loss"] is not None:
+            losses.append(float(r["loss"]))
+    return groups
+
+
+def _size_means_table(sweep: Sweep, rows: list[dict[str, Any]], configs: dict[int, str | None]) -> Any:
+    """Mean +- sample sd over seeds per size (and per setting of any other axis)."""
+    from statistics import fmean, stdev
+
+    from rich.table import Table
+
+    others = [a.split(".")[-1] for a in sweep.axes if a not in ("model.width", "model.depth", "train.seeds")]
+    table = Table(title=f"mean +- sd over seeds of the {sweep.loss_rule.label}", box=None)
+    for column in ("width", "depth", *others, "seeds", "mean", "sd"):
+        table.add_column(column, justify="right")
+    for key, losses in size_means(sweep, rows, configs).items():
+        mean = _fmt(fmean(losses)) if losses else "-"
+        sd = _fmt(stdev(losses)) if len(losses) > 1 else "-"
+        table.add_row(*(f"{v:g}" if isinstance(v, float) else str(v) for v in key), str(len(losses)), mean, sd)
+    return table
 
 
 def _alert_badges(alerts: list[dict[str, Any]]) -> dict[int, str]:
@@ -333,10 +391,12 @@ def _print_group_alerts(alerts: list[dict[str, Any]]) -> None:
 # ls
 # ---------------------------------------------------------------------------
 @main.command(name="ls")
-@click.option("--db", "db", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--db", "db", type=click.Path(dir_okay=False, path_type=Path),
+              help=f"Database (default: experiment.db of ./{DEFAULT_SWEEP}, else {DEFAULT_DB}).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of run rows, for scripts.")
-def ls_command(db: Path, as_json: bool) -> None:
+def ls_command(db: Path | None, as_json: bool) -> None:
     """List the runs in the database."""
+    db = resolve_db(db)
     if not db.exists():
         fail(f"{db}: no such database (run a sweep first, or pass --db)")
     _check_db_usable(db, create=False)

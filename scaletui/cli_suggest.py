@@ -4,9 +4,9 @@ A separate module from cli.py, registered there; it parses and prints only (the 
 `scaletui.suggest`). Registering it at every `scaletui` start imports only click: numpy, the store
 and the configurator are imported when the command runs, and torch never is.
 
-`--append FILE` writes FILE as a complete one-run sweep (the config of the experiment's best run, at the
-target width and depth, with the proposed lr and lr_scaling = "none"), in the same database, as its own
-experiment `<experiment>-suggested`. `scaletui run FILE` then trains exactly that run. FILE must not exist:
+`--append FILE` writes FILE as a complete one-size sweep (the config of the experiment's best run, at the
+target width and depth, with the proposed lr and lr_scaling = "none", over every seed the experiment ran),
+in the same database, as its own experiment `<experiment>-suggested`. `scaletui run FILE` trains it. FILE must not exist:
 TOML cannot hold a second [model] table, so appending to a sweep file would only produce an invalid one.
 """
 
@@ -33,18 +33,20 @@ def fail(message: str) -> NoReturn:
 
 
 @click.command(name="suggest")
-@click.option("--width", type=click.IntRange(min=1), required=True, help="Width of the model to propose for.")
-@click.option("--depth", type=click.IntRange(min=1), required=True, help="Depth of the model to propose for.")
-@click.option("--db", "db", type=click.Path(dir_okay=False, path_type=Path), default="runs/scaletui.db",
-              show_default=True, help="Database with the finished runs to learn from.")
+@click.option("--width", "-w", type=click.IntRange(min=1), required=True, help="Width of the model to propose for.")
+@click.option("--depth", "-d", type=click.IntRange(min=1), required=True, help="Depth of the model to propose for.")
+@click.option("--db", "db", type=click.Path(dir_okay=False, path_type=Path),
+              help="Database with the finished runs to learn from (default: experiment.db of ./experiments.toml, "
+                   "else runs/scaletui.db).")
 @click.option("--experiment", help="Experiment to learn from (default: the latest one with finished runs).")
 @click.option("--rule", type=click.Choice(RULE_CHOICES), default="auto", show_default=True,
               help="auto = power-law fit with >= 3 lr-swept sizes, else the sqrt-params rule.")
 @click.option("--append", "append_to", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write a runnable one-run sweep file for the proposal (must not exist yet).")
-def suggest_command(width: int, depth: int, db: Path, experiment: str | None, rule: str,
+              help="Write a runnable sweep file for the proposed size, with the experiment's seeds (must not exist yet).")
+def suggest_command(width: int, depth: int, db: Path | None, experiment: str | None, rule: str,
                     append_to: Path | None) -> None:
     """Propose the learning rate for a WIDTH x DEPTH model from the lr sweeps already run."""
+    db = _cli().resolve_db(db)
     if append_to is not None and append_to.exists():
         fail(f"{append_to}: already exists; --append writes a new sweep file (a TOML file cannot take a "
              "second [model] table)")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 MAX_RUNS_DEFAULT = 10_000
+DEFAULT_SWEEP_FILE = "experiments.toml"
+DEFAULT_DB = "runs/scaletui.db"
 
 
 class ConfigError(ValueError):
@@ -112,7 +114,7 @@ class Key:
 
 EXPERIMENT_KEYS: dict[str, Key] = {
     "name": Key(text, None, axis=False),
-    "db": Key(text, "runs/scaletui.db", axis=False),
+    "db": Key(text, DEFAULT_DB, axis=False),
     "data_dir": Key(text, "runs/data", axis=False),
     "checkpoint_dir": Key(text, "runs/checkpoints", axis=False),
     "workers": Key(positive_int, None, axis=False),
@@ -198,8 +200,12 @@ class Sweep:
 # ---------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------
-def load_sweep(path: Path | str, *, db: Path | str | None = None, workers: int | None = None) -> Sweep:
-    """Read, validate and expand a sweep file; raise ConfigError with one line on any problem."""
+def load_sweep(path: Path | str, *, db: Path | str | None = None, workers: int | None = None,
+               check_data: bool = True) -> Sweep:
+    """Read, validate and expand a sweep file; raise ConfigError with one line on any problem.
+
+    `check_data=False` skips the check that datasets are on disk (a dry run plans without them and
+    lists what is missing with `unavailable_datasets`)."""
     path = Path(path)
     err = _Errors(path.name)
     try:
@@ -212,7 +218,7 @@ def load_sweep(path: Path | str, *, db: Path | str | None = None, workers: int |
         doc = tomllib.loads(raw_text)
     except tomllib.TOMLDecodeError as e:
         raise err.at("", f"invalid TOML: {e}") from None
-    return build_sweep(doc, path, raw_text, db_override=db, workers_override=workers)
+    return build_sweep(doc, path, raw_text, db_override=db, workers_override=workers, check_data=check_data)
 
 
 def build_sweep(
@@ -222,6 +228,7 @@ def build_sweep(
     *,
     db_override: Path | str | None = None,
     workers_override: int | None = None,
+    check_data: bool = True,
 ) -> Sweep:
     err = _Errors(source.name)
     thresholds = _thresholds(doc.get("diagnostics", {}), err)
@@ -237,7 +244,8 @@ def build_sweep(
     runs = tuple(
         _resolve_run(exp["name"], point, err, data_dir) for point in _expand(grid, zips)
     )
-    _check_datasets_offline(runs, data_dir, err)
+    if check_data:
+        _check_datasets_offline(runs, data_dir, err)
     workers = workers_override or exp.get("workers") or _default_workers()
     threads = exp.get("threads_per_worker") or max(1, _cpu_count() // workers)
     return Sweep(
@@ -255,6 +263,38 @@ def build_sweep(
         thresholds=thresholds,
         memory_limit_mb=exp.get("memory_limit_mb") or None,
     )
+
+
+def sweep_db(path: Path | str = DEFAULT_SWEEP_FILE) -> Path | None:
+    """The database a sweep file names (`experiment.db`, or the default), without validating the rest.
+
+    `scaletui ls`, `fit`, `suggest` and the app find their database with this one rule (see
+    `find_db`); reading only the one key means a sweep whose dataset is not on disk yet, or that
+    has an error elsewhere, does not stop anyone from looking at results. None when there is no
+    such file; ConfigError when it is not TOML or `experiment.db` is not a string.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    err = _Errors(path.name)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise err.at("", f"cannot read {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise err.at("", f"invalid TOML: {e}") from None
+    experiment = doc.get("experiment", {})
+    value = experiment.get("db", DEFAULT_DB) if isinstance(experiment, dict) else DEFAULT_DB
+    _check_value("experiment.db", text, value, err)
+    return Path(value)
+
+
+def find_db(explicit: Path | str | None, sweep_file: Path | str = DEFAULT_SWEEP_FILE) -> Path:
+    """Which database a command uses: `--db` when given, else the `experiment.db` of `./experiments.toml`
+    when that file exists, else `runs/scaletui.db`. One rule for the app and every command."""
+    if explicit is not None:
+        return Path(explicit)
+    return sweep_db(sweep_file) or Path(DEFAULT_DB)
 
 
 class _Errors:
@@ -472,10 +512,15 @@ def _check_run(data: DataSpec, model: ModelSpec, train: TrainSpec, err: _Errors)
         raise err.value("train.batch_size", "must be at least 2 with batch normalisation", train.batch_size)
 
 
+def unavailable_datasets(runs: Iterable[RunSpec], data_dir: Path) -> list[str]:
+    """Why each dataset the runs need cannot be had offline (one line each; empty when all can)."""
+    names = dict.fromkeys(r.data.dataset for r in runs if not r.data.download)
+    return [unavailable_message(name, data_dir) for name in names if missing_files(name, data_dir)]
+
+
 def _check_datasets_offline(runs: tuple[RunSpec, ...], data_dir: Path, err: _Errors) -> None:
-    for data in dict.fromkeys(r.data for r in runs):
-        if not data.download and missing_files(data.dataset, data_dir):
-            raise err.at("data.dataset", unavailable_message(data.dataset, data_dir))
+    for problem in unavailable_datasets(runs, data_dir)[:1]:
+        raise err.at("data.dataset", problem)
 
 
 def _cpu_count() -> int:

@@ -58,6 +58,7 @@ class Suggestion:
     width: int
     depth: int
     dirs: dict[str, str] = field(default_factory=dict)  # the experiment's data_dir / checkpoint_dir, if set
+    seeds: tuple[int, ...] = (0,)  # every seed the context ran: the new size is judged on the same seeds
 
 
 def suggest_for(db_path: Path, experiment: str | None, width: int, depth: int, *, rule: str = "auto") -> Proposal:
@@ -78,8 +79,9 @@ def suggestion(db_path: Path, experiment: str | None, width: int, depth: int, *,
     trials = [_trial(r) for r in kept]
     proposal = propose_lr(trials, _params(target), target_width=width, rule=rule, min_sizes=MIN_SIZES,
                           min_lrs=MIN_LRS)
+    seeds = tuple(sorted({int(r["seed"]) for r in kept}))
     return Suggestion(proposal, experiment, f"{context}, {len(kept)} finished runs", base, width, depth,
-                      _experiment_dirs(db_path, experiment))
+                      _experiment_dirs(db_path, experiment), seeds)
 
 
 def _experiment_dirs(db_path: Path, experiment: str | None) -> dict[str, str]:
@@ -162,7 +164,7 @@ def _section(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def sweep_file_text(s: Suggestion, *, name: str, db: Path) -> str:
-    """A complete one-run sweep: `scaletui run FILE` trains exactly the proposed run."""
+    """A complete one-size sweep: `scaletui run FILE` trains the proposed size with the experiment's seeds."""
     from scaletui.analysis.configurator import _toml_value  # one TOML spelling for the whole file
 
     spec = s.base.to_dict()
@@ -170,7 +172,8 @@ def sweep_file_text(s: Suggestion, *, name: str, db: Path) -> str:
     model = _section({k: v for k, v in spec["model"].items() if k not in ("width", "depth")})
     train = _section({k: v for k, v in spec["train"].items() if k not in ("lr", "lr_scaling", "lr_ref_params",
                                                                             "early_stopping")})
-    train["seeds"] = [s.base.seed]
+    # Every seed the experiment ran, not the best run's: one lucky seed would flatter the new size.
+    train["seeds"] = list(s.seeds)
     lines = [f"# written by `scaletui suggest --width {s.width} --depth {s.depth}`", "[experiment]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in experiment.items()]
     lines += ["", "[data]"] + [f"{k} = {_toml_value(v)}" for k, v in _section(spec["data"]).items()]

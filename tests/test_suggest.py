@@ -109,7 +109,7 @@ def test_too_few_swept_sizes_fall_back_to_the_sqrt_params_rule(tmp_path: Path) -
     db = tmp_path / "runs.db"
     store_sweep(db, "small", (16, 32), GRID)
     proposal = suggest_for(db, "small", HELD_OUT_WIDTH, DEPTH)
-    assert proposal.rule == "sqrt_params" and "only 2 size(s)" in proposal.note
+    assert proposal.rule == "sqrt_params" and "only 2 sizes of this experiment tried" in proposal.note
     anchor = proposal.best_lrs[-1]  # the swept size nearest the target
     assert proposal.lr == pytest.approx(anchor.lr * math.sqrt(anchor.params / params_of(HELD_OUT_WIDTH)))
 
@@ -154,13 +154,16 @@ def test_cli_prints_method_confidence_lr_and_a_fragment_that_parses(swept_db: Pa
     assert fragment["train"] == {"lr": float(f"{proposal.lr:.3g}"), "lr_scaling": "none"}
 
 
-def test_cli_append_writes_a_one_run_sweep_with_the_proposal(swept_db: Path, tmp_path: Path) -> None:
+def test_cli_append_writes_a_one_size_sweep_with_the_proposal(swept_db: Path, tmp_path: Path) -> None:
     target = tmp_path / "next.toml"
     out = run_cli("suggest", "--width", "128", "--depth", "3", "--db", str(swept_db), "--experiment", "lr-sweep",
                   "--append", str(target))
     assert out.returncode == 0, out.stderr
     sweep = load_sweep(target)
-    [run] = sweep.runs
+    # Every seed the experiment ran, never just the best run's (a lucky seed would flatter the new size).
+    assert sorted(r.seed for r in sweep.runs) == [0, 1]
+    run = sweep.runs[0]
+    assert {(r.model, r.train) for r in sweep.runs} == {(run.model, run.train)}
     proposal = suggest_for(swept_db, "lr-sweep", 128, 3)
     assert (run.model.width, run.model.depth, run.train.lr_scaling) == (128, 3, "none")
     assert run.train.lr == float(f"{proposal.lr:.3g}")

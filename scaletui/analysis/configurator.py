@@ -238,9 +238,15 @@ def propose_lr(
         return _width_rule(trials, best, target_params, target_width, ref_lr, ref_width)
     if rule in ("auto", "power_law") and len({b.params for b in best}) >= max(min_sizes, 2):
         return _fit_rule(best, target_params)
-    why = (f"only {len(best)} size(s) swept >= {min_lrs} learning rates (a fit needs {min_sizes})"
-           if rule != "sqrt_params" else "asked for")
+    why = _why_no_fit(len(best), min_lrs, min_sizes) if rule != "sqrt_params" else "asked for"
     return _sqrt_rule(trials, best, target_params, ref_lr, ref_params, why)
+
+
+def _why_no_fit(n_swept: int, min_lrs: int, min_sizes: int) -> str:
+    """Why the power-law fit was not possible, in plain words."""
+    swept = {0: "no size", 1: "only one size"}.get(n_swept, f"only {n_swept} sizes")
+    return (f"{swept} of this experiment tried {min_lrs} or more learning rates, so there are too few "
+            f"per-size best rates to fit a trend (a fit needs {min_sizes} such sizes)")
 
 
 def _fit_rule(best: tuple[SizeBestLr, ...], target_params: int) -> Proposal:
@@ -277,9 +283,17 @@ def _sqrt_rule(trials: list[LrTrial], best: tuple[SizeBestLr, ...], target_param
     extrapolation = _extrapolation(target_params, [p0])
     label = "medium" if best and extrapolation <= 4 else "low"
     note = (f"sqrt-params rule lr = {lr0:.3g} * sqrt({p0:,} / {target_params:,}) anchored at {what} "
-            f"({why}); a rule of thumb, not fitted; target {extrapolation:.1f}x from the anchor")
+            f"({why}); a rule of thumb, not fitted; {_size_ratio(target_params, p0)}")
     return Proposal(lr0 * math.sqrt(p0 / target_params), "sqrt_params", label, note, target_params, best,
                     extrapolation=extrapolation, ref_params=p0, ref_lr=lr0, ref_width=w0 or None)
+
+
+def _size_ratio(target_params: int, anchor_params: int) -> str:
+    """How far the proposal reaches, in plain words: the new model's size against the anchor's."""
+    ratio = target_params / anchor_params
+    if ratio >= 1:
+        return f"the new model has {ratio:.1f}x the parameters of the run the rate comes from"
+    return f"the new model has {1 / ratio:.1f}x fewer parameters than the run the rate comes from"
 
 
 def _width_rule(trials: list[LrTrial], best: tuple[SizeBestLr, ...], target_params: int, target_width: int | None,
@@ -296,7 +310,7 @@ def _width_rule(trials: list[LrTrial], best: tuple[SizeBestLr, ...], target_para
     extrapolation = _extrapolation(target_width, [w0])
     note = (f"maximal-update-style width rule lr = {lr0:.3g} * {w0} / {target_width} anchored at {what}; "
             "muP scales hidden-layer Adam rates as 1/width and leaves depth alone; applied here to the one "
-            f"global rate; target {extrapolation:.1f}x the anchor's width")
+            f"global rate; the new model is {target_width / w0:.1f}x as wide as the run the rate comes from")
     return Proposal(lr0 * w0 / target_width, "width", "medium" if extrapolation <= 4 else "low", note, target_params,
                     best, extrapolation=extrapolation, ref_params=p0 or None, ref_lr=lr0, ref_width=w0)
 

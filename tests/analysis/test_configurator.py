@@ -99,7 +99,7 @@ def test_fewer_than_three_swept_sizes_fall_back_to_sqrt_params() -> None:
     anchor = max(best_lr_per_size(trials), key=lambda b: b.params)  # nearest swept size to the target
     assert proposal.ref_params == anchor.params
     assert proposal.lr == pytest.approx(anchor.lr * math.sqrt(anchor.params / target))
-    assert "sqrt-params" in proposal.note and "only 2 size(s)" in proposal.note
+    assert "sqrt-params" in proposal.note and "only 2 sizes of this experiment tried" in proposal.note
     assert proposal.fit is None
 
 
