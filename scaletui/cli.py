@@ -310,6 +310,7 @@ def _print_summary(sweep: Sweep) -> None:
         alerts = reader.alerts(sweep.name)
         configs = {r["id"]: reader.run_config(r["id"]) for r in rows}
     _console().print(_runs_table(sweep, rows, _alert_badges(alerts)))
+    _console().print(f"mean +- sd over seeds of the {sweep.loss_rule.label}, per size:", markup=False, highlight=False)
     _console().print(_size_means_table(sweep, rows, configs))
     _print_group_alerts(alerts)
 
@@ -359,7 +360,7 @@ def _size_means_table(sweep: Sweep, rows: list[dict[str, Any]], configs: dict[in
     from rich.table import Table
 
     others = [a.split(".")[-1] for a in sweep.axes if a not in ("model.width", "model.depth", "train.seeds")]
-    table = Table(title=f"mean +- sd over seeds of the {sweep.loss_rule.label}", box=None)
+    table = Table(box=None)
     for column in ("width", "depth", *others, "seeds", "mean", "sd"):
         table.add_column(column, justify="right")
     for key, losses in size_means(sweep, rows, configs).items():

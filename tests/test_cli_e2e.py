@@ -29,6 +29,7 @@ def test_headless_sweep_stores_everything(make_sweep: Callable[..., Path], tmp_p
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("started ") == 4 and out.stdout.count("done ") >= 4
     assert "final test loss" in out.stdout  # the summary names the loss rule
+    assert "mean +- sd over seeds of the final test loss" in out.stdout  # and states each size's mean
     db = tmp_path / "runs.db"
     assert {s for (s,) in db_rows(db, "select status from run_summary")} == {"done"}
     # train loss at every step, no gaps, no duplicates
