@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,25 +34,33 @@ from textual.binding import Binding
 from textual.containers import Container
 from textual.events import Resize
 from textual.screen import Screen
-from textual.widgets import ContentSwitcher, DataTable, Footer, Input, Log
+from textual.widgets import ContentSwitcher, DataTable, Input
 from textual.worker import Worker, WorkerState, get_current_worker
 
+from scaletui.tui.keys import FIT_KEYS, help_rows
 from scaletui.tui.messages import SnapshotReady, SweepExited, SweepFailedToStart, SweepStarted
-from scaletui.tui.model import SORT_KEYS
+from scaletui.tui.model import SORT_KEYS, run_to_show
 from scaletui.tui.poller import Poller, Snapshot
 from scaletui.tui.screens.modals import ConfirmScreen, HelpScreen, TextScreen
 from scaletui.tui.state import Changes, ViewState
 from scaletui.tui.widgets.alerts_pane import AlertsPane
+from scaletui.tui.widgets.events_pane import EventsPane
+from scaletui.tui.widgets.footer import KeysFooter
 from scaletui.tui.widgets.grad_pane import GradPane
 from scaletui.tui.widgets.grid_view import GridView
 from scaletui.tui.widgets.loss_pane import LossPane
 from scaletui.tui.widgets.runs_table import RunsTable, TableView
-from scaletui.tui.widgets.status_bar import StatusBar, StatusLine
+from scaletui.tui.widgets.status_bar import Shown, StatusBar, StatusLine, notice_text
 
 NARROW_BELOW = 100  # columns: below this the dashboard shows one detail pane at a time
 DETAIL_PANES = ("loss", "grad", "alerts", "events")
 POLL_INTERVAL_S = 0.5
-KEY_NAMES = {"question_mark": "?", "slash": "/", "space": "space", "escape": "esc"}
+MORE_KEYS = [
+    ("up/down, pgup/pgdn", "select a run (or an alert in the alerts pane)"),
+    ("tab", "next pane"),
+    ("ctrl+p", "command palette (theme, screenshot, keys)"),
+]
+FIT_VIEW_KEYS = [*help_rows(FIT_KEYS), ("1", "back to the runs dashboard")]
 
 
 class ScaleApp(App[int]):
@@ -60,26 +69,34 @@ class ScaleApp(App[int]):
     CSS_PATH = "scaletui.tcss"
     TITLE = "scaletui"
 
+    # The footer shows the first keys that fit (most used first; at 80 columns: q to /); the rest are
+    # show=False and listed, with every other key, by the help screen (`?`), which reads the tooltips.
     BINDINGS = [
-        Binding("q", "quit_app", "quit"),
-        Binding("question_mark", "help", "help"),
-        Binding("r", "start_sweep", "start/resume"),
-        Binding("X", "stop_sweep", "stop sweep"),
-        Binding("k", "stop_run", "stop run"),
-        Binding("space", "toggle_pause", "pause"),
-        Binding("1", "show_view('dashboard')", "runs"),
-        Binding("g", "show_view('grid')", "grid"),
-        Binding("f", "show_view('fit')", "fit"),
-        Binding("p", "cycle_pane", "pane"),
-        Binding("t", "flip_grouping", "width/depth"),
-        Binding("o", "cycle_sort", "sort"),
-        Binding("O", "reverse_sort", "reverse"),
-        Binding("slash", "filter", "filter"),
-        Binding("l", "toggle_log", "log y"),
-        Binding("e", "toggle_smooth", "EMA"),
-        Binding("n", "next_experiment", "experiment"),
-        Binding("s", "suggest", "suggest lr"),
-        Binding("escape", "clear_filter", "clear filter", show=False),
+        Binding("q", "quit_app", "quit", tooltip="quit (while this app's sweep trains: asks, stops it cleanly, "
+                "so its runs become interrupted, waits, then quits)"),
+        Binding("question_mark", "help", "help", tooltip="help: every key"),
+        Binding("r", "start_sweep", "start", tooltip="start or resume the sweep in the sweep file"),
+        Binding("p", "cycle_pane", "pane", tooltip="next detail pane: loss, gradients, alerts, events"),
+        Binding("1", "show_view('dashboard')", "runs", tooltip="view: the runs dashboard"),
+        Binding("g", "show_view('grid')", "grid", tooltip="view: depth x width grid of the final loss"),
+        Binding("f", "show_view('fit')", "fit", tooltip="view: the scaling-law fit (its own keys below)"),
+        Binding("l", "toggle_log", "log y", tooltip="loss plot: log or linear y (log at start)"),
+        Binding("slash", "filter", "filter", tooltip="filter runs, every term must match (w64 d8 running div); "
+                "enter keeps the filter, esc clears it"),
+        Binding("e", "toggle_smooth", "EMA", show=False, tooltip="loss plot: debiased-EMA smoothing of the train loss"),
+        Binding("space", "toggle_pause", "pause", show=False, tooltip="pause or resume live updates"),
+        Binding("n", "next_experiment", "experiment", show=False, tooltip="next experiment (or all of them)"),
+        Binding("t", "flip_grouping", "width/depth", show=False,
+                tooltip="group by width ranked by depth, or by depth ranked by width"),
+        Binding("o", "cycle_sort", "sort", show=False, tooltip="next sort column: rank, loss, params, status, step, id"),
+        Binding("O", "reverse_sort", "reverse", show=False, tooltip="reverse the sort"),
+        Binding("s", "suggest", "suggest lr", show=False,
+                tooltip="configurator: learning rate and experiments.toml fragment for the next width"),
+        Binding("k", "stop_run", "stop run", show=False,
+                tooltip="stop the selected run (it checkpoints; only for runs training on this host)"),
+        Binding("X", "stop_sweep", "stop sweep", show=False,
+                tooltip="stop this app's sweep (its runs checkpoint and become interrupted; r resumes)"),
+        Binding("escape", "clear_filter", "clear filter", show=False, tooltip="clear the filter"),
     ]
 
     def __init__(self, db_path: str | Path, sweep_file: str | Path | None = None, *, experiment: str | None = None,
@@ -88,7 +105,10 @@ class ScaleApp(App[int]):
         super().__init__()
         self.db_path = Path(db_path)
         self.sweep_file = Path(sweep_file) if sweep_file else None
-        self.experiment = experiment
+        # The sweep file's experiment is a preference: shown alone when the database has it, else every
+        # experiment is (a missing name must not hide every run); `n` replaces it with the user's choice.
+        self.preferred_experiment = experiment
+        self.experiment_chosen = False
         self.start_on_mount = start
         self.run_args = run_args  # passed on to `scaletui run --headless` (e.g. --workers N)
         self.poll_interval = poll_interval
@@ -96,12 +116,13 @@ class ScaleApp(App[int]):
         self.autopoll = autopoll
         self.poller = Poller(self.db_path, clock)
         self.state = ViewState()
-        self.view = TableView(experiment=experiment)
+        self.view = TableView(experiment=experiment)  # until the database says whether it has it
         self.paused = False
-        self.log_y = False
+        self.log_y = True  # on a linear axis the first steps' loss squashes the rest of the curve
         self.smooth = False
         self.detail_pane = "loss"
         self.selected: int | None = None
+        self.follow = True  # select the run that is training, until the user moves the cursor
         self.sweep_proc: subprocess.Popen[bytes] | None = None
         self.sweep_note = ""
         self.quit_when_stopped = False
@@ -118,15 +139,15 @@ class ScaleApp(App[int]):
                 yield LossPane(id="loss-pane", classes="detail")
                 yield GradPane(id="grad-pane", classes="detail")
                 yield AlertsPane(id="alerts-pane", classes="detail")
-                yield Log(id="events-pane", classes="detail", max_lines=300)
+                yield EventsPane(id="events-pane", classes="detail")
             yield GridView(id="grid")
             yield Container(id="fit")
         yield Input(id="filter", placeholder="filter runs: e.g. w64 d8 running div (enter keeps, esc clears)")
         yield StatusBar("", id="status-bar", markup=False)
-        yield Footer()
+        yield KeysFooter()
 
     def on_mount(self) -> None:
-        self.main.query_one("#events-pane", Log).border_title = "events"
+        self.main.query_one(EventsPane).border_title = "events"
         self._set_narrow(self.size.width)
         self.main.query_one(RunsTable).focus()
         self.set_interval(1.0, self._show_status)
@@ -172,11 +193,20 @@ class ScaleApp(App[int]):
         return self.screen_stack[0]
 
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
+        """Apply one snapshot, unless the app is shutting down. Never drop one otherwise: its rows are
+        behind the poller's cursors and are not read again. (Polling starts in `on_mount`, when the
+        widgets exist but the screen may not have processed its own mount yet: that is no reason to
+        wait, and skipping it lost the first poll, so the app showed `done 0/0`.)"""
         try:
-            if self.screen_stack and self.main.is_mounted:  # not while shutting down
+            if self._dashboard_present():
                 self.apply_snapshot(message.snapshot)
         finally:
             self._applied.set()
+
+    def _dashboard_present(self) -> bool:
+        """The widgets exist: from `on_mount` until shutdown starts (it stops `is_running` first, then
+        removes the widgets while messages and timers may still arrive)."""
+        return self.is_running and bool(self.screen_stack) and bool(self.main.query(RunsTable))
 
     def apply_snapshot(self, snapshot: Snapshot) -> Changes:
         """Fold one snapshot into the state and redraw what it changed (UI thread only)."""
@@ -186,11 +216,13 @@ class ScaleApp(App[int]):
         return changes
 
     def _redraw(self, changes: Changes) -> None:
+        if changes.experiments:
+            self._resolve_experiment()
         if changes.runs or changes.alerts or changes.experiments:
             self._sync_table()
-        if self.selected is None or self.selected not in self.state.runs:
-            self._select(self.main.query_one(RunsTable).selected_run())
-        elif self.selected in changes.series:
+        selected = self.selected
+        self._follow_training()
+        if self.selected == selected and self.selected in changes.series:
             self._show_loss()
         if changes.layers:
             self.main.query_one(GradPane).show(self.state)
@@ -207,24 +239,48 @@ class ScaleApp(App[int]):
     def _sync_table(self) -> None:
         self.main.query_one(RunsTable).sync(self.state, self.view)
 
+    def _resolve_experiment(self) -> None:
+        """The preferred experiment if the database has it, else all of them (the status line says so)."""
+        if self.experiment_chosen or self.preferred_experiment is None:
+            return
+        wanted = self.preferred_experiment if self.preferred_experiment in self.state.experiments else None
+        if wanted != self.view.experiment:
+            self.view = replace(self.view, experiment=wanted)
+            self._experiment_changed()
+
+    def _missing_experiment(self) -> str | None:
+        """The preferred experiment while the database (read at least once) does not have it."""
+        name = self.preferred_experiment
+        if self.experiment_chosen or name is None or self.state.polled_at is None or self.state.error:
+            return None
+        return None if name in self.state.experiments else name
+
     def _log_events(self, events: list[dict[str, Any]]) -> None:
         if not events:
             return
-        log = self.main.query_one("#events-pane", Log)
         lines = []
         for e in events:
             run = self.state.runs.get(e["run_id"]) if e["run_id"] is not None else None
             who = f"run {e['run_id']} {run.label}" if run else ("sweep" if e["run_id"] is None else f"run {e['run_id']}")
             lines.append(f"{(e['at'] or '')[11:19]} {who} {e['kind']}: {e['message'] or ''}")
-        log.write_lines(lines)
+        self.main.query_one(EventsPane).add(lines)
 
     def _show_status(self) -> None:
-        if not self.screen_stack:
+        if not self._dashboard_present():
             return
         runs = tuple(r for r in self.state.runs.values() if self.view.experiment in (None, r.experiment))
         line = StatusLine(runs, self.db_path, self.state.polled_at, self.clock(), self.paused, self._sweep_text(),
-                          self.state.error)
+                          self.state.error, self._notice(len(runs)))
         self.main.query_one(StatusBar).show(line)
+
+    def _notice(self, in_experiment: int) -> str | None:
+        """Why the runs table hides runs, once the database has been read (an error says why not)."""
+        if self.state.polled_at is None or self.state.error:
+            return None
+        hint = f"r starts {self.sweep_file.name}" if self.sweep_file else "start a sweep: scaletui run FILE"
+        visible = len(self.main.query_one(RunsTable).run_ids())
+        return notice_text(Shown(len(self.state.runs), in_experiment, visible, self.view.experiment,
+                                 self._missing_experiment(), self.view.query, hint))
 
     def _sweep_text(self) -> str:
         if self.sweep_proc is not None:
@@ -234,8 +290,33 @@ class ScaleApp(App[int]):
     # ----------------------------------------------------------------- selection and curves
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        if event.data_table.id == "runs-table":  # the cursor now, not the event's key: rows may have moved since
-            self._select(self.main.query_one(RunsTable).selected_run())
+        if event.data_table.id == "runs-table" and self._dashboard_present():
+            run_id = self.main.query_one(RunsTable).selected_run()
+            # The cursor now, not the event's key: rows may have moved since. The app itself moves the
+            # cursor only onto the selected run, so another run under it is the user's doing.
+            if run_id != self.selected:
+                self.follow = False
+            self._select(run_id)
+
+    def _follow_training(self) -> None:
+        """Until the user moves the cursor, select the run worth watching: one that is training, else the
+        latest (`run_to_show`); a selection that still trains, or with nothing training, is kept."""
+        table = self.main.query_one(RunsTable)
+        target = self._run_to_follow(table.run_ids())
+        if target is not None and target != self.selected:
+            self._select(target)  # before the cursor moves, so its highlight event is not the user's
+            table.move_cursor(row=table.get_row_index(str(target)), scroll=True)
+        elif self.selected is None or self.selected not in self.state.runs:
+            self._select(table.selected_run())
+
+    def _run_to_follow(self, shown: list[int]) -> int | None:
+        if not self.follow:
+            return None
+        runs = [self.state.runs[i] for i in shown if i in self.state.runs]
+        current = self.state.runs.get(self.selected) if self.selected in shown else None
+        if current is not None and (current.status == "running" or all(r.status != "running" for r in runs)):
+            return None
+        return run_to_show(runs)
 
     def _select(self, run_id: int | None) -> None:
         if run_id == self.selected:
@@ -296,16 +377,12 @@ class ScaleApp(App[int]):
             self.action_show_view("dashboard")
 
     def action_help(self) -> None:
-        keys = [(", ".join(KEY_NAMES.get(k, k) for k in b.key.split(",")), b.description)
-                for b in self.BINDINGS if isinstance(b, Binding)]
-        keys += [("up/down, pgup/pgdn", "select a run (or an alert in the alerts pane)"), ("tab", "next pane")]
-        self.push_screen(HelpScreen(keys))
+        app_keys = help_rows(b for b in self.BINDINGS if isinstance(b, Binding))
+        self.push_screen(HelpScreen([("", app_keys + MORE_KEYS), ("in the fit view (f)", FIT_VIEW_KEYS)]))
 
     # ----------------------------------------------------------------- keys: the runs table
 
     def _change_view(self, **changes: Any) -> None:
-        from dataclasses import replace
-
         self.view = replace(self.view, **changes)
         self._sync_table()
         self._show_status()
@@ -346,12 +423,17 @@ class ScaleApp(App[int]):
     def action_next_experiment(self) -> None:
         choices: list[str | None] = [None, *self.state.experiments]
         current = choices.index(self.view.experiment) if self.view.experiment in choices else 0
+        self.experiment_chosen = True
         self._change_view(experiment=choices[(current + 1) % len(choices)])
+        self._experiment_changed()
+        self.notify(f"experiment: {self.view.experiment or 'all'}", timeout=2)
+
+    def _experiment_changed(self) -> None:
+        """The grid, the alerts and the fit follow the experiment shown."""
         self._grid_stale = True
         self.main.query_one(AlertsPane).show(self.state.alerts, self.view.experiment)
         for pane in self.main.query("#fit-pane"):
             pane.set_experiment(self._grid_experiment())  # type: ignore[attr-defined]
-        self.notify(f"experiment: {self.view.experiment or 'all'}", timeout=2)
 
     # ----------------------------------------------------------------- keys: plot
 
@@ -380,15 +462,13 @@ class ScaleApp(App[int]):
             self.notify(f"the sweep is already running (pid {self.sweep_proc.pid})")
             return
         self.sweep_note = "sweep starting"
-        self._launch_sweep(self.sweep_file, self.db_path)
+        self._launch_sweep(sweep_command(self.sweep_file, self.db_path, self.run_args), sweep_log_path(self.db_path))
         self.run_args = tuple(a for a in self.run_args if a != "--fresh")  # a later `r` resumes, never wipes
 
     @work(thread=True, exclusive=True, group="sweep", exit_on_error=False)
-    def _launch_sweep(self, sweep_file: Path, db: Path) -> None:
-        """Start `scaletui run --headless` in its own session and wait for it; posts messages only."""
-        log_path = sweep_log_path(db)
-        command = [sys.executable, "-m", "scaletui", "run", "--headless", str(sweep_file), "--db", str(db),
-                   *self.run_args]
+    def _launch_sweep(self, command: list[str], log_path: Path) -> None:
+        """Start `command` in its own session and wait for it; posts messages only. Everything it needs
+        comes in its arguments: the thread starts later, after the app's own state has moved on."""
         try:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(log_path, "ab") as log:
@@ -500,6 +580,11 @@ def _wait(event: threading.Event, timeout: float, stopped: Callable[[], bool]) -
     while not stopped() and not event.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
         if time.monotonic() >= deadline:
             return
+
+
+def sweep_command(sweep_file: Path, db: Path, run_args: tuple[str, ...]) -> list[str]:
+    """The app's sweep: `scaletui run --headless FILE --db DB` plus the command line's own arguments."""
+    return [sys.executable, "-m", "scaletui", "run", "--headless", str(sweep_file), "--db", str(db), *run_args]
 
 
 def sweep_log_path(db: Path) -> Path:

@@ -18,12 +18,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from textual import work
 from textual.app import ComposeResult
-from textual.binding import Binding
+from textual.binding import BindingType
+from textual.containers import VerticalScroll
+from textual.events import Resize
 from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
@@ -33,6 +35,7 @@ from textual_plotext import PlotextPlot
 from scaletui.analysis.powerlaw import Form, predict
 from scaletui.fitting import X_CHOICES, FitReport, FitSpec, describe_stability, fit_experiment
 from scaletui.records import LossRule
+from scaletui.tui.keys import FIT_KEYS
 
 __all__ = ["FitPane", "PANE_BOOTSTRAP", "GROUPINGS"]
 
@@ -41,6 +44,9 @@ GROUPINGS: tuple[str | None, ...] = (None, "depth", "width")
 RULES: tuple[LossRule | None, ...] = (None, LossRule.FINAL, LossRule.BEST, LossRule.SMOOTHED)  # None: experiment's
 CURVE_MARKERS = ("dot", "hd", "fhd", "braille")
 TABLE_COLUMNS = ("curve", "E", "A", "alpha", "held-out 1", "held-out 2", "alpha over training")
+NARROW_COLUMNS = TABLE_COLUMNS[:4]  # under NARROW_BELOW columns; the notes below say the rest
+NARROW_BELOW = 100
+TALL_PLOT = 20  # rows: a shorter plot gets 3 y ticks, not 5 (plotext drops colliding ticks, not always the same)
 
 
 @dataclass(frozen=True)
@@ -66,14 +72,15 @@ def _next(options: tuple, current: object) -> object:
     return options[(options.index(current) + 1) % len(options)]
 
 
-def _cell(report: FitReport, name: str) -> str:
+def _cell(report: FitReport, name: str, sep: str = " ") -> str:
+    """A parameter with its 90% interval; `sep="\n"` puts the interval on a second line (narrow table)."""
     value = report.fit.params.get(name)
     if value is None:
         return "-"
     if report.boot is None:
         return f"{value:.4g}"
     lo, hi = report.boot.intervals[name]
-    return f"{value:.4g} [{lo:.3g}, {hi:.3g}]"
+    return f"{value:.4g}{sep}[{lo:.3g}, {hi:.3g}]"
 
 
 def _heldout_cell(report: FitReport, k: int) -> str:
@@ -95,17 +102,13 @@ class FitPane(Widget, can_focus=True):
     DEFAULT_CSS = """
     FitPane { layout: vertical; height: 1fr; }
     FitPane > #fit-status { height: auto; color: $text-muted; }
-    FitPane > PlotextPlot { height: 2fr; min-height: 8; }
+    FitPane > PlotextPlot { height: 2fr; min-height: 12; }
     FitPane > DataTable { height: auto; max-height: 8; }
-    FitPane > #fit-notes { height: auto; max-height: 8; }
+    FitPane > #fit-notes-box { height: 1fr; max-height: 8; }
+    FitPane #fit-notes { height: auto; }
     """
 
-    BINDINGS = [
-        Binding("x", "cycle_x", "x axis", show=True),
-        Binding("g", "cycle_grouping", "grouping", show=True),
-        Binding("l", "cycle_rule", "loss rule", show=True),
-        Binding("f", "toggle_form", "form", show=True),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = [*FIT_KEYS]  # also listed by the help, before this module loads
 
     @dataclass
     class Fitted(Message):
@@ -123,17 +126,25 @@ class FitPane(Widget, can_focus=True):
         self.experiment = experiment
         self.choice = _Choice()
         self.reports: tuple[FitReport, ...] = ()
+        self._table_narrow: bool | None = None  # the layout the table has now (None: no columns yet)
 
     def compose(self) -> ComposeResult:
         yield Static("no fit yet", id="fit-status", markup=False)
         yield PlotextPlot(id="fit-plot")
-        table: DataTable[str] = DataTable(id="fit-table", cursor_type="row", zebra_stripes=True)
-        table.add_columns(*TABLE_COLUMNS)
-        yield table
-        yield Static("", id="fit-notes", markup=False)
+        yield DataTable(id="fit-table", cursor_type="row", zebra_stripes=True)
+        with VerticalScroll(id="fit-notes-box", can_focus=False):
+            yield Static("", id="fit-notes", markup=False)
 
     def on_mount(self) -> None:
         self.runs_changed()
+
+    def on_resize(self, event: Resize) -> None:
+        """Under NARROW_BELOW columns the table has fewer columns, each interval on its own line."""
+        if self.query_one("#fit-table", DataTable).columns and self._narrow() != self._table_narrow:
+            self._show_table(self.reports)
+
+    def _narrow(self) -> bool:
+        return self.size.width < NARROW_BELOW
 
     # ----------------------------------------------------------------- public interface
 
@@ -210,21 +221,32 @@ class FitPane(Widget, can_focus=True):
                 f"{r.n_sizes} sizes{diverged}; {PANE_BOOTSTRAP} bootstrap resamples, 90% intervals")
 
     def _show_table(self, reports: tuple[FitReport, ...]) -> None:
-        """A fit replaces the previous one wholesale (it is not a live per-run table), so rebuild."""
+        """A fit replaces the previous one wholesale (it is not a live per-run table), so rebuild.
+        Wide: one line per curve, every column. Narrow: value over interval, the checks in the notes."""
         table = self.query_one("#fit-table", DataTable)
-        table.clear()
+        narrow = self._narrow()
+        table.clear(columns=narrow != self._table_narrow)
+        if not table.columns:
+            table.add_columns(*(NARROW_COLUMNS if narrow else TABLE_COLUMNS))
+        self._table_narrow = narrow
         for r in reports:
-            table.add_row(r.group or "all", _cell(r, "E"), _cell(r, "A"), _cell(r, "alpha"), _heldout_cell(r, 1),
-                          _heldout_cell(r, 2), _stability_cell(r), key=r.group or "all")
+            if narrow:
+                cells = [_cell(r, name, "\n") for name in ("E", "A", "alpha")]
+                table.add_row(r.group or "all", *cells, key=r.group or "all", height=None)
+            else:
+                table.add_row(r.group or "all", _cell(r, "E"), _cell(r, "A"), _cell(r, "alpha"), _heldout_cell(r, 1),
+                              _heldout_cell(r, 2), _stability_cell(r), key=r.group or "all")
 
     def _show_notes(self, message: FitPane.Fitted) -> None:
         lines = []
         for r in message.reports:
             who = f"{r.group}: " if r.group else ""
-            held = r.check.leave_one
+            held, held_two = r.check.leave_one, r.check.leave_two
             if held is not None:
                 lines.append(f"{who}largest x={held.x_out[0]:.4g} left out: predicted {held.predicted[0]:.4g}, "
                              f"actual {held.actual[0]:.4g} ({held.rel_error[0]:.1%})")
+            if held_two is not None:
+                lines.append(f"{who}two largest left out: error up to {held_two.max_rel_error:.1%}")
             lines.append(f"{who}alpha over training: {describe_stability(r.stability)}")
             lines += [f"{who}warning: {w}" for w in r.warnings]
         lines += [f"skipped {s}" for s in message.skipped]
@@ -243,7 +265,7 @@ class FitPane(Widget, can_focus=True):
             xs = np.concatenate([r.xs[0] for r in reports])
             ys = np.concatenate([r.loss for r in reports])
             plt.xticks(*_log_ticks(xs))
-            plt.yticks(*_log_ticks(ys))
+            plt.yticks(*_log_ticks(ys, 5 if widget.size.height >= TALL_PLOT else 3))
             plt.xlabel(f"{reports[0].x_name} (log)")
             plt.ylabel(f"{reports[0].loss_label or 'loss'} (log)")
         widget.refresh()

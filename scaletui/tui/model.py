@@ -105,6 +105,19 @@ def matches(run: RunRow, badges: str, query: str) -> bool:
     return all(term in haystack for term in query.lower().split())
 
 
+def run_to_show(runs: Iterable[RunRow]) -> int | None:
+    """The run worth looking at when the app opens: the most recently started running run, else the
+    run that was active last (finished or started), else None (nothing has started: the first row)."""
+    runs = list(runs)
+    running = [r for r in runs if r.status == "running"]
+    if running:
+        return max(running, key=lambda r: (r.started_at or "", r.id)).id
+    active = [r for r in runs if r.started_at or r.finished_at]
+    if active:
+        return max(active, key=lambda r: (r.finished_at or r.started_at or "", r.id)).id
+    return None
+
+
 # --------------------------------------------------------------------------- the central question
 
 
@@ -186,6 +199,29 @@ def bucket_max(values: Sequence[float], buckets: int) -> list[float]:
         if chunk:
             out.append(max(chunk))
     return out
+
+
+EARLY_FRACTION = 0.05  # the first steps of a loss curve, left out of the plot's default y-range
+MIN_GAIN = 0.2  # clip only when that frees at least this fraction of the plot's height
+
+
+def robust_y_range(points: Sequence[tuple[float, float]], early: float = EARLY_FRACTION) -> tuple[float, float] | None:
+    """A y-range for loss curves that the first steps do not squash: from the lowest point to the
+    highest point after the first `early` fraction of the x span (plus a small margin). None when
+    that would hide little (a late spike, or no towering start): then the plot's own range is right.
+    The points above the range are still drawn; they leave the plot at the top."""
+    finite = [(x, y) for x, y in points if math.isfinite(y)]
+    if len(finite) < 3:
+        return None
+    x0, x1 = min(x for x, _ in finite), max(x for x, _ in finite)
+    rest = [y for x, y in finite if x >= x0 + early * (x1 - x0)]
+    if len(rest) < 2:
+        return None
+    bottom, top, full_top = min(y for _, y in finite), max(rest), max(y for _, y in finite)
+    margin = 0.03 * (top - bottom)
+    if full_top - (top + margin) < MIN_GAIN * (full_top - bottom):
+        return None
+    return bottom - margin, top + margin
 
 
 def log10_safe(values: Sequence[float]) -> list[float]:

@@ -7,10 +7,13 @@ since the last poll: runs whose `rev` moved, metrics and layer statistics after 
 events after the last id, alerts after the last `rev`. What it found travels to the UI thread as
 one frozen `Snapshot`; the poller itself never touches a widget, and the UI never touches SQL.
 
-What is read per run is bounded by what is on screen. Every running run gets its latest train loss
-and new test-loss evaluations (for the runs table). Whole series are read only for the *tracked*
-runs: the selected run (train and test loss, per-layer statistics) and the runs of its group (test
-loss, drawn faint). A run's series is read again only when its row changed (its `rev` moved).
+What is read per run is bounded by what is on screen. Every unfinished run that has steps gets its
+latest train loss and new test-loss evaluations (for the runs table): incrementally while it runs,
+and once more when its row changes after it stopped, so an interrupted run shows the database's last
+values, not those of the poll before it stopped (a finished run's row has its final values). Whole
+series are read only for the *tracked* runs: the selected run (train and test loss, per-layer
+statistics) and the runs of its group (test loss, drawn faint). A run's series is read again only
+when its row changed (its `rev` moved).
 
 This module imports no textual (it is plain Python over `scaletui.store.Reader`), so it is unit
 tested and benchmarked without an app.
@@ -56,11 +59,13 @@ class LayerUpdate:
 
 @dataclass(frozen=True)
 class LiveValues:
-    """What a running run's table row needs beyond its `runs` row: latest train loss, new test points."""
+    """What an unfinished run's table row needs beyond its `runs` row: latest train loss, new test
+    points; `reset` means the test points start from the first evaluation (forget the earlier ones)."""
 
     run_id: int
     train: tuple[int, float] | None
     test: tuple[tuple[int, float], ...]
+    reset: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,7 +111,7 @@ class Poller:
         self.clock = clock
         self.reader: Reader | None = None
         self.cursors = _Cursors()
-        self.running: set[int] = set()
+        self.running: set[int] = set()  # runs seen running at the last poll that saw their row
         self.experiment_names: tuple[str, ...] = ()
         self._experiment_ids: dict[int, str] = {}
         self._wanted: tuple[int | None, frozenset[int]] = (None, frozenset())
@@ -159,18 +164,30 @@ class Poller:
     # ----------------------------------------------------------------- parts
 
     def _live(self, reader: Reader, runs: tuple[RunRow, ...]) -> Iterable[LiveValues]:
-        """Latest train loss and new test losses of every running run whose row changed."""
+        """Latest train loss and new test losses of every unfinished run whose row changed. A run that
+        just stopped is read up to its last record before its cursors are dropped."""
         for run in runs:
-            if run.status != "running":
+            if run.finished or not run.step:  # final values are in the row / nothing recorded yet
                 self._forget_live(run.id)
                 continue
-            if run.id not in self.running:  # first sight: the last train step, every test evaluation
-                self.running.add(run.id)
-                self.cursors.live[(run.id, "train_loss")] = (run.step or 0) - 1
+            restart = self._needs_restart(run)
+            if restart:  # the last train step, every test evaluation
+                self.cursors.live[(run.id, "train_loss")] = run.step - 1
                 self.cursors.live[(run.id, "test_loss")] = _START
             train = self._new_points(reader, run.id, "train_loss", self.cursors.live)
             test = self._new_points(reader, run.id, "test_loss", self.cursors.live)
-            yield LiveValues(run.id, train[-1] if train else None, tuple(test))
+            yield LiveValues(run.id, train[-1] if train else None, tuple(test), restart)
+            if run.status == "running":
+                self.running.add(run.id)
+            else:
+                self._forget_live(run.id)
+
+    def _needs_restart(self, run: RunRow) -> bool:
+        """Read from the start: first sight, (re)started since the last poll, or rewound by a resume
+        (which deletes the records after its checkpoint, so the cursors point past the new ones)."""
+        cursor = self.cursors.live.get((run.id, "train_loss"))
+        fresh_start = run.status == "running" and run.id not in self.running
+        return cursor is None or fresh_start or cursor > (run.step or 0)
 
     def _forget_live(self, run_id: int) -> None:
         self.running.discard(run_id)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scaletui.tui.model import ALERT_BADGES, RunRow
-from scaletui.tui.poller import LayerUpdate, SeriesUpdate, Snapshot
+from scaletui.tui.poller import LayerUpdate, LiveValues, SeriesUpdate, Snapshot
 
 EVENT_LOG_LINES = 300
 
@@ -88,7 +88,7 @@ class ViewState:
         self.polled_at, self.error = snap.polled_at, snap.error
         self._apply_runs(snap, changes)
         for live in snap.live:
-            self._apply_live(live.run_id, live.train, live.test)
+            self._apply_live(live)
             changes.runs.add(live.run_id)
         self._apply_series(snap, changes)
         self._apply_layers(snap.layers, changes)
@@ -110,18 +110,25 @@ class ViewState:
                 changes.added.add(run.id)
             elif run.finished and not old.finished:
                 changes.finished.add(run.id)
-            if run.finished or run.status != "running":
-                self.live_train.pop(run.id, None)  # the row's final values take over
+            if run.finished:  # the row's final values take over
+                self._forget_live(run.id)
             self.runs[run.id] = run
             changes.runs.add(run.id)
 
-    def _apply_live(self, run_id: int, train: tuple[int, float] | None, test: Iterable[tuple[int, float]]) -> None:
-        if train is not None:
-            self.live_train[run_id] = train[1]
-        for _, value in test:
+    def _apply_live(self, live: LiveValues) -> None:
+        run_id = live.run_id
+        if live.reset:
+            self._forget_live(run_id)
+        if live.train is not None:
+            self.live_train[run_id] = live.train[1]
+        for _, value in live.test:
             self.live_test[run_id] = value
             if math.isfinite(value) and value < self.live_best.get(run_id, math.inf):
                 self.live_best[run_id] = value
+
+    def _forget_live(self, run_id: int) -> None:
+        for values in (self.live_train, self.live_test, self.live_best):
+            values.pop(run_id, None)
 
     def _apply_series(self, snap: Snapshot, changes: Changes) -> None:
         selected, group = snap.tracked
@@ -161,11 +168,12 @@ class ViewState:
     # ----------------------------------------------------------------- derived values
 
     def train_loss(self, run: RunRow) -> float | None:
-        """Latest train loss: live while running, the stored final value afterwards."""
+        """Latest train loss: the latest record until the run finishes, the stored final value after."""
         return self.live_train.get(run.id, run.final_train_loss)
 
     def test_loss(self, run: RunRow) -> float | None:
-        """"The loss of the run" once finished; the latest test evaluation while it trains."""
+        """"The loss of the run" once finished; the latest test evaluation before that (also for a
+        stopped run: what the database last recorded)."""
         if run.finished and run.loss is not None:
             return run.loss
         return self.live_test.get(run.id, run.final_test_loss)

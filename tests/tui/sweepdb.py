@@ -44,8 +44,9 @@ def curve(width: int, depth: int, step: int, steps: int) -> float:
     return floor + (2.3 - floor) * math.exp(-5.0 * step / steps) + wiggle
 
 
-def specs(widths: Iterable[int], depths: Iterable[int], seeds: Iterable[int], steps: int) -> list[RunSpec]:
-    base = RunSpec(EXPERIMENT, DataSpec(train_size=512), ModelSpec(), TrainSpec(steps=steps, eval_every=20, log_every=10))
+def specs(widths: Iterable[int], depths: Iterable[int], seeds: Iterable[int], steps: int,
+          experiment: str = EXPERIMENT) -> list[RunSpec]:
+    base = RunSpec(experiment, DataSpec(train_size=512), ModelSpec(), TrainSpec(steps=steps, eval_every=20, log_every=10))
     return [replace(base, model=replace(base.model, width=w, depth=d), seed=s)
             for w in widths for d in depths for s in seeds]
 
@@ -77,11 +78,12 @@ def _outcome(spec: RunSpec) -> RunOutcome:
 
 
 def build(path: Path, *, widths: tuple[int, ...] = (8, 16), depths: tuple[int, ...] = (1, 2, 4), seeds: tuple[int, ...] = (0,),
-          steps: int = 60, running: int = 1, queued: int = 1) -> dict[str, int]:
-    """Write the sweep; returns {label: run_id}. The last `running` + `queued` runs are unfinished."""
-    all_specs = specs(widths, depths, seeds, steps)
+          steps: int = 60, running: int = 1, queued: int = 1, experiment: str = EXPERIMENT) -> dict[str, int]:
+    """Write the sweep (or add another experiment to the file: use other widths, run keys ignore the
+    name); returns {label: run_id}. The last `running` + `queued` runs are unfinished."""
+    all_specs = specs(widths, depths, seeds, steps, experiment)
     with Store(path) as store:
-        experiment_id = store.upsert_experiment(EXPERIMENT, None, None, LossRule.FINAL)
+        experiment_id = store.upsert_experiment(experiment, None, None, LossRule.FINAL)
         registered = store.register_runs(experiment_id, all_specs, fresh=False)
         n_done = len(registered) - running - queued
         for i, (run_id, spec) in enumerate(registered):

@@ -54,7 +54,8 @@ def table_ids(app: ScaleApp) -> list[int]:
 
 
 def loaded(app: ScaleApp) -> Callable[[], bool]:
-    return lambda: len(table_ids(app)) == 6 and (1, "train_loss") in app.state.series
+    """Every row is shown and the selected run's curves are read."""
+    return lambda: len(table_ids(app)) == 6 and (app.selected, "train_loss") in app.state.series
 
 
 def cell(app: ScaleApp, run_id: int, column: str) -> str:
@@ -66,9 +67,9 @@ def test_selection_drives_the_loss_and_gradient_panes(db: Path) -> None:
         app = ScaleApp(db, clock=lambda: NOW)
         async with app.run_test(size=(160, 48)) as pilot:
             await until(pilot, loaded(app))
-            assert table_ids(app) == [1, 2, 3, 4, 5, 6] and app.selected == 1
-            await until(pilot, lambda: len(app.query(LayerLine)) == 2)
-            await pilot.press("down", "down")
+            assert table_ids(app) == [1, 2, 3, 4, 5, 6] and app.selected == 5  # the one training
+            await until(pilot, lambda: len(app.query(LayerLine)) == 3)
+            await pilot.press("up", "up")
             await until(pilot, lambda: app.selected == 3 and len(app.query(LayerLine)) == 5)
             assert "mlp w8 d4 s0" in str(app.query_one("#loss-title").render())
             assert app.state.group_of(3, "width") == [1, 2]
@@ -103,19 +104,38 @@ def test_sort_flip_and_filter_from_the_keyboard(db: Path) -> None:
     asyncio.run(go())
 
 
+def count_polls(app: ScaleApp) -> dict[str, int]:
+    """Count the app's polls and say whether one is under way (the poll loop runs in a thread)."""
+    polls = {"done": 0, "busy": 0}
+    real = app.poller.poll
+
+    def counted():  # type: ignore[no-untyped-def]
+        polls["busy"] = 1
+        try:
+            return real()
+        finally:
+            polls["done"] += 1
+            polls["busy"] = 0
+
+    app.poller.poll = counted  # type: ignore[method-assign]
+    return polls
+
+
 def test_pause_stops_applying_new_rows_until_resumed(db: Path) -> None:
     spec = sweepdb.specs((16,), (2,), (0,), 60)[0]
 
     async def go() -> None:
         app = ScaleApp(db, clock=lambda: NOW, poll_interval=0.05)
+        polls = count_polls(app)
         async with app.run_test(size=(160, 48)) as pilot:
             await until(pilot, loaded(app))
             await pilot.press("space")
             assert "PAUSED" in str(app.query_one(StatusBar).render())
-            await pilot.pause(0.2)  # let a poll that was under way finish
+            await until(pilot, lambda: not polls["busy"] and app._applied.is_set())  # a poll under way lands
+            before = polls["done"]
             sweepdb.extend_run(db, 5, spec, 31, 45)
-            await pilot.pause(0.5)
-            assert cell(app, 5, "step") == "30/60"
+            await pilot.pause(0.5)  # ten poll intervals
+            assert polls["done"] == before and cell(app, 5, "step") == "30/60"
             await pilot.press("space")
             await until(pilot, lambda: cell(app, 5, "step") == "45/60")
             assert "polled" in str(app.query_one(StatusBar).render())
@@ -134,18 +154,18 @@ def test_views_panes_help_and_log_and_smoothing_toggles(db: Path) -> None:
             assert app.query_one("#grad-pane").display and not app.query_one(LossPane).display
             await pilot.press("p", "p", "p")
             assert app.query_one(LossPane).display
+            assert app.log_y and "log y" in str(app.query_one("#loss-title").render())  # the default
             await pilot.press("l", "e")
-            assert app.log_y and app.smooth
-            assert "log y + EMA" in str(app.query_one("#loss-title").render())
+            assert not app.log_y and app.smooth
+            assert "linear y + EMA" in str(app.query_one("#loss-title").render())
             await pilot.press("g")
             assert app.query_one(ContentSwitcher).current == "grid"
             grid = app.query_one("#grid-table", DataTable)
             assert grid.row_count == 3 and "▼d" in str(grid.get_cell("4", "8"))
             await pilot.press("1", "question_mark")
             assert isinstance(app.screen, HelpScreen)
-            keys = [str(row[0]) for row in (app.screen.query_one(DataTable).get_row_at(i)
-                                            for i in range(app.screen.query_one(DataTable).row_count))]
-            assert {"q", "?", "r", "k", "space", "/", "l", "e", "g", "f", "s"} <= set(keys)
+            keys = {key for _, rows in app.screen.sections for key, _ in rows}
+            assert {"q", "?", "r", "k", "space", "/", "l", "e", "g", "f", "s", "x"} <= keys
             await pilot.press("escape", "q")
         assert app.return_value == 0
 
@@ -159,8 +179,7 @@ def test_start_without_sweep_file_and_stop_run_elsewhere_only_warn(db: Path) -> 
             await until(pilot, loaded(app))
             await pilot.press("r")
             assert app.sweep_proc is None
-            await pilot.press("down", "down", "down", "down")  # run 5: running on another host
-            await until(pilot, lambda: app.selected == 5)
+            assert app.selected == 5  # selected on open: it is training, on another host
             await pilot.press("k")
             assert any("stop it there" in n.message for n in app._notifications)
 
@@ -188,8 +207,7 @@ def test_attaches_to_a_database_another_process_is_writing(db: Path) -> None:
         app = ScaleApp(db, clock=lambda: NOW, poll_interval=0.1)
         async with app.run_test(size=(160, 48)) as pilot:
             await until(pilot, loaded(app))
-            await pilot.press("down", "down", "down", "down")
-            await until(pilot, lambda: app.selected == 5)
+            assert app.selected == 5  # selected on open: it is training
             writer = subprocess.Popen([sys.executable, "-c", WRITER.format(repo=str(REPO), db=str(db))])
             try:
                 await until(pilot, lambda: cell(app, 5, "step") == "60/60", timeout=30)
@@ -280,7 +298,7 @@ def test_fit_view_mounts_the_fit_pane_and_s_shows_the_configurators_proposal(db:
             assert app.query_one(ContentSwitcher).current == "fit"
             await pilot.press("1")
             assert app.query_one(ContentSwitcher).current == "dashboard" and app.query_one(RunsTable).has_focus
-            await pilot.press("s")  # selected: w8 d1; the next width of the sweep is 16
+            await pilot.press("up", "up", "up", "up", "s")  # selected: w8 d1; the next width of the sweep is 16
             await until(pilot, lambda: isinstance(app.screen, TextScreen), timeout=20)
             assert app.screen.title_text.startswith("next size w16 d1: lr ")
             assert "[model]" in str(app.screen.query_one("#text-body").render())

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from scaletui.records import ModelInfo
+from scaletui.store.writer import Store, StoreSink
 from scaletui.tui.model import (RunRow, bucket_max, debiased_ema, downsample_minmax, eta_seconds, grid_cells,
-                                human_duration, matches, order_runs, shade, size_deltas)
+                                human_duration, matches, order_runs, robust_y_range, run_to_show, shade, size_deltas)
 from scaletui.tui.poller import Poller
 from scaletui.tui.state import ViewState, alert_badges
 from tests.tui import sweepdb
@@ -124,6 +126,33 @@ def test_eta_from_finished_durations_and_work_left() -> None:
     assert human_duration(150) == "2m30s" and human_duration(7300) == "2h01m"
 
 
+def test_the_run_shown_first_is_a_running_one_else_the_latest() -> None:
+    early = "2026-01-01T10:00:00.000Z"
+    late = "2026-01-01T11:00:00.000Z"
+    queued = run(1, 8, 1, None, status="queued")
+    done_early = run(2, 8, 2, 1.0, started_at=early, finished_at=early)
+    done_late = run(3, 8, 4, 1.0, started_at=early, finished_at=late)
+    running_early = run(4, 16, 1, None, status="running", started_at=early)
+    running_late = run(5, 16, 2, None, status="running", started_at=late)
+    assert run_to_show([queued, done_early, done_late, running_early, running_late]) == 5
+    assert run_to_show([queued, done_early, running_early]) == 4
+    assert run_to_show([queued, done_late, done_early]) == 3
+    assert run_to_show([queued]) is None and run_to_show([]) is None
+
+
+def test_y_range_leaves_out_the_first_steps_when_they_squash_the_rest() -> None:
+    steps = list(range(0, 1001, 10))
+    loss = [2.3 if s == 0 else 1.0 - s / 2000 for s in steps]  # the step-0 loss towers over the curve
+    lo, hi = robust_y_range(list(zip(steps, loss)))  # type: ignore[misc]
+    assert lo <= 0.5 and 0.5 - lo < 0.05  # the minimum stays in view
+    assert 0.975 <= hi < 1.05  # the top is the curve after its first 5% of steps (0.975), plus a margin
+    flat = [(s, 1.0 - s / 2000) for s in steps]  # nothing towers: the whole range is shown
+    assert robust_y_range(flat) is None
+    spike = [(s, 5.0 if s == 900 else v) for s, v in zip(steps, loss)]  # a late spike must stay visible
+    assert robust_y_range(spike) is None
+    assert robust_y_range([(0, 2.3), (1, 1.0)]) is None  # too few points to judge
+
+
 def test_alert_badges_most_severe_first() -> None:
     alerts = [{"run_id": 3, "kind": "plateau", "severity": "info"},
               {"run_id": 3, "kind": "divergence", "severity": "critical"},
@@ -211,3 +240,65 @@ def test_the_app_and_its_first_frame_never_import_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
     assert "textual" in loaded and "torch" not in loaded and "scipy" not in loaded
+
+
+def test_a_run_that_stops_shows_the_databases_latest_values(db: Path) -> None:
+    """Seen: 1.3924 at step 3200 shown for an interrupted run while the database had 1.4049 at 3400."""
+    spec = sweepdb.specs((16,), (2,), (0,), 60)[0]
+    poller, state = Poller(db), ViewState()
+    state.apply(poller.poll())  # run 5 is running at step 30
+    sweepdb.extend_run(db, 5, spec, 31, 45)  # its last flush, then it is stopped: both land between two polls
+    with Store(db) as store:
+        store.mark_interrupted(5, "stopped by the test")
+    state.apply(poller.poll())
+    for view in (state, _fresh_view(db)):  # the app that watched it stop, and one opened afterwards
+        run5 = view.runs[5]
+        assert run5.status == "interrupted"
+        assert view.train_loss(run5) == pytest.approx(sweepdb.curve(16, 2, 45, 60))
+        assert view.test_loss(run5) == pytest.approx(sweepdb.curve(16, 2, 40, 60) + 0.05)
+    poller.close()
+
+
+def test_a_resumed_run_reads_its_rewritten_steps(db: Path) -> None:
+    """A resume deletes the records after the checkpoint and writes them again: the poller starts over."""
+    spec = sweepdb.specs((16,), (2,), (0,), 60)[0]
+    poller, state = Poller(db), ViewState()
+    sweepdb.extend_run(db, 5, spec, 31, 45)
+    state.apply(poller.poll())
+    with Store(db) as store:  # interrupted and resumed from its step-20 checkpoint between two polls
+        store.mark_interrupted(5, "stopped by the test")
+        store.mark_running(5, pid=4_000_005, host="gpu-box-elsewhere")
+    with StoreSink(db, 5) as sink:
+        sink.started(ModelInfo(sweepdb.params_of(16, 2), 1, tuple(sweepdb.layer_names(2)), 1e-3), 20)
+    sweepdb.extend_run(db, 5, spec, 21, 25)
+    state.apply(poller.poll())
+    assert state.train_loss(state.runs[5]) == pytest.approx(sweepdb.curve(16, 2, 25, 60))
+    assert state.test_loss(state.runs[5]) == pytest.approx(sweepdb.curve(16, 2, 20, 60) + 0.05)
+    poller.close()
+
+
+def _fresh_view(db: Path) -> ViewState:
+    poller, state = Poller(db), ViewState()
+    state.apply(poller.poll())
+    poller.close()
+    return state
+
+
+def test_the_notice_says_why_runs_are_hidden_and_how_to_show_them() -> None:
+    from scaletui.tui.widgets.status_bar import Shown, notice_text
+
+    def shown(**kw: object) -> Shown:
+        base: dict[str, object] = dict(in_database=6, in_experiment=6, visible=6, experiment=None, missing=None,
+                                       query="", start_hint="r starts experiments.toml")
+        return Shown(**{**base, **kw})  # type: ignore[arg-type]
+
+    assert notice_text(shown()) is None
+    assert notice_text(shown(in_database=0, in_experiment=0, visible=0)) == (
+        "no runs in this database yet (r starts experiments.toml)")
+    assert notice_text(shown(missing="small")) == (
+        "experiment 'small' is not in this database; showing all (n: next experiment)")
+    assert notice_text(shown(in_experiment=0, visible=0, experiment="new")) == (
+        "experiment 'new' has no runs yet (n: next experiment)")
+    assert notice_text(shown(visible=0, query="w999", missing="small")) == (
+        "experiment 'small' is not in this database; showing all (n: next experiment); "
+        "no run matches the filter 'w999' (/ edits it, esc clears it)")

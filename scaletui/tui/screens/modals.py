@@ -2,32 +2,47 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 
+from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, DataTable, Static
+from textual.widgets import Button, Static
 
 
 class HelpScreen(ModalScreen[None]):
-    """Every key of the app, generated from its bindings (so help and footer never disagree)."""
+    """Every key of the app and of the fit pane, generated from their bindings (so help and footer never
+    disagree). Descriptions wrap to the terminal's width, and the list scrolls (up/down, pgup/pgdn)
+    when the terminal is shorter than it."""
 
     BINDINGS = [Binding("escape,q,question_mark", "dismiss", "close")]
 
-    def __init__(self, keys: Iterable[tuple[str, str]]) -> None:
+    def __init__(self, sections: Sequence[tuple[str, Sequence[tuple[str, str]]]]) -> None:
         super().__init__()
-        self.keys = list(keys)
+        self.sections = list(sections)
 
     def compose(self) -> ComposeResult:
         with Vertical(id="help-box", classes="modal-box"):
-            yield Static("scaletui keys (escape closes)", classes="modal-title")
-            table: DataTable[str] = DataTable(id="help-table", cursor_type="none", zebra_stripes=True)
-            table.add_columns("key", "what it does")
-            for key, description in self.keys:
+            yield Static("scaletui keys (esc closes; up/down scroll)", classes="modal-title")
+            with VerticalScroll(id="help-scroll"):
+                yield Static(self._table(), id="help-keys")
+
+    def on_mount(self) -> None:
+        self.query_one("#help-scroll").focus()
+
+    def _table(self) -> Table:
+        table = Table(box=None, expand=True, show_edge=False, pad_edge=False)
+        table.add_column("key", style="bold", no_wrap=True)
+        table.add_column("what it does", ratio=1)
+        for title, rows in self.sections:
+            if title:
+                table.add_row("", Text(title, style="bold underline"))
+            for key, description in rows:
                 table.add_row(key, description)
-            yield table
+        return table
 
 
 class ConfirmScreen(ModalScreen[bool]):

@@ -6,7 +6,8 @@ first layer's gradient norm to the last one's (a tiny ratio is vanishing gradien
 layers, seen at a glance) and a red badge when any non-finite gradient value was counted.
 
 Lines are reused across runs and ticks (a sparkline's `data` is swapped); only a change in the number
-of layers mounts or removes lines at the end.
+of layers mounts or removes lines at the end. A new line is built with its layer's data, so it draws
+that data from its first frame, whenever it is mounted and laid out (not after some later update).
 """
 
 from __future__ import annotations
@@ -54,20 +55,34 @@ def _latest(values: Sequence[float]) -> str:
 class LayerLine(Horizontal):
     """name | sparkline | grad norm | weight norm"""
 
-    def __init__(self, layer: int) -> None:
+    def __init__(self, layer: int, series: LayerSeries) -> None:
         super().__init__(classes="layer-line")
         self.layer_index = layer
+        self.series = series
 
     def compose(self) -> ComposeResult:
-        yield Label("", classes="layer-name")
-        yield Sparkline([], classes="layer-spark")
-        yield Label("", classes="layer-value")
+        yield Label(self._name_text(), classes="layer-name")
+        yield Sparkline(self._spark_data(), classes="layer-spark")
+        yield Label(self._values_text(), classes="layer-value")
 
-    def show(self, series: LayerSeries) -> None:
-        self.query_one(".layer-name", Label).update(f"{self.layer_index:>2} {series.name[:12]}")
-        self.query_one(Sparkline).data = bucket_max(series.grad, SPARK_POINTS)
-        flag = " [b red]![/]" if series.nonfinite else ""
-        self.query_one(".layer-value", Label).update(f"g {_latest(series.grad)} w {_latest(series.weight)}{flag}")
+    def show(self, layer: int, series: LayerSeries) -> None:
+        """Show another layer (or new points); before compose, the children are built from these."""
+        self.layer_index, self.series = layer, series
+        if not self.children:
+            return
+        self.query_one(".layer-name", Label).update(self._name_text())
+        self.query_one(Sparkline).data = self._spark_data()
+        self.query_one(".layer-value", Label).update(self._values_text())
+
+    def _name_text(self) -> str:
+        return f"{self.layer_index:>2} {self.series.name[:12]}"
+
+    def _spark_data(self) -> list[float]:
+        return bucket_max(self.series.grad, SPARK_POINTS)
+
+    def _values_text(self) -> str:
+        flag = " [b red]![/]" if self.series.nonfinite else ""
+        return f"g {_latest(self.series.grad)} w {_latest(self.series.weight)}{flag}"
 
 
 class GradPane(Widget):
@@ -87,14 +102,7 @@ class GradPane(Widget):
         wanted = sorted(state.layers)
         for extra in lines[len(wanted):]:
             extra.remove()
-        if len(lines) < len(wanted):  # new lines fill in once mounted
-            box.mount_all([LayerLine(layer) for layer in wanted[len(lines):]])
-            self.call_after_refresh(self._fill, state)
-        self._fill(state)
-
-    def _fill(self, state: ViewState) -> None:
-        wanted = sorted(state.layers)
-        for line, layer in zip(self.query_one("#grad-lines").query(LayerLine), wanted):
-            if line.is_mounted and line.children:
-                line.layer_index = layer
-                line.show(state.layers[layer])
+        for line, layer in zip(lines, wanted):
+            line.show(layer, state.layers[layer])
+        if len(lines) < len(wanted):
+            box.mount_all([LayerLine(layer, state.layers[layer]) for layer in wanted[len(lines):]])

@@ -5,19 +5,26 @@ maximum, so drawing cost is bounded by the width of the terminal, not the length
 spike is never averaged away. Log scale is drawn by hand (log10 of the values on linear axes with
 ticks labelled in loss units): plotext's own log axis cannot show values below 1, where losses live.
 Smoothing adds a debiased EMA of the train loss over the raw curve, which stays visible (dimmer).
+
+The default view shows the interesting part: log y (the app starts with it; `l` switches), and a
+y-range that leaves out the first 5% of steps when the loss there towers over the rest
+(`robust_y_range`): those points are still drawn and leave the plot at the top, and the title says so.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from textual.app import ComposeResult
+from textual.events import Resize
+from textual.geometry import Size
 from textual.widget import Widget
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
-from scaletui.tui.model import debiased_ema, downsample_minmax, log10_safe
+from scaletui.tui.model import EARLY_FRACTION, debiased_ema, downsample_minmax, log10_safe, robust_y_range
 from scaletui.tui.state import Series, ViewState
 
 FAINT = "gray"
@@ -25,14 +32,31 @@ MAX_GROUP_CURVES = 8  # beyond this the faint curves are noise, not context
 
 
 class LossPane(Widget):
-    """Title line plus a plotext plot; `show()` redraws from the view state."""
+    """Title line plus a plotext plot; `show()` redraws from the view state, and the pane draws again
+    whenever its size changes (the buckets and the ticks depend on it): a pane that was hidden or not
+    yet laid out when a run was selected is drawn at its real size as soon as it has one."""
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:  # noqa: A002
+        super().__init__(id=id, classes=classes)
+        self._shown: tuple[ViewState, int | None, tuple[int, ...], bool, bool] | None = None
+        self.drawn_at = Size(0, 0)  # the plot's size at the last draw
 
     def compose(self) -> ComposeResult:
         yield Static("no run selected", id="loss-title", markup=False)
         yield PlotextPlot(id="loss-plot")
 
+    def on_resize(self, event: Resize) -> None:
+        self.call_after_refresh(self._draw_again)
+
+    def _draw_again(self) -> None:
+        if self._shown is not None and self.query_one(PlotextPlot).size != self.drawn_at:
+            state, run_id, group, log_y, smooth = self._shown
+            self.show(state, run_id, group, log_y=log_y, smooth=smooth)
+
     def show(self, state: ViewState, run_id: int | None, group: Sequence[int], *, log_y: bool, smooth: bool) -> None:
+        self._shown = (state, run_id, tuple(group), log_y, smooth)
         plot = self.query_one(PlotextPlot)
+        self.drawn_at = plot.size
         plt = plot.plt
         plt.clear_data()
         plt.clear_figure()
@@ -42,47 +66,75 @@ class LossPane(Widget):
             plot.refresh()
             return
         buckets = max(20, 2 * max(plot.size.width - 10, 10))  # ~2 buckets per column of the plot area
-        ys: list[float] = []
-        for other in list(group)[:MAX_GROUP_CURVES]:
-            ys += _draw(plt, state.series.get((other, "test_loss")), buckets, log_y, color=FAINT, marker="dot")
-        train = state.series.get((run_id, "train_loss"))  # type: ignore[arg-type]
-        ys += _draw(plt, train, buckets, log_y, color="blue+" if not smooth else "blue", label="train", marker="braille")
-        if smooth and train is not None and len(train.values):
-            smoothed = Series()
-            smoothed.extend(train.steps, debiased_ema(train.values))
-            ys += _draw(plt, smoothed, buckets, log_y, color="cyan+", label="train EMA", marker="braille")
-        ys += _draw(plt, state.series.get((run_id, "test_loss")), buckets, log_y, color="orange+", label="test",
-                    marker="braille")  # type: ignore[arg-type]
-        _axes(plt, ys, log_y)
-        scale = "log y" if log_y else "linear y"
-        extra = " + EMA" if smooth else ""
+        curves = _curves(state, run_id, group, buckets, log_y, smooth)  # type: ignore[arg-type]
+        y_range = robust_y_range([p for c in curves for p in c.points])
+        for curve in curves:
+            _draw(plt, curve, y_range)
+        _axes(plt, [y for c in curves for _, y in c.points], log_y, y_range, y_tick_count(plot.size.height))
+        scale = ("log y" if log_y else "linear y") + (" + EMA" if smooth else "")
+        top = f" · y from {EARLY_FRACTION:.0%} of steps" if y_range else ""
         shown = min(len(group), MAX_GROUP_CURVES)
         self.query_one("#loss-title", Static).update(
-            f"{run.label} · {scale}{extra} · gray: test loss of {shown} other run(s) of its group")
+            f"{run.label} · {scale}{top} · gray: test loss of {shown} more run(s) of its group")
         plot.refresh()
 
 
-def _draw(plt: object, series: Series | None, buckets: int, log_y: bool, *, color: str, marker: str,
-          label: str | None = None) -> list[float]:
-    """Plot one series (downsampled, optionally log10); returns the y values drawn."""
+@dataclass(frozen=True)
+class Curve:
+    """One line of the plot: its points (downsampled, log10 when log y) and how it is drawn."""
+
+    points: list[tuple[float, float]]
+    color: str
+    marker: str
+    label: str | None = None
+
+
+def _curves(state: ViewState, run_id: int, group: Sequence[int], buckets: int, log_y: bool, smooth: bool
+            ) -> list[Curve]:
+    """Back to front: the group's test losses (faint), train, its EMA, test. Empty series are left out."""
+    curves = [Curve(_points(state.series.get((other, "test_loss")), buckets, log_y), FAINT, "dot")
+              for other in list(group)[:MAX_GROUP_CURVES]]
+    train = state.series.get((run_id, "train_loss"))
+    curves.append(Curve(_points(train, buckets, log_y), "blue" if smooth else "blue+", "braille", "train"))
+    if smooth and train is not None and len(train.values):
+        smoothed = Series()
+        smoothed.extend(train.steps, debiased_ema(train.values))
+        curves.append(Curve(_points(smoothed, buckets, log_y), "cyan+", "braille", "train EMA"))
+    curves.append(Curve(_points(state.series.get((run_id, "test_loss")), buckets, log_y), "orange+", "braille", "test"))
+    return [c for c in curves if c.points]
+
+
+def _points(series: Series | None, buckets: int, log_y: bool) -> list[tuple[float, float]]:
+    """A series downsampled (optionally log10), without the points that cannot be drawn."""
     if series is None or not len(series.values):
         return []
     steps, values = downsample_minmax(series.steps, series.values, buckets)
     ys = log10_safe(values) if log_y else [v if math.isfinite(v) else math.nan for v in values]
-    points = [(x, y) for x, y in zip(steps, ys) if not math.isnan(y)]
-    if not points:
-        return []
-    xs, ys_drawn = zip(*points)
-    plt.plot(list(xs), list(ys_drawn), color=color, marker=marker, label=label)  # type: ignore[attr-defined]
-    return list(ys_drawn)
+    return [(float(x), y) for x, y in zip(steps, ys) if not math.isnan(y)]
 
 
-def _axes(plt: object, ys: list[float], log_y: bool) -> None:
+def _draw(plt: object, curve: Curve, y_range: tuple[float, float] | None) -> None:
+    """Plot one curve. A curve with no point inside the y-range gets no legend entry: plotext cannot
+    draw the legend of a series it clipped away (early on, the test loss is one point at step 0)."""
+    inside = y_range is None or any(y_range[0] <= y <= y_range[1] for _, y in curve.points)
+    xs, ys = zip(*curve.points)
+    plt.plot(list(xs), list(ys), color=curve.color, marker=curve.marker,  # type: ignore[attr-defined]
+             label=curve.label if inside else None)
+
+
+def y_tick_count(rows: int) -> int:
+    """Ticks at least two rows apart on a plot `rows` high (4 rows go to the frame and the x axis):
+    plotext drops colliding ticks, and not always the same one."""
+    return max(2, min(5, (rows - 4) // 2 + 1))
+
+
+def _axes(plt: object, ys: list[float], log_y: bool, y_range: tuple[float, float] | None, n_ticks: int) -> None:
+    """Label the axes and apply the y-range (in log y: `n_ticks` ticks labelled in loss units)."""
     plt.xlabel("step")  # type: ignore[attr-defined]
-    finite = [y for y in ys if math.isfinite(y)]
-    if not log_y or not finite:
-        return
-    lo, hi = min(finite), max(finite)
-    ticks = [lo + (hi - lo) * i / 4 for i in range(5)] if hi > lo else [lo]
-    plt.yticks(ticks, [f"{10**t:.3g}" for t in ticks])  # type: ignore[attr-defined]
-    plt.ylabel("loss (log)")  # type: ignore[attr-defined]
+    if y_range is not None:
+        plt.ylim(*y_range)  # type: ignore[attr-defined]
+    if log_y and ys:
+        lo, hi = y_range or (min(ys), max(ys))
+        ticks = [lo + (hi - lo) * i / (n_ticks - 1) for i in range(n_ticks)] if hi > lo else [lo]
+        plt.yticks(ticks, [f"{10**t:.3g}" for t in ticks])  # type: ignore[attr-defined]
+        plt.ylabel("loss (log)")  # type: ignore[attr-defined]

@@ -80,6 +80,10 @@ class RunsTable(DataTable[object]):
         self._order: list[int] = []
         self._header: tuple[str | None, str] | None = None
 
+    def run_ids(self) -> list[int]:
+        """The runs shown, in display order."""
+        return list(self._order)
+
     def selected_run(self) -> int | None:
         if not self._order or self.row_count == 0:
             return None

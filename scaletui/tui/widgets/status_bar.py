@@ -1,6 +1,9 @@
-"""One line: runs done/running/queued, ETA, database path, age of the last poll, live or paused.
+"""The status line: why the app shows nothing (when it does), then runs done/running/queued, ETA,
+database path, age of the last poll, live or paused.
 
-The age comes from the app's injected clock, so a test can freeze it and a snapshot stays stable.
+A reason for an empty or filtered view comes first, on its own line, so no terminal width cuts it
+off (the counts after it may be cut at 80 columns; the reason never is). The age comes from the
+app's injected clock, so a test can freeze it and a snapshot stays stable.
 """
 
 from __future__ import annotations
@@ -8,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.text import Text
 from textual.widgets import Static
 
 from scaletui.tui.model import FINISHED, RunRow, eta_seconds, human_duration, status_counts
@@ -22,6 +26,34 @@ class StatusLine:
     paused: bool
     sweep: str  # what the app's own sweep process is doing ("" when it has none)
     error: str | None = None
+    notice: str | None = None  # why runs are hidden (see `notice_text`)
+
+
+@dataclass(frozen=True)
+class Shown:
+    """How many runs each filter lets through, and the filters themselves (for `notice_text`)."""
+
+    in_database: int
+    in_experiment: int  # after the experiment filter
+    visible: int  # after the text filter too
+    experiment: str | None  # the experiment shown (None: all)
+    missing: str | None  # the preferred experiment, when the database does not have it
+    query: str
+    start_hint: str  # how to get runs into an empty database
+
+
+def notice_text(shown: Shown) -> str | None:
+    """Why the runs table shows less than the database holds (or nothing), and how to change it."""
+    if shown.in_database == 0:
+        return f"no runs in this database yet ({shown.start_hint})"
+    reasons = []
+    if shown.missing is not None:
+        reasons.append(f"experiment {shown.missing!r} is not in this database; showing all (n: next experiment)")
+    if shown.in_experiment == 0 and shown.experiment is not None:
+        reasons.append(f"experiment {shown.experiment!r} has no runs yet (n: next experiment)")
+    elif shown.visible == 0 and shown.query:
+        reasons.append(f"no run matches the filter {shown.query!r} (/ edits it, esc clears it)")
+    return "; ".join(reasons) or None
 
 
 def status_text(s: StatusLine) -> str:
@@ -38,9 +70,13 @@ def status_text(s: StatusLine) -> str:
     if s.sweep:
         parts.append(s.sweep)
     line = " · ".join(parts)
-    return f"{line} · {s.error}" if s.error else line
+    reason = s.error or s.notice
+    return f"{reason}\n{line}" if reason else line
 
 
 class StatusBar(Static):
     def show(self, line: StatusLine) -> None:
-        self.update(status_text(line))
+        text = Text(status_text(line))
+        if line.error or line.notice:
+            text.stylize("bold", 0, text.plain.index("\n"))
+        self.update(text)
