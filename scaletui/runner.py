@@ -19,6 +19,11 @@ Robustness choices, each because of a way real sweeps die:
   stop through the flag, so Ctrl-C gives every run a flush and a checkpoint;
 - a worker whose parent died stops its run and marks it `interrupted` itself;
 - a worker that dies is replaced, and its run becomes `interrupted`.
+
+A checkpoint belongs to one run of one database: runs of the same sweep file in two
+databases (`--db`) share `experiment.checkpoint_dir`, so each database's checkpoints
+live under `<checkpoint_dir>/<database id>/<run key>`, `--fresh` deletes only those,
+and a run resumes only from a checkpoint its database holds the records for.
 """
 
 from __future__ import annotations
@@ -78,7 +83,8 @@ class WorkerConfig:
 
     db: Path
     data_dir: Path
-    checkpoint_dir: Path
+    checkpoint_dir: Path  # experiment.checkpoint_dir; runs' folders are under it, see checkpoint_dir_for
+    database_id: str  # the database's identity: keeps its runs' checkpoints apart from other databases'
     threads: int
     parent_pid: int
     memory_limit_mb: float | None = None  # experiment.memory_limit_mb, enforced by the training loop
@@ -112,8 +118,9 @@ class SweepBusy(RuntimeError):
     """The sweep cannot start as asked because another live process is running its runs."""
 
 
-def checkpoint_dir_for(sweep_checkpoints: Path, spec: RunSpec) -> Path:
-    return Path(sweep_checkpoints) / spec.key
+def checkpoint_dir_for(sweep_checkpoints: Path, database_id: str, spec: RunSpec) -> Path:
+    """The run's checkpoint folder: its database's own, so no other database resumes from or deletes it."""
+    return Path(sweep_checkpoints) / database_id / spec.key
 
 
 def run_sweep(
@@ -139,9 +146,10 @@ def run_sweep(
             sweep.name, str(sweep.source), sweep.toml_text, sweep.loss_rule.value
         )
         todo = store.register_runs(experiment_id, sweep.runs, fresh)
+        database_id = store.database_id()
     if fresh:
         for spec in sweep.runs:
-            shutil.rmtree(checkpoint_dir_for(sweep.checkpoint_dir, spec), ignore_errors=True)
+            shutil.rmtree(checkpoint_dir_for(sweep.checkpoint_dir, database_id, spec), ignore_errors=True)
     result = SweepResult()
 
     storage_failures: list[str] = []  # a worker found the database unwritable: the sweep stops
@@ -154,7 +162,7 @@ def run_sweep(
         on_event(event)
 
     tasks = longest_first([Task(run_id, spec) for run_id, spec in todo])
-    executor = executor or LocalProcessExecutor(sweep.workers, worker_config(sweep))
+    executor = executor or LocalProcessExecutor(sweep.workers, worker_config(sweep, database_id))
     from scaletui.monitor import SweepMonitor
 
     with SweepMonitor(sweep, experiment_id, [task.run_id for task in tasks]):  # live alerts; never fails the sweep
@@ -193,11 +201,12 @@ def prepare_datasets(sweep: Sweep) -> None:
         prepare_dataset(data, sweep.data_dir)
 
 
-def worker_config(sweep: Sweep) -> WorkerConfig:
+def worker_config(sweep: Sweep, database_id: str) -> WorkerConfig:
     return WorkerConfig(
         db=sweep.db.resolve(),
         data_dir=sweep.data_dir.resolve(),
         checkpoint_dir=sweep.checkpoint_dir.resolve(),
+        database_id=database_id,
         threads=sweep.threads_per_worker,
         parent_pid=os.getpid(),
         memory_limit_mb=sweep.memory_limit_mb,
@@ -459,6 +468,7 @@ def run_task(task: Task, config: WorkerConfig, conn: Connection, stop: _WorkerSt
 
     store = Store(config.db)
     store.mark_running(task.run_id, os.getpid(), socket.gethostname())
+    recorded = store.recorded_step(task.run_id)  # resume no further than the records this database holds
     sink = ReportingSink(StoreSink(config.db, task.run_id), conn, task)
     try:
         outcome = train_run(
@@ -466,8 +476,9 @@ def run_task(task: Task, config: WorkerConfig, conn: Connection, stop: _WorkerSt
             sink,
             stop,
             data_dir=config.data_dir,
-            checkpoint_dir=checkpoint_dir_for(config.checkpoint_dir, task.spec),
+            checkpoint_dir=checkpoint_dir_for(config.checkpoint_dir, config.database_id, task.spec),
             memory_limit_mb=config.memory_limit_mb,
+            resume_at_most=recorded,
         )
     except Exception as exc:  # noqa: BLE001 - one run's failure must not end the sweep
         error = f"{type(exc).__name__}: {exc}"

@@ -9,6 +9,12 @@ tensors). The newest two are kept: if the newest is unreadable anyway (a disk
 that lied about fsync, a truncated copy), the previous one is used and the bad
 file is renamed aside, with an event saying so. A process killed mid-write leaves
 its temporary file behind; the next load of that run's folder deletes it.
+
+A checkpoint stands for records as well as weights: resuming at step S means the
+caller already holds the records of steps 1..S. So the caller may say how far its
+records reach (`max_step`); a newer checkpoint would leave a gap, and is renamed
+aside (`*.unrecorded`, which also stops it outranking the checkpoints of the new
+start when old ones are pruned) with an event saying why.
 """
 
 from __future__ import annotations
@@ -76,14 +82,27 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def load_latest_checkpoint(folder: Path, sink: Sink, required: tuple[str, ...] = ()) -> dict[str, Any] | None:
-    """The newest readable checkpoint in `folder` (None: start from scratch).
+def load_latest_checkpoint(
+    folder: Path, sink: Sink, required: tuple[str, ...] = (), max_step: int | None = None
+) -> dict[str, Any] | None:
+    """The newest readable checkpoint in `folder` at or before `max_step` (None: start from scratch).
 
-    An unreadable file, or one missing a `required` key, is renamed to `*.corrupt` and
-    reported with `sink.event("checkpoint", ...)`; the previous one is tried next.
+    Checkpoints past `max_step` are renamed to `*.unrecorded` and reported with one
+    `sink.event("checkpoint", ...)`. An unreadable file, or one missing a `required` key,
+    is renamed to `*.corrupt` and reported the same way; the previous one is tried next.
     """
     _remove_torn_writes(folder)
     candidates = list_checkpoints(folder)
+    beyond = [] if max_step is None else [path for step, path in candidates if step > max_step]
+    payload = _newest_readable([c for c in candidates if c[1] not in beyond], sink, required)
+    if max_step is not None and beyond:
+        _set_aside_unrecorded(beyond, max_step, int(payload["step"]) if payload else 0, sink)
+    return payload
+
+
+def _newest_readable(
+    candidates: list[tuple[int, Path]], sink: Sink, required: tuple[str, ...]
+) -> dict[str, Any] | None:
     for i in range(len(candidates) - 1, -1, -1):
         _, path = candidates[i]
         try:
@@ -96,6 +115,16 @@ def load_latest_checkpoint(folder: Path, sink: Sink, required: tuple[str, ...] =
             sink.event("checkpoint", f"{path.name} unreadable ({type(exc).__name__}: {reason}); using {fallback}")
             os.replace(path, path.with_name(path.name + ".corrupt"))
     return None
+
+
+def _set_aside_unrecorded(paths: list[Path], max_step: int, start: int, sink: Sink) -> None:
+    """Rename checkpoints past the caller's records aside and say which step the run starts from instead."""
+    names = ", ".join(path.name for path in paths)
+    verb = "is" if len(paths) == 1 else "are"
+    sink.event("checkpoint", f"{names} {verb} beyond the {max_step} steps this database holds for the run; "
+                             f"starting from step {start}")
+    for path in paths:
+        os.replace(path, path.with_name(path.name + ".unrecorded"))
 
 
 def _remove_torn_writes(folder: Path) -> None:

@@ -234,16 +234,19 @@ def train_run(
     checkpoint_dir: Path,
     device: torch.device | None = None,
     memory_limit_mb: float | None = None,
+    resume_at_most: int | None = None,
 ) -> RunOutcome:
     """Train `spec` to its end, an early stop, a divergence or `stop`; resume from `checkpoint_dir` if possible.
 
+    `resume_at_most` is the last step whose records the sink's owner already holds (None: no
+    limit): a checkpoint past it is not resumed from, since the records between would be missing.
     Returns DONE, EARLY_STOPPED, DIVERGED (error says why and when) or INTERRUPTED (a checkpoint
     was written). Exceptions propagate, after the sink is flushed; running out of memory (the
     estimate over `memory_limit_mb`, or the device's own OOM) raises `OutOfMemory`.
     """
     device = device if device is not None else resolve_device(spec.train.device)
     try:
-        return _train(spec, sink, stop, Path(data_dir), Path(checkpoint_dir), device, memory_limit_mb)
+        return _train(spec, sink, stop, Path(data_dir), Path(checkpoint_dir), device, memory_limit_mb, resume_at_most)
     except OutOfMemory:
         raise
     except (_TORCH_OOM, MemoryError) as exc:
@@ -270,7 +273,7 @@ def check_memory(spec: RunSpec, data: Dataset, limit_mb: float | None) -> None:
 
 def _train(
     spec: RunSpec, sink: Sink, stop: StopSignal, data_dir: Path, ckpt_dir: Path, device: torch.device,
-    memory_limit_mb: float | None = None,
+    memory_limit_mb: float | None = None, resume_at_most: int | None = None,
 ) -> RunOutcome:
     tc = spec.train
     data = load_dataset(spec.data, data_dir, spec.seed, device)
@@ -284,7 +287,7 @@ def _train(
     sampler = EpochSampler(len(data.y_train), tc.batch_size, spec.seed, device)
     progress = Progress(log_window=tc.log_every)
 
-    saved = load_latest_checkpoint(ckpt_dir, sink, CHECKPOINT_KEYS)
+    saved = load_latest_checkpoint(ckpt_dir, sink, CHECKPOINT_KEYS, max_step=resume_at_most)
     if saved is not None:
         progress = _restore(saved, spec, model, optimizer, sampler, device)
     sink.started(info, resumed_from=progress.step)

@@ -10,6 +10,7 @@ Imports only the standard library, sqlite-utils and scaletui.records.
 """
 
 from scaletui.store.errors import (
+    DatabaseNotReady,
     NotAScaletuiDatabase,
     SchemaTooNew,
     SchemaTooOld,
@@ -23,6 +24,7 @@ from scaletui.store.writer import Store, StoreSink, default_host
 
 __all__ = [
     "SCHEMA_VERSION",
+    "DatabaseNotReady",
     "NotAScaletuiDatabase",
     "Reader",
     "SchemaTooNew",

@@ -22,6 +22,17 @@ class NotAScaletuiDatabase(StoreError):
         super().__init__(f"{path}: {reason}")
 
 
+class DatabaseNotReady(StoreError):
+    """The file exists but holds no tables yet: a sweep is creating it, or it was made empty by hand.
+
+    A reader says so and tries again later, instead of failing with `no such table`.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        super().__init__(f"{path}: waiting for the sweep to create its tables")
+
+
 class SchemaTooNew(StoreError):
     """The database was written by a newer scaletui than this one."""
 

@@ -23,7 +23,7 @@ from sqlite_utils import Database
 
 from scaletui.records import LayerStats, MetricRecord
 from scaletui.store.codec import from_real
-from scaletui.store.schema import open_db
+from scaletui.store.schema import database_id, open_db
 from scaletui.store.tx import retrying
 
 T = TypeVar("T")
@@ -81,6 +81,12 @@ class Reader:
 
     def _tuples(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         return self._run(lambda conn: conn.execute(sql, params).fetchall())
+
+    # ----------------------------------------------------------------- identity
+
+    def database_id(self) -> str:
+        """This database's identity: a UUID made with it (its runs' checkpoints are filed under it)."""
+        return self._run(lambda conn: database_id(self.db))
 
     # ----------------------------------------------------------------- runs
 

@@ -13,6 +13,16 @@ Why it looks like this:
   transaction as the migration, so a crash leaves either the old or the new
   schema. Views are derived data: after any migration they are dropped and
   recreated from `VIEWS`, the current definitions.
+* Nobody sees a file without its schema. A new database is built under a
+  temporary name beside its path (tables, views, WAL mode, application id,
+  version, database id), closed so that everything is in the main file, and
+  published with `os.link`, which fails instead of clobbering a file another
+  process published meanwhile (then that one is used). A reader that still
+  meets a file without tables (made empty by hand, or on a filesystem without
+  hard links, where the file is created in place) gets `DatabaseNotReady`: wait.
+* Every database has an identity: a random UUID in the `meta` table, made with
+  the database (or by the migration that added `meta`). Things outside the
+  file that belong to it, the runs' checkpoints, are filed under it.
 * Never damage someone else's file. Before anything is written, the file is
   identified by SQLite itself (read-only queries): not SQLite, or SQLite with
   tables but without our application id, raises `NotAScaletuiDatabase` and the
@@ -30,17 +40,23 @@ Why it looks like this:
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlite_utils import Database
 
-from scaletui.store.errors import NotAScaletuiDatabase, SchemaTooNew, SchemaTooOld, StoreError
+from scaletui.store.errors import DatabaseNotReady, NotAScaletuiDatabase, SchemaTooNew, SchemaTooOld, StoreError
 from scaletui.store.tx import BUSY_TIMEOUT_MS, retrying, write_transaction
 
+log = logging.getLogger(__name__)
+
 APPLICATION_ID = 0x53545549  # "STUI": marks the file as a scaletui database
+DATABASE_ID_KEY = "database_id"  # meta row: this database's identity, a random UUID
 _SQLITE_NOTADB = 26
 
 #: The `runs` columns that hold the resolved config of a run (the rest is in `config_json`).
@@ -183,7 +199,23 @@ def _v2_alerts_fits(db: Database) -> None:
         db.execute(statement)
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_alerts_fits]
+_V3_STATEMENTS: tuple[str, ...] = (
+    """CREATE TABLE meta (
+        key TEXT PRIMARY KEY,             -- database_id: a random UUID, this database's identity
+        value TEXT NOT NULL
+    )""",
+)
+
+
+def _v3_database_id(db: Database) -> None:
+    """A `meta` table holding the database's identity: checkpoints are filed under it, so two
+    databases of one sweep never resume from (or delete) each other's."""
+    for statement in _V3_STATEMENTS:
+        db.execute(statement)
+    db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", [DATABASE_ID_KEY, str(uuid.uuid4())])
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_alerts_fits, _v3_database_id]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # --------------------------------------------------------------------------- views
@@ -276,15 +308,16 @@ def _read_state(conn: sqlite3.Connection) -> _FileState:
     )
 
 
-def _connect(path: Path, mode: str) -> sqlite3.Connection:
-    """An autocommit connection (we issue BEGIN ourselves), usable from the app's poller thread."""
+def _connect(path: Path, mode: str, shown_as: Path | None = None) -> sqlite3.Connection:
+    """An autocommit connection (we issue BEGIN ourselves), usable from the app's poller thread.
+    Errors name `shown_as` (the database a temporary file is being built for), else `path`."""
     uri = f"{path.resolve().as_uri()}?mode={mode}"
     try:
         return sqlite3.connect(
             uri, uri=True, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
         )
     except sqlite3.OperationalError as exc:
-        raise StoreError(f"{path}: cannot open database ({exc})") from exc
+        raise StoreError(f"{shown_as or path}: cannot open database ({exc})") from exc
 
 
 def _identify(conn: sqlite3.Connection, path: Path) -> _FileState:
@@ -319,6 +352,7 @@ def _migrate(db: Database, path: Path) -> None:
 
 
 def _prepare_for_writing(db: Database, path: Path) -> None:
+    """WAL, pragmas and pending migrations; `path` names the database in error messages."""
     conn = db.conn
     retrying(lambda: conn.execute("PRAGMA journal_mode = WAL").fetchone(), path)
     conn.execute("PRAGMA synchronous = NORMAL")
@@ -326,24 +360,93 @@ def _prepare_for_writing(db: Database, path: Path) -> None:
     _migrate(db, path)
 
 
+# --------------------------------------------------------------------------- creating
+
+
+def _database_files(db_file: Path) -> tuple[Path, ...]:
+    """The file and the companions SQLite may make beside it in WAL mode."""
+    return (db_file, db_file.with_name(db_file.name + "-wal"), db_file.with_name(db_file.name + "-shm"))
+
+
+def _remove_database_files(db_file: Path) -> None:
+    for file in _database_files(db_file):
+        file.unlink(missing_ok=True)
+
+
+def _build_complete(tmp: Path, path: Path) -> None:
+    """Create the whole database in `tmp` and close it with everything in the main file (no WAL left)."""
+    conn = _connect(tmp, "rwc", shown_as=path)  # SQLite creates it, with the permissions of any new database
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")
+        _prepare_for_writing(Database(conn, execute_plugins=False), path)
+        busy, wal_frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy or wal_frames != copied:
+            raise StoreError(f"{path}: cannot create database (its new schema did not reach the main file)")
+    finally:
+        conn.close()
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """Give the finished file its name in one step, never replacing a file someone else made meanwhile."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return  # another process published first: everyone uses that one
+    except OSError as exc:  # no hard links here: open_db creates the file in place, readers wait for it
+        log.debug("cannot link %s to %s (%s); creating it in place", tmp, path, exc)
+        return
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the new name durable (POSIX); a no-op where folders cannot be opened or synced."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _create_new(path: Path) -> None:
+    """Build a new database under a temporary name beside `path`, then publish it there."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.creating")
+    try:
+        _build_complete(tmp, path)
+        _publish(tmp, path)
+    finally:
+        _remove_database_files(tmp)  # after a link, `path` keeps the file; after a failure, nothing is left
+
+
+# --------------------------------------------------------------------------- opening (continued)
+
+
 def open_db(path: str | Path, *, create: bool = True, readonly: bool = False) -> Database:
     """Open (and, unless `readonly`, create and migrate) a scaletui database.
 
+    A new database appears at `path` complete, in one step (see the module docstring).
     `create=False` never creates a file: a missing path raises FileNotFoundError.
     `readonly=True` implies `create=False`, opens with SQLite's `mode=ro` plus
     `query_only`, and never migrates (an older schema raises `SchemaTooOld`).
-    Raises `NotAScaletuiDatabase` or `SchemaTooNew` without writing anything.
+    Raises `NotAScaletuiDatabase` or `SchemaTooNew` without writing anything, and
+    `DatabaseNotReady` when it may not create and the file has no tables yet.
     """
     path = Path(path)
     may_create = create and not readonly
-    if not path.exists() and not may_create:
-        raise FileNotFoundError(f"{path}: no such database")
+    if not path.exists():
+        if not may_create:
+            raise FileNotFoundError(f"{path}: no such database")
+        _create_new(path)
     conn = _connect(path, "ro" if readonly else ("rwc" if may_create else "rw"))
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")
         state = _identify(conn, path)
         if state.is_empty and not may_create:
-            raise NotAScaletuiDatabase(path, "an empty database without a scaletui schema")
+            raise DatabaseNotReady(path)
         db = Database(conn, execute_plugins=False)
         if readonly:
             conn.execute("PRAGMA query_only = ON")
@@ -355,6 +458,12 @@ def open_db(path: str | Path, *, create: bool = True, readonly: bool = False) ->
         conn.close()
         raise
     return db
+
+
+def database_id(db: Database) -> str:
+    """The identity of an open database (a UUID made with it; see `_v3_database_id`)."""
+    row = db.execute("SELECT value FROM meta WHERE key = ?", [DATABASE_ID_KEY]).fetchone()
+    return str(row[0])
 
 
 def schema_version(db: Database) -> int:

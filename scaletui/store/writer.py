@@ -37,7 +37,7 @@ from scaletui.store.alerts import group_by_subject, sync_alerts
 from scaletui.store.codec import iso_ago, now_iso, to_real
 from scaletui.store.fits import FitInputs, insert_fit
 from scaletui.store.errors import UnknownRun
-from scaletui.store.schema import FINISHED_STATUSES, HYPERPARAMETERS, open_db
+from scaletui.store.schema import FINISHED_STATUSES, HYPERPARAMETERS, database_id, open_db
 from scaletui.store.tx import retrying, write_transaction
 
 DEFAULT_STALE_AFTER_S = 300.0  # a remote run with no heartbeat for this long is `stale`
@@ -356,6 +356,23 @@ class Store:
             [experiment, RunStatus.RUNNING.value],
         ).fetchall()
         return [int(row[0]) for row in rows]
+
+    def database_id(self) -> str:
+        """This database's identity (a UUID made with it): what its runs' checkpoints are filed under."""
+        with self._lock:
+            return retrying(lambda: database_id(self.db), self.path)
+
+    def recorded_step(self, run_id: int) -> int:
+        """The last step whose records the run's worker has flushed (`runs.step`; 0 when none).
+
+        A run may resume only from a checkpoint at or before this step: past it, the records
+        the checkpoint's progress stands for are not in this database."""
+        with self._lock:
+            row = retrying(lambda: self.db.execute("SELECT step FROM runs WHERE id = ?", [run_id]).fetchone(),
+                           self.path)
+        if row is None:
+            raise UnknownRun(run_id)
+        return int(row[0] or 0)
 
     def experiment_id(self, name: str) -> int | None:
         """The id of the experiment called `name`, or None."""

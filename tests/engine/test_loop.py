@@ -209,6 +209,37 @@ def test_all_checkpoints_corrupt_starts_from_scratch(mnist1d_dir: Path, tmp_path
     assert outcome.status is RunStatus.DONE and steps_of(sink, "train_loss") == list(range(1, 13))
 
 
+def test_a_checkpoint_beyond_what_the_caller_recorded_is_not_resumed(mnist1d_dir: Path, tmp_path: Path) -> None:
+    """The records of steps 11-12 are gone (another database, a lost commit): resume from 10, redo them."""
+    spec = tiny_spec(steps=30, checkpoint_every=5)
+    reference, ref_sink = run(spec, mnist1d_dir, tmp_path / "ref")
+    ckpt = tmp_path / "ckpt"
+    run(spec, mnist1d_dir, ckpt, stop=StopAfter(12))
+    assert [s for s, _ in list_checkpoints(ckpt)] == [10, 12]
+
+    sink = MemorySink()
+    outcome = train_run(spec, sink, threading.Event(), data_dir=mnist1d_dir, checkpoint_dir=ckpt, resume_at_most=11)
+    assert sink.resumed_from == [10]
+    assert sink.events == [("checkpoint", ("step_00000012.pt is beyond the 11 steps this database holds for the run;"
+                                           " starting from step 10"))]
+    assert steps_of(sink, "train_loss") == list(range(11, 31))
+    assert sink.series("train_loss") == pytest.approx(ref_sink.series("train_loss")[10:], abs=1e-6)
+    assert outcome.status is RunStatus.DONE
+    assert outcome.final_test_loss == pytest.approx(reference.final_test_loss, abs=1e-6)
+
+
+def test_nothing_recorded_starts_from_scratch_despite_a_checkpoint(mnist1d_dir: Path, tmp_path: Path) -> None:
+    spec = tiny_spec(steps=20, checkpoint_every=5)
+    run(spec, mnist1d_dir, tmp_path, stop=StopAfter(12))
+    sink = MemorySink()
+    outcome = train_run(spec, sink, threading.Event(), data_dir=mnist1d_dir, checkpoint_dir=tmp_path, resume_at_most=0)
+    assert sink.resumed_from == [0] and [kind for kind, _ in sink.events] == ["checkpoint"]
+    assert sink.events[0][1].endswith("beyond the 0 steps this database holds for the run; starting from step 0")
+    assert outcome.status is RunStatus.DONE and steps_of(sink, "train_loss") == list(range(1, 21))
+    assert steps_of(sink, "test_loss") == [0, 10, 20]
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [10, 15]  # the new start's own, not the refused ones
+
+
 def test_checkpoint_of_another_run_is_not_used(mnist1d_dir: Path, tmp_path: Path) -> None:
     run(tiny_spec(steps=10), mnist1d_dir, tmp_path, stop=StopAfter(3))
     with pytest.raises(ValueError, match="belongs to run"):

@@ -85,6 +85,13 @@ class Sweep:
     def statuses(self) -> dict[int, str]:
         return dict(rows(self.db, "SELECT id, status FROM runs ORDER BY id"))
 
+    def database_id(self) -> str:
+        return str(rows(self.db, "SELECT value FROM meta WHERE key = 'database_id'")[0][0])
+
+    def run_checkpoints(self) -> Path:
+        """This database's checkpoints: one folder per run key under checkpoint_dir/<database id>."""
+        return self.checkpoints / self.database_id()
+
 
 @pytest.fixture
 def fault_sweep(tmp_path: Path, shared_data_dir: Path) -> Callable[..., Sweep]:

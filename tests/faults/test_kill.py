@@ -54,7 +54,7 @@ def resume_and_check(sweep: Sweep, before: dict[int, tuple[object, ...]]) -> sub
 def running_with_pid(sweep: Sweep) -> list[tuple[int, int]]:
     try:
         return rows(sweep.db, "SELECT id, pid FROM runs WHERE status = 'running' AND step >= 1")
-    except sqlite3.OperationalError:  # the runner has not created the file or its schema yet
+    except sqlite3.OperationalError:  # the runner has not created the file yet (it appears with its schema)
         return []
 
 
@@ -88,14 +88,14 @@ def test_kill_9_during_a_checkpoint_write(fault_sweep: Callable[..., Sweep], rea
     kill_everything(proc)
 
     assert_intact(sweep.db)
-    torn = list(sweep.checkpoints.glob("*/.step_00000060.pt.*.tmp"))
+    torn = list(sweep.run_checkpoints().glob("*/.step_00000060.pt.*.tmp"))
     assert torn, "the kill should have left the temporary file of the torn checkpoint"
     torn_run = torn[0].parent
     assert sorted(p.name for p in torn_run.glob("step_*.pt")) == ["step_00000020.pt", "step_00000040.pt"]
 
     resume_and_check(sweep, finished_snapshot(sweep.db))
     assert any(message.startswith("from step 40") for _, message in events(sweep.db, "resumed"))
-    assert not list(sweep.checkpoints.glob("*/*.tmp")), "torn temporary checkpoint files were left behind"
+    assert not list(sweep.run_checkpoints().glob("*/*.tmp")), "torn temporary checkpoint files were left behind"
 
 
 def test_kill_9_inside_a_database_transaction(fault_sweep: Callable[..., Sweep], reap_sessions: list) -> None:

@@ -70,7 +70,7 @@ def test_truncated_and_garbage_checkpoints_fall_back_with_a_reason(fault_sweep: 
     wait_for(lambda: len(sweep.parked()) == 2, what="both workers parked at step 60")
     kill_everything(proc)
 
-    truncated, garbage = sorted(p for p in sweep.checkpoints.iterdir())
+    truncated, garbage = sorted(p for p in sweep.run_checkpoints().iterdir())
     newest = truncated / "step_00000040.pt"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     for path in garbage.glob("step_*.pt"):

@@ -4,6 +4,10 @@ manager's stop (systemd's default KillMode) send them: every process gets the si
 A clean stop means exit code 130, no run left `running`, each stopped run `interrupted` with a
 checkpoint at the step where it stopped, so the rerun resumes exactly there and redoes nothing.
 (tests/test_cli_e2e.py sends both signals to the runner alone.)
+
+Both runs are parked mid-run (fault `hold_step`) before the signal is sent: on an idle machine a
+run of 1000 tiny steps takes well under a second, so waiting for "both running" by polling could
+miss the moment, or a run could finish before the signal landed.
 """
 
 from __future__ import annotations
@@ -24,11 +28,10 @@ def test_a_signal_to_the_process_group_stops_cleanly(fault_sweep: Callable[..., 
                                                      signum: int) -> None:
     sweep = fault_sweep(model={"width": [32, 48], "depth": 1},  # two runs, long enough to stop midway
                         train={"steps": 1000, "checkpoint_every": 200, "eval_every": 250, "log_every": 10})
-    proc = sweep.start()
+    proc = sweep.start("hold_step:20")
     reap_sessions.append(proc)
-    wait_for(lambda: sweep.db.exists() and rows(sweep.db, "SELECT count(*) FROM runs WHERE status = 'running'"
-                                                          " AND step >= 20")[0][0] == 2,
-             what="two runs training")
+    wait_for(lambda: len(sweep.parked()) == 2, what="both runs parked at step 20")
+    assert rows(sweep.db, "SELECT count(*) FROM runs WHERE status = 'running'") == [(2,)]
     os.killpg(proc.pid, signum)
     stdout, stderr = proc.communicate(timeout=120)
 
@@ -36,7 +39,7 @@ def test_a_signal_to_the_process_group_stops_cleanly(fault_sweep: Callable[..., 
     assert "Traceback" not in stderr
     assert_intact(sweep.db)
     stopped = dict(rows(sweep.db, "SELECT id, step FROM runs WHERE status = 'interrupted'"))
-    assert len(stopped) == 2 and "running" not in sweep.statuses().values(), sweep.statuses()
+    assert stopped == {1: 20, 2: 20}, sweep.statuses()  # each finished the step it was in, then stopped
     assert not [m for _, m in events(sweep.db, "interrupted") if "died" in m], "a worker was killed, not stopped"
 
     out = sweep.run()

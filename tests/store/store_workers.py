@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from scaletui.records import MetricRecord, ModelInfo
-from scaletui.store import StoreSink
+from scaletui.store import Store, StoreSink
 
 INFO = ModelInfo(params=1000, flops_per_example=2000, layer_names=("fc0", "fc1"), lr=1e-3)
 
@@ -24,3 +26,11 @@ def write_forever(db_path: str, run_id: int, batch: int) -> None:
     while True:
         sink.metrics([MetricRecord(step + i, "train_loss", float(step + i)) for i in range(batch)])
         step += batch
+
+
+def create_and_register(db_path: str, name: str, go: Any, ids: Any) -> None:
+    """Wait for `go`, open (creating) the database, report its id and add an experiment called `name`."""
+    go.wait(60)
+    with Store(db_path) as store:
+        ids.put(store.database_id())
+        store.upsert_experiment(name, None, None, "final")

@@ -6,6 +6,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import uuid
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -14,10 +15,21 @@ import pytest
 from sqlite_utils import Database
 
 from scaletui.records import RunOutcome, RunSpec, RunStatus
-from scaletui.store import NotAScaletuiDatabase, Reader, SchemaTooNew, Store, StoreSink, open_db, schema
+from scaletui.store import (
+    DatabaseNotReady,
+    NotAScaletuiDatabase,
+    Reader,
+    SchemaTooNew,
+    SchemaTooOld,
+    Store,
+    StoreError,
+    StoreSink,
+    open_db,
+    schema,
+)
 from scaletui.store.schema import APPLICATION_ID, SCHEMA_VERSION
 
-TABLES = {"experiments", "runs", "metrics", "layer_stats", "events"}
+TABLES = {"experiments", "runs", "metrics", "layer_stats", "events", "meta"}
 VIEWS = {"run_summary", "final_losses", "latest_layer_stats"}
 
 
@@ -147,13 +159,73 @@ def test_foreign_sqlite_database_is_refused_and_untouched(tmp_path: Path, readon
 def test_empty_file_is_initialised_only_when_creating(tmp_path: Path) -> None:
     path = tmp_path / "empty.db"
     path.touch()
-    with pytest.raises(NotAScaletuiDatabase):
+    with pytest.raises(DatabaseNotReady):
         open_db(path, create=False)
-    with pytest.raises(NotAScaletuiDatabase):
+    with pytest.raises(DatabaseNotReady):
         Reader(path)
     assert path.stat().st_size == 0
     open_db(path, create=True).close()
     assert {name for kind, name, _ in sqlite_master(path) if kind == "table"} >= TABLES
+
+
+def sqlite_file_without_tables(path: Path) -> Path:
+    """What `sqlite3 FILE 'PRAGMA journal_mode=WAL'` leaves: a valid SQLite header, no schema."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA journal_mode = WAL").fetchone()
+    return path
+
+
+@pytest.mark.parametrize("make", [lambda p: p.touch() or p, sqlite_file_without_tables], ids=["0-byte", "no-tables"])
+def test_a_reader_meeting_a_file_without_tables_is_told_to_wait(tmp_path: Path, make: Callable[[Path], Path]) -> None:
+    path = make(tmp_path / "new.db")
+    before = snapshot(path)
+    for opener in (lambda: open_db(path, readonly=True), lambda: Reader(path)):
+        with pytest.raises(DatabaseNotReady) as info:
+            opener()
+        assert isinstance(info.value, StoreError)
+        assert str(info.value) == f"{path}: waiting for the sweep to create its tables"
+    assert snapshot(path)[:2] == before[:2]
+
+
+# --------------------------------------------------------------------------- database identity
+
+
+def database_id_of(path: Path) -> str:
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        return str(conn.execute("SELECT value FROM meta WHERE key = 'database_id'").fetchone()[0])
+
+
+def test_every_database_has_an_id_that_is_stable_across_reopen(tmp_path: Path) -> None:
+    first, second = tmp_path / "a.db", tmp_path / "b.db"
+    with Store(first) as store:
+        made = store.database_id()
+    assert uuid.UUID(made).version == 4
+    assert database_id_of(first) == made
+    for _ in range(2):
+        with Store(first) as store, Reader(first) as reader:
+            assert store.database_id() == reader.database_id() == made
+    with Store(second) as store:
+        assert store.database_id() != made
+
+
+def test_a_database_of_the_previous_schema_gets_an_id_on_migration(db_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    with monkeypatch.context() as old:  # what the previous release created
+        old.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[: SCHEMA_VERSION - 1])
+        old.setattr(schema, "SCHEMA_VERSION", SCHEMA_VERSION - 1)
+        with Store(db_path) as store:
+            store.upsert_experiment("kept", None, None, "final")
+    assert "meta" not in {name for kind, name, _ in sqlite_master(db_path) if kind == "table"}
+    with pytest.raises(SchemaTooOld):
+        Reader(db_path)  # a reader never migrates, so it cannot make the id either
+
+    with Store(db_path) as store:
+        made = store.database_id()
+    uuid.UUID(made)
+    with Reader(db_path) as reader:
+        assert reader.database_id() == made and [e["name"] for e in reader.experiments()] == ["kept"]
+    with Store(db_path) as store:
+        assert store.database_id() == made
 
 
 def test_missing_file_is_never_created_without_create(tmp_path: Path) -> None:

@@ -286,6 +286,24 @@ def test_sink_heartbeat_advances_on_flush(db_path: Path, run_id: int) -> None:
     assert isinstance(before, str) and isinstance(after, str) and after > before
 
 
+def test_recorded_step_is_what_the_sink_flushed(store: Store, db_path: Path, run_id: int, spec: Spec) -> None:
+    """What a resume may rely on: 0 before any record, then the last flushed step, back to the resume point."""
+    assert store.recorded_step(run_id) == 0
+    with StoreSink(db_path, run_id, flush_rows=10_000, flush_seconds=3600) as sink:
+        sink.started(INFO, resumed_from=0)
+        sink.metrics([MetricRecord(step, "train_loss", 1.0) for step in range(1, 41)])
+        assert store.recorded_step(run_id) == 0  # buffered, not in the database yet
+        sink.flush()
+        assert store.recorded_step(run_id) == 40
+        sink.started(INFO, resumed_from=20)
+        assert store.recorded_step(run_id) == 20
+    experiment = store.upsert_experiment("exp", None, None, "final")
+    store.register_runs(experiment, [spec()], fresh=True)
+    assert store.recorded_step(run_id) == 0
+    with pytest.raises(UnknownRun):
+        store.recorded_step(run_id + 1000)
+
+
 def test_registering_the_same_sweep_again_changes_nothing(store: Store, db_path: Path, spec: Spec) -> None:
     experiment = store.upsert_experiment("exp", None, None, "final")
     specs = [spec(seed=s) for s in range(3)]

@@ -11,6 +11,11 @@ It does nothing unless SCALETUI_FAULT is set. Faults, `;`-separated:
 - `hold_flush:STEP`        inside the database transaction that writes a train
   loss of STEP or later (rows inserted, COMMIT not yet issued), touch a marker
   and wait to be killed;
+- `hold_step:STEP`         every run, in the forward pass of its training step STEP, touches a
+  marker and waits until its worker is told to stop (the runner's flag or a signal), so a
+  signal sent once every run is parked finds each of them mid-run, whatever the machine's speed;
+- `hold_schema`            while a new database's schema is being created (inside its first
+  migration), touch a marker and wait until the test creates the file `release` beside it;
 - `raise:EXC:WIDTH:DEPTH:STEP`  the model of width WIDTH and depth DEPTH raises
   EXC (RuntimeError or MemoryError) in the forward pass of training step STEP.
 
@@ -62,6 +67,65 @@ def _hold_flush(step: int) -> None:
     StoreSink._flush_body = flush_body  # type: ignore[method-assign]
 
 
+def _pause(what: str) -> None:
+    """Say where this process is, then wait (not die) until the test writes the `release` file."""
+    marks = Path(os.environ["SCALETUI_FAULT_MARKS"])
+    marks.mkdir(parents=True, exist_ok=True)
+    (marks / f"{what}-{os.getpid()}").write_text(what)
+    while not (marks / "release").exists():
+        time.sleep(0.02)
+
+
+def _hold_schema() -> None:
+    from scaletui.store import schema
+
+    first = schema.MIGRATIONS[0]
+
+    def held_first_migration(db: Any) -> None:
+        _pause("schema")
+        first(db)
+
+    schema.MIGRATIONS[0] = held_first_migration  # _migrate reads the list when it runs
+
+
+def _hold_step(step: int) -> None:
+    from scaletui import runner
+    from scaletui.engine import models
+
+    stops: list[Any] = []  # the worker's stop signal, caught as the worker makes it
+    real_init = runner._WorkerStop.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        stops.append(self)
+
+    runner._WorkerStop.__init__ = init  # type: ignore[method-assign]
+    real_build = models.build_model
+
+    def build_model(spec: Any, *args: Any, **kwargs: Any) -> Any:
+        model = real_build(spec, *args, **kwargs)
+        calls = [0]
+
+        def forward_pre_hook(module: Any, inputs: Any) -> None:
+            calls[0] += module.training  # evaluation runs in eval mode and does not count
+            if module.training and calls[0] == step:
+                _wait_for_stop(stops)
+
+        model.register_forward_pre_hook(forward_pre_hook)
+        return model
+
+    models.build_model = build_model  # the loop imports it by name, after this runs
+
+
+def _wait_for_stop(stops: list[Any]) -> None:
+    """Say where this process is, then wait until its worker is told to stop; the run then goes on."""
+    marks = Path(os.environ["SCALETUI_FAULT_MARKS"])
+    marks.mkdir(parents=True, exist_ok=True)
+    (marks / f"step-{os.getpid()}").write_text("step")
+    while not any(stop.is_set() for stop in stops):
+        time.sleep(0.02)
+
+
 def _raise_in_step(exc: str, width: int, depth: int, step: int) -> None:
     from scaletui.engine import models
 
@@ -90,6 +154,10 @@ def _install(spec: str) -> None:
         _hold_checkpoint(int(args[0]))
     elif kind == "hold_flush":
         _hold_flush(int(args[0]))
+    elif kind == "hold_step":
+        _hold_step(int(args[0]))
+    elif kind == "hold_schema":
+        _hold_schema()
     elif kind == "raise":
         _raise_in_step(args[0], int(args[1]), int(args[2]), int(args[3]))
     else:
