@@ -96,7 +96,7 @@ def resolve_db(explicit: Path | None) -> Path:
 def _open_app(db: Path, sweep: Sweep | None, *, start: bool, run_args: tuple[str, ...] = ()) -> None:
     """The Textual app, imported only here: `--help`, `ls` and the headless path never load textual."""
     if db.exists():
-        _check_db_usable(db, create=False)
+        _check_db_usable(db, create=False, may_wait=True)
     from scaletui.tui.app import ScaleApp
 
     app = ScaleApp(db, sweep.source if sweep else None, experiment=sweep.name if sweep else None, start=start,
@@ -142,9 +142,12 @@ def _load_sweep(file: Path, db: Path | None, workers: int | None, *, check_data:
         fail(str(e))
 
 
-def _check_db_usable(path: Path, *, create: bool) -> None:
-    """Refuse a file that is not a scaletui database (or is newer) before anything is written."""
-    from scaletui.store.errors import SchemaTooOld, StoreError
+def _check_db_usable(path: Path, *, create: bool, may_wait: bool = False) -> None:
+    """Refuse a file that is not a scaletui database (or is newer) before anything is written.
+
+    A file without tables yet (another process is creating it, or it is empty) is fine for a writer,
+    which fills it, and for the app (`may_wait`), which says it is waiting; `ls` and `fit` refuse it."""
+    from scaletui.store.errors import DatabaseNotReady, SchemaTooOld, StoreError
     from scaletui.store.schema import open_db
 
     if create:
@@ -153,6 +156,9 @@ def _check_db_usable(path: Path, *, create: bool) -> None:
         return
     try:
         open_db(path, create=False, readonly=True).close()
+    except DatabaseNotReady as e:
+        if not (create or may_wait):
+            fail(str(e))
     except SchemaTooOld:
         if not create:  # a writer migrates it; a reader cannot
             fail(f"{path}: written by an older scaletui; run a sweep on it once to upgrade it")
@@ -175,10 +181,11 @@ def _run_headless(sweep: Sweep, fresh: bool) -> SweepResult:
     from scaletui.store.errors import StoreError, StoreWriteFailed
 
     stop = threading.Event()
-    progress = _TtyProgress(len(sweep.runs)) if sys.stdout.isatty() else _PlainProgress()
+    progress = _TtyProgress() if sys.stdout.isatty() else _PlainProgress()
     try:
         with _stop_on_signals(stop), progress:
-            return run_sweep(sweep, fresh=fresh, on_event=progress.on_event, should_stop=stop.is_set)
+            return run_sweep(sweep, fresh=fresh, on_event=progress.on_event, should_stop=stop.is_set,
+                             on_plan=progress.on_plan)
     except DatasetUnavailable as e:
         fail(f"{sweep.source.name}: data.dataset: {e}")
     except SweepBusy as e:
@@ -209,7 +216,11 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 class _PlainProgress:
-    """One line per event, for logs and pipes."""
+    """One line per event, for logs and pipes, each finished run counted against the plan (`[12/64]`)."""
+
+    def __init__(self) -> None:
+        self.to_run = 0
+        self.finished = 0
 
     def __enter__(self) -> _PlainProgress:
         return self
@@ -217,28 +228,39 @@ class _PlainProgress:
     def __exit__(self, *exc: object) -> None:
         return None
 
+    def on_plan(self, to_run: int, total: int) -> None:
+        self.to_run = to_run
+        earlier = f" ({total - to_run} finished earlier)" if total > to_run else ""
+        click.echo(f"training {to_run} of {total} runs{earlier}")
+
     def on_event(self, event: Any) -> None:
         if event.kind == "started":
             resumed = f" (resumed at step {event.resumed_from})" if event.resumed_from else ""
             click.echo(f"started  {event.label} [run {event.run_id}]{resumed}")
         elif event.kind == "finished":
+            self.finished += 1
             loss = f" train_loss {event.train_loss:.4f}" if event.train_loss is not None else ""
             error = f" - {event.error}" if event.error else ""
-            click.echo(f"{event.status.value:<8} {event.label} [run {event.run_id}] step {event.step}{loss}{error}")
+            click.echo(f"{event.status.value:<8} {event.label} [run {event.run_id}] step {event.step}{loss}{error} "
+                       f"[{self.finished}/{self.to_run}]")
 
 
 class _TtyProgress:
     """Overall progress plus one line per active run (step, loss, steps/s)."""
 
-    def __init__(self, total: int) -> None:
+    def __init__(self) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
             TimeElapsedColumn(),
         )
-        self.overall = self.progress.add_task("sweep", total=total, info="")
+        self.overall = self.progress.add_task("sweep", total=None, info="")
         self.active: dict[int, Any] = {}
+
+    def on_plan(self, to_run: int, total: int) -> None:
+        info = f"{total - to_run} finished earlier" if total > to_run else ""
+        self.progress.update(self.overall, total=to_run, info=info)
 
     def __enter__(self) -> _TtyProgress:
         self.progress.start()

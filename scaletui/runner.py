@@ -130,8 +130,12 @@ def run_sweep(
     on_event: Callable[[RunEvent], None] = lambda e: None,
     should_stop: Callable[[], bool] = lambda: False,
     executor: Executor | None = None,
+    on_plan: Callable[[int, int], None] = lambda to_run, total: None,
 ) -> SweepResult:
-    """Prepare data, register runs, reap orphans, and train what is not finished."""
+    """Prepare data, register runs, reap orphans, and train what is not finished.
+
+    `on_plan(to_run, total)` is called once the database says how many of the sweep's runs still
+    need training (the rest finished earlier), before any starts: front ends count progress with it."""
     prepare_datasets(sweep)  # may raise DatasetUnavailable before the database is touched
     from scaletui.store.writer import Store
 
@@ -162,6 +166,7 @@ def run_sweep(
         on_event(event)
 
     tasks = longest_first([Task(run_id, spec) for run_id, spec in todo])
+    on_plan(len(tasks), len(sweep.runs))
     executor = executor or LocalProcessExecutor(sweep.workers, worker_config(sweep, database_id))
     from scaletui.monitor import SweepMonitor
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, run_cli
+from tests.faults.conftest import fault_env, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -28,6 +29,8 @@ def test_headless_sweep_stores_everything(make_sweep: Callable[..., Path], tmp_p
     out = run_cli("run", "--headless", str(sweep))
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("started ") == 4 and out.stdout.count("done ") >= 4
+    assert "training 4 of 4 runs" in out.stdout  # plain output counts progress against the plan
+    assert [f"[{i}/4]" in out.stdout for i in range(1, 5)] == [True] * 4
     assert "final test loss" in out.stdout  # the summary names the loss rule
     assert "mean +- sd over seeds of the final test loss" in out.stdout  # and states each size's mean
     db = tmp_path / "runs.db"
@@ -84,14 +87,14 @@ def test_ctrl_c_interrupts_and_a_rerun_resumes_without_duplicates(make_sweep: Ca
                                                                   tmp_path: Path, signum: int) -> None:
     sweep = make_sweep(model={"width": 64, "depth": [2, 3]}, train={"steps": 1500, "checkpoint_every": 100,
                                                                     "eval_every": 250})
+    # Every run parks in its step 300 until it is told to stop (fault seam `hold_step`), so both have
+    # checkpointed when the signal comes, however slow or fast the machine is.
     proc = subprocess.Popen([sys.executable, "-m", "scaletui", "run", "--headless", str(sweep)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=fault_env("hold_step:300", tmp_path / "marks"))
     db = tmp_path / "runs.db"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # wait until a run has checkpointed at least once
-        time.sleep(0.2)
-        if db.exists() and db_rows(db, "select count(*) from runs where status = 'running' and step >= 200")[0][0]:
-            break
+    wait_for(lambda: db.exists() and db_rows(db, "select count(*) from runs where status = 'running' and step >= 200"
+                                             )[0][0] == 2, timeout=180, what="both runs past their step-200 checkpoint")
     proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stdout + stderr

@@ -77,3 +77,16 @@ def test_dry_run_plans_without_the_data_and_says_what_a_real_run_needs(tmp_path:
     assert not (tmp_path / "m.db").exists()
     real = run_cli("run", "--headless", str(sweep))
     assert real.returncode == 2 and "not available offline" in real.stderr  # a real run still refuses
+
+
+def test_a_sweep_fills_an_empty_database_file_that_ls_calls_not_ready(tmp_path: Path, shared_data_dir: Path
+                                                                      ) -> None:
+    db = tmp_path / "made-by-touch.db"
+    db.touch()
+    listed = run_cli("ls", "--db", str(db))
+    assert listed.returncode == 2
+    assert listed.stderr.strip() == f"error: {db}: waiting for the sweep to create its tables"
+    sweep = sweep_file_naming(tmp_path, str(db), shared_data_dir)
+    trained = run_cli("run", "--headless", str(sweep))
+    assert trained.returncode == 0, trained.stderr
+    assert "mlp w8 d1 s0" in run_cli("ls", "--db", str(db)).stdout

@@ -138,7 +138,9 @@ class Poller:
             return Snapshot(self.clock(), tracked=wanted, error=f"{self.db_path}: no database yet (start a sweep)")
         except (StoreError, sqlite3.Error) as exc:
             self.close()  # reopen next time: the file may have been replaced or migrated
-            return Snapshot(self.clock(), tracked=wanted, error=f"{self.db_path}: {exc}")
+            text = str(exc)  # the store's messages name the file already; sqlite3's do not
+            return Snapshot(self.clock(), tracked=wanted,
+                            error=text if text.startswith(str(self.db_path)) else f"{self.db_path}: {text}")
 
     def _open(self) -> Reader:
         if self.reader is None:
