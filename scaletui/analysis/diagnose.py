@@ -28,93 +28,36 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from scaletui.records import Alert, LayerStats, MetricRecord
+from scaletui.core.records import Alert, LayerStats, MetricRecord
+from scaletui.core.thresholds import Thresholds, thresholds_from
+from scaletui.core.vocabulary import AlertKind, Severity
 
 __all__ = [
-    "Thresholds", "thresholds_from", "RunSeries", "series_from_records", "GroupRow",
-    "detect_divergence", "detect_plateau", "detect_gradients", "detect_overfitting",
-    "detect_non_monotonic", "detect_seed_sensitivity", "lr_suggestion",
-    "diagnose_run", "diagnose_group",
+    "GroupRow",
+    "RunSeries",
+    "Thresholds",
+    "detect_divergence",
+    "detect_gradients",
+    "detect_non_monotonic",
+    "detect_overfitting",
+    "detect_plateau",
+    "detect_seed_sensitivity",
+    "diagnose_group",
+    "diagnose_run",
+    "lr_suggestion",
+    "series_from_records",
+    "thresholds_from",
 ]
 
 FloatArray = np.ndarray
 GroupTable = Iterable["GroupRow | tuple[int, int, int, float]"]  # rows of (width, depth, seed, loss)
 _BIG = 1e6  # values are clipped here before running sums, so one huge loss cannot wreck later means
-
-
-# --------------------------------------------------------------------------- thresholds
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Every number a detector decides with. Defaults were checked against tiny real runs on MNIST-1D
-    (healthy MLPs and residual MLPs, Adam/SGD, He/Xavier/default init) so that those raise nothing."""
-
-    # smoothing
-    smooth_window: int = 20  # train-loss steps averaged into one level (train loss is one batch per step)
-    # divergence
-    divergence_factor: float = 10.0  # train loss above factor x its best level so far ...
-    divergence_window: int = 5  # ... at every one of this many consecutive steps
-    divergence_floor: float = 0.1  # the "best so far" never counts below this fraction of the initial loss
-    test_rise_factor: float = 1.5  # test loss this many times its best: instability or overfitting?
-    train_rise_factor: float = 1.2  # instability: smoothed train loss this many times its best ...
-    norm_growth_factor: float = 2.0  # ... or total gradient norm grown this much (weights growing too)
-    rise_evals: int = 2  # a test-loss rise must hold for this many consecutive evaluations
-    train_drop_min: float = 0.05  # "train loss still falling": at least 5% below where test loss was best
-    lr_backoff: float = 3.0  # divide lr by this when no size rule applies
-    # plateau / flatline
-    plateau_window: float = 0.5  # judged over the last half of the steps so far (scale-free)
-    plateau_min_steps: int = 200  # ... once that window spans at least this many train steps
-    plateau_min_evals: int = 4  # test loss must agree when the window holds at least this many evaluations
-    plateau_min_rel_improvement: float = 0.01  # second half of the window <1% better than the first: stuck
-    plateau_z: float = 2.0  # ... by a margin of this many standard errors of the train loss's batch noise
-    plateau_gap_factor: float = 1.3  # stuck counts when the loss is above this x the group's best ...
-    flatline_frac: float = 0.8  # ... or the train loss is still above this fraction of its initial level
-    # gradients
-    grad_ratio_vanishing: float = 0.01  # first-layer / last-layer gradient norm below this: vanishing
-    grad_ratio_exploding: float = 100.0  # ... above this: exploding
-    grad_window: int = 5  # consecutive logging steps a ratio must hold; also the "early level" span
-    collapse_factor: float = 50.0  # a layer's gradient norm fell this much from its early level ...
-    collapse_others_factor: float = 5.0  # ... while the median other layer fell less than this
-    # overfitting / memorisation
-    overfit_gap_growth: float = 0.25  # test-train gap grew by this fraction of the best test loss ...
-    overfit_test_rise: float = 0.1  # ... the test loss is 10% above its best ... (and train still falling)
-    # group level
-    monotonic_tolerance: float = 0.01  # larger model worse by more than 1% of the loss (and the seed spread)
-    seed_spread_factor: float = 1.0  # seed spread above this x the gap between adjacent sizes
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"threshold {f.name} must be a positive number, got {value!r}")
-        for name in ("divergence_floor", "plateau_window", "plateau_min_rel_improvement", "flatline_frac",
-                     "train_drop_min"):
-            if getattr(self, name) >= 1:
-                raise ValueError(f"threshold {name} must be below 1, got {getattr(self, name)!r}")
-        for name in ("divergence_factor", "test_rise_factor", "train_rise_factor", "norm_growth_factor",
-                     "lr_backoff", "plateau_gap_factor", "collapse_factor", "collapse_others_factor"):
-            if getattr(self, name) <= 1:
-                raise ValueError(f"threshold {name} must be above 1, got {getattr(self, name)!r}")
-
-
-def thresholds_from(overrides: Mapping[str, Any], base: Thresholds | None = None) -> Thresholds:
-    """`base` (defaults if None) with `overrides` applied by field name; unknown names raise ValueError."""
-    base = base or Thresholds()
-    known = {f.name: f for f in fields(Thresholds)}
-    unknown = sorted(set(overrides) - set(known))
-    if unknown:
-        raise ValueError(f"unknown threshold(s): {', '.join(unknown)}; known: {', '.join(known)}")
-    values = {name: getattr(base, name) for name in known}
-    for name, value in overrides.items():
-        values[name] = int(value) if isinstance(getattr(base, name), int) and float(value).is_integer() else value
-    return Thresholds(**values)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -438,7 +381,7 @@ def detect_divergence(s: RunSeries, th: Thresholds, ref_params: int | None = Non
     base = {"lr": s.lr, "params": s.params, "suggested_lr": new_lr}
     found = [a for a in (_nonfinite_alert(s, why, base), _blowup_alert(s, th, why, base),
                          _instability_alert(s, th, why, base)) if a is not None]
-    return [min(found, key=lambda a: a.step)] if found else []  # min keeps the first of equal steps
+    return [min(found, key=lambda a: a.step or 0)] if found else []  # min keeps the first of equal steps
 
 
 def _nonfinite_alert(s: RunSeries, why: str, base: dict[str, float]) -> Alert | None:
@@ -446,8 +389,15 @@ def _nonfinite_alert(s: RunSeries, why: str, base: dict[str, float]) -> Alert | 
     if found is None:
         return None
     step, what = found
-    return _alert(s, "divergence", "critical", step, f"{s.label}: {what} at step {step:.0f} (lr {s.lr:.3g})", why,
-                  base)
+    return _alert(
+        s,
+        AlertKind.DIVERGENCE,
+        Severity.CRITICAL,
+        step,
+        f"{s.label}: {what} at step {step:.0f} (lr {s.lr:.3g})",
+        why,
+        base,
+    )
 
 
 def _blowup_alert(s: RunSeries, th: Thresholds, why: str, base: dict[str, float]) -> Alert | None:
@@ -455,9 +405,13 @@ def _blowup_alert(s: RunSeries, th: Thresholds, why: str, base: dict[str, float]
     if found is None:
         return None
     step, low, ref = found
-    message = (f"{s.label}: train loss stayed above {low:.4g} for {th.divergence_window} steps up to {step:.0f}, "
-               f"{low / ref:.0f}x its best level {ref:.4g} (lr {s.lr:.3g})")
-    return _alert(s, "divergence", "critical", step, message, why, {**base, "loss": low, "reference_loss": ref})
+    message = (
+        f"{s.label}: train loss stayed above {low:.4g} for {th.divergence_window} steps up to {step:.0f}, "
+        f"{low / ref:.0f}x its best level {ref:.4g} (lr {s.lr:.3g})"
+    )
+    return _alert(
+        s, AlertKind.DIVERGENCE, Severity.CRITICAL, step, message, why, {**base, "loss": low, "reference_loss": ref}
+    )
 
 
 def _instability_alert(s: RunSeries, th: Thresholds, why: str, base: dict[str, float]) -> Alert | None:
@@ -466,12 +420,14 @@ def _instability_alert(s: RunSeries, th: Thresholds, why: str, base: dict[str, f
         return None
     step, ev = found
     growth = ev["grad_norm_growth"]
-    message = (f"{s.label}: test loss {ev['test_loss']:.4g} at step {step:.0f} is "
-               f"{ev['test_loss'] / ev['best_test_loss']:.1f}x its best {ev['best_test_loss']:.4g} "
-               f"(step {ev['best_step']:.0f}) and the train loss is not falling ({ev['train_loss']:.4g})"
-               + (f"; gradient norm x{growth:.1f}" if math.isfinite(growth) else "")
-               + ": unstable, not overfitting")
-    return _alert(s, "divergence", "warning", step, message, why, {**base, **ev})
+    message = (
+        f"{s.label}: test loss {ev['test_loss']:.4g} at step {step:.0f} is "
+        f"{ev['test_loss'] / ev['best_test_loss']:.1f}x its best {ev['best_test_loss']:.4g} "
+        f"(step {ev['best_step']:.0f}) and the train loss is not falling ({ev['train_loss']:.4g})"
+        + (f"; gradient norm x{growth:.1f}" if math.isfinite(growth) else "")
+        + ": unstable, not overfitting"
+    )
+    return _alert(s, AlertKind.DIVERGENCE, Severity.WARNING, step, message, why, {**base, **ev})
 
 
 # --------------------------------------------------------------------------- plateau / flatline
@@ -530,27 +486,49 @@ def detect_plateau(s: RunSeries, th: Thresholds, group_best: float | None = None
     if not hits.size:
         return []
     i = int(hits[0])
-    return [_plateau_alert(s, th, i, starts[i], rel_train[i], train_level[i], level[i], initial, group_best,
-                           bool(flat[i]))]
+    return [
+        _plateau_alert(s, th, i, starts[i], rel_train[i], train_level[i], level[i], initial, group_best, bool(flat[i]))
+    ]
 
 
-def _plateau_alert(s: RunSeries, th: Thresholds, i: int, start: float, rel: float, train_level: float,
-                   level: float, initial: float, group_best: float | None, flat: bool) -> Alert:
+def _plateau_alert(
+    s: RunSeries,
+    th: Thresholds,
+    i: int,
+    start: float,
+    rel: float,
+    train_level: float,
+    level: float,
+    initial: float,
+    group_best: float | None,
+    flat: bool,
+) -> Alert:
     step = s.steps[i]
-    where = (f"still {train_level / initial:.0%} of its initial loss {initial:.3g}" if flat
-             else f"{level / group_best:.2f}x the group's best {group_best:.3g}")  # type: ignore[operator]
-    message = (f"{s.label}: {'flatline' if flat else 'plateau'} - train loss {train_level:.4g} improved "
-               f"{rel:.1%} over steps {start:.0f}-{step:.0f} (< {th.plateau_min_rel_improvement:.0%}); {where}")
+    if flat or group_best is None:
+        where = f"still {train_level / initial:.0%} of its initial loss {initial:.3g}"
+    else:
+        where = f"{level / group_best:.2f}x the group's best {group_best:.3g}"
+    message = (
+        f"{s.label}: {'flatline' if flat else AlertKind.PLATEAU.value} - train loss {train_level:.4g} improved "
+        f"{rel:.1%} over steps {start:.0f}-{step:.0f} (< {th.plateau_min_rel_improvement:.0%}); {where}"
+    )
     hints = []
     if s.dropout > 0:
         hints.append(f"lower dropout {s.dropout:g} (held fixed as depth grows it starves deep nets)")
-    hints += ["try another seed (an unlucky seed flatlined a deep net)",
-              "He init, normalisation or residual blocks" if flat else "a higher lr or a schedule"]
-    evidence = {"train_loss": train_level, "loss": level, "initial_loss": initial, "rel_improvement": rel,
-                "window_start": start}
+    hints += [
+        "try another seed (an unlucky seed flatlined a deep net)",
+        "He init, normalisation or residual blocks" if flat else "a higher lr or a schedule",
+    ]
+    evidence = {
+        "train_loss": train_level,
+        "loss": level,
+        "initial_loss": initial,
+        "rel_improvement": rel,
+        "window_start": start,
+    }
     if group_best is not None:
         evidence["group_best"] = group_best
-    return _alert(s, "plateau", "warning", step, message, "; ".join(hints), evidence)
+    return _alert(s, AlertKind.PLATEAU, Severity.WARNING, step, message, "; ".join(hints), evidence)
 
 
 # --------------------------------------------------------------------------- gradients
@@ -571,9 +549,9 @@ def detect_gradients(s: RunSeries, th: Thresholds) -> list[Alert]:
         vanishing = _first_run(ratio < th.grad_ratio_vanishing, th.grad_window)
         exploding = _first_run(ratio > th.grad_ratio_exploding, th.grad_window)
     if vanishing is not None:
-        alerts.append(_ratio_alert(s, th, ratio, vanishing, "vanishing_gradients"))
+        alerts.append(_ratio_alert(s, th, ratio, vanishing, AlertKind.VANISHING_GRADIENTS))
     if exploding is not None:
-        alerts.append(_ratio_alert(s, th, ratio, exploding, "exploding_gradients"))
+        alerts.append(_ratio_alert(s, th, ratio, exploding, AlertKind.EXPLODING_GRADIENTS))
     collapse = _collapse(g, th)
     if collapse is not None and vanishing is None:
         alerts.append(_collapse_alert(s, th, *collapse))
@@ -584,20 +562,28 @@ def _ratio_alert(s: RunSeries, th: Thresholds, ratio: FloatArray, i: int, kind: 
     window = ratio[i - th.grad_window + 1 : i + 1]
     r = float(np.median(window))
     n_layers = s.grad_norm.shape[1]
-    if kind == "vanishing_gradients":
-        what = f"input-side layer gets 1/{1 / r:,.0f} of the last layer's gradient norm" if r > 0 else \
-            "input-side layer gets no gradient"
-        fix = ("He init, normalisation (norm = \"layer\") or residual blocks (arch = \"resmlp\"), or Adam: "
-               "plain deep MLPs attenuate gradients toward the input")
+    if kind == AlertKind.VANISHING_GRADIENTS:
+        what = (
+            f"input-side layer gets 1/{1 / r:,.0f} of the last layer's gradient norm"
+            if r > 0
+            else "input-side layer gets no gradient"
+        )
+        fix = (
+            'He init, normalisation (norm = "layer") or residual blocks (arch = "resmlp"), or Adam: '
+            "plain deep MLPs attenuate gradients toward the input"
+        )
         limit = th.grad_ratio_vanishing
     else:
         what = f"input-side layer gets {r:,.0f}x the last layer's gradient norm"
         fix = "lower lr, clip gradients (grad_clip = 1.0), add normalisation or use a smaller init"
         limit = th.grad_ratio_exploding
-    message = (f"{s.label}: {what} for {th.grad_window} logging steps up to step {s.layer_steps[i]:.0f} "
-               f"({n_layers} layers; threshold {limit:g})")
-    return _alert(s, kind, "warning", s.layer_steps[i], message, fix,
-                  {"ratio": r, "threshold": limit, "layers": n_layers})
+    message = (
+        f"{s.label}: {what} for {th.grad_window} logging steps up to step {s.layer_steps[i]:.0f} "
+        f"({n_layers} layers; threshold {limit:g})"
+    )
+    return _alert(
+        s, kind, Severity.WARNING, s.layer_steps[i], message, fix, {"ratio": r, "threshold": limit, "layers": n_layers}
+    )
 
 
 def _collapse(g: FloatArray, th: Thresholds) -> tuple[int, int, float, float] | None:
@@ -625,11 +611,20 @@ def _collapse(g: FloatArray, th: Thresholds) -> tuple[int, int, float, float] | 
 
 
 def _collapse_alert(s: RunSeries, th: Thresholds, i: int, layer: int, fall: float, others: float) -> Alert:
-    message = (f"{s.label}: layer {layer} gradient norm fell {fall:,.0f}x from its early level by step "
-               f"{s.layer_steps[i]:.0f} while the other layers fell {others:.1f}x (median)")
+    message = (
+        f"{s.label}: layer {layer} gradient norm fell {fall:,.0f}x from its early level by step "
+        f"{s.layer_steps[i]:.0f} while the other layers fell {others:.1f}x (median)"
+    )
     fix = "a dead or saturated layer: lower lr, He init, normalisation; check for dead ReLUs"
-    return _alert(s, "vanishing_gradients", "warning", s.layer_steps[i], message, fix,
-                  {"layer": layer, "fall": fall, "others_fall": others, "threshold": th.collapse_factor})
+    return _alert(
+        s,
+        AlertKind.VANISHING_GRADIENTS,
+        Severity.WARNING,
+        s.layer_steps[i],
+        message,
+        fix,
+        {"layer": layer, "fall": fall, "others_fall": others, "threshold": th.collapse_factor},
+    )
 
 
 # --------------------------------------------------------------------------- overfitting
@@ -658,17 +653,25 @@ def detect_overfitting(s: RunSeries, th: Thresholds) -> list[Alert]:
 
 def _overfit_alert(s: RunSeries, th: Thresholds, i: int, b: int, train: FloatArray, growth: float) -> Alert:
     te, ev = s.test_loss, s.eval_steps
-    message = (f"{s.label}: test loss {te[i]:.4g} at step {ev[i]:.0f} is up from its best {te[b]:.4g} "
-               f"(step {ev[b]:.0f}) while the train loss fell {train[b]:.4g} -> {train[i]:.4g}; "
-               f"gap grew {growth:.3g}")
-    evidence = {"test_loss": te[i], "best_test_loss": te[b], "best_step": ev[b], "train_loss": train[i],
-                "gap_growth": growth}
+    message = (
+        f"{s.label}: test loss {te[i]:.4g} at step {ev[i]:.0f} is up from its best {te[b]:.4g} "
+        f"(step {ev[b]:.0f}) while the train loss fell {train[b]:.4g} -> {train[i]:.4g}; "
+        f"gap grew {growth:.3g}"
+    )
+    evidence = {
+        "test_loss": te[i],
+        "best_test_loss": te[b],
+        "best_step": ev[b],
+        "train_loss": train[i],
+        "gap_growth": growth,
+    }
     if s.train_acc.size and s.test_acc.size and math.isfinite(s.train_acc[i] - s.test_acc[i]):
         message += f"; accuracy train {s.train_acc[i]:.0%} vs test {s.test_acc[i]:.0%}"
         evidence["acc_gap"] = s.train_acc[i] - s.test_acc[i]
-    fix = (f"memorising: more data, weight decay or early stopping (best test loss at step {ev[b]:.0f}); "
-           "check label noise")
-    return _alert(s, "overfitting", "warning", ev[i], message, fix, evidence)
+    fix = (
+        f"memorising: more data, weight decay or early stopping (best test loss at step {ev[b]:.0f}); check label noise"
+    )
+    return _alert(s, AlertKind.OVERFITTING, Severity.WARNING, ev[i], message, fix, evidence)
 
 
 # --------------------------------------------------------------------------- group level
@@ -691,8 +694,10 @@ def _groups(rows: Sequence[GroupRow]) -> list[tuple[str, str, int, list[_Size]]]
     for axis, fixed in (("depth", "width"), ("width", "depth")):
         for fixed_value in sorted({getattr(r, fixed) for r in finite}):
             members = [r for r in finite if getattr(r, fixed) == fixed_value]
-            sizes = [_size(v, [r for r in members if getattr(r, axis) == v])
-                     for v in sorted({getattr(r, axis) for r in members})]
+            sizes = [
+                _size(v, [r for r in members if getattr(r, axis) == v])
+                for v in sorted({getattr(r, axis) for r in members})
+            ]
             if len(sizes) >= 2:
                 out.append((axis, fixed, fixed_value, sizes))
     return out
@@ -709,9 +714,17 @@ def _as_rows(table: GroupTable) -> list[GroupRow]:
 
 
 def _pair_evidence(axis: str, fixed: str, fixed_value: int, small: _Size, large: _Size) -> dict[str, float]:
-    ev = {fixed: fixed_value, f"{axis}_small": small.value, f"{axis}_large": large.value,
-          "loss_small": small.mean, "loss_large": large.mean, "spread_small": small.spread,
-          "spread_large": large.spread, "seeds_small": small.seeds, "seeds_large": large.seeds}
+    ev = {
+        fixed: fixed_value,
+        f"{axis}_small": small.value,
+        f"{axis}_large": large.value,
+        "loss_small": small.mean,
+        "loss_large": large.mean,
+        "spread_small": small.spread,
+        "spread_large": large.spread,
+        "seeds_small": small.seeds,
+        "seeds_large": large.seeds,
+    }
     for tag, size in (("small", small), ("large", large)):
         ev.update({f"run_{tag}_s{seed}": run_id for seed, run_id in size.run_ids})
     return ev
@@ -733,14 +746,24 @@ def detect_non_monotonic(table: GroupTable, th: Thresholds) -> list[Alert]:
 
 
 def _non_monotonic_alert(axis: str, fixed: str, fixed_value: int, small: _Size, large: _Size, margin: float) -> Alert:
-    message = (f"{fixed} {fixed_value}: {axis} {large.value} (loss {large.mean:.4g}, {large.seeds} seeds) is "
-               f"worse than {axis} {small.value} ({small.mean:.4g}, {small.seeds} seeds) "
-               f"by {large.mean - small.mean:.3g}, "
-               f"more than the seed spread {max(small.spread, large.spread):.3g}")
-    fix = ("the larger model is mis-tuned, not too big: scale lr per size (sqrt-params rule), keep dropout from "
-           "growing with depth, add normalisation/residuals; do not fit a law through this group yet")
-    return Alert("non_monotonic", "warning", None, message, fix,
-                 {k: float(v) for k, v in _pair_evidence(axis, fixed, fixed_value, small, large).items()})
+    message = (
+        f"{fixed} {fixed_value}: {axis} {large.value} (loss {large.mean:.4g}, {large.seeds} seeds) is "
+        f"worse than {axis} {small.value} ({small.mean:.4g}, {small.seeds} seeds) "
+        f"by {large.mean - small.mean:.3g}, "
+        f"more than the seed spread {max(small.spread, large.spread):.3g}"
+    )
+    fix = (
+        "the larger model is mis-tuned, not too big: scale lr per size (sqrt-params rule), keep dropout from "
+        "growing with depth, add normalisation/residuals; do not fit a law through this group yet"
+    )
+    return Alert(
+        AlertKind.NON_MONOTONIC,
+        Severity.WARNING,
+        None,
+        message,
+        fix,
+        {k: float(v) for k, v in _pair_evidence(axis, fixed, fixed_value, small, large).items()},
+    )
 
 
 def detect_seed_sensitivity(table: GroupTable, th: Thresholds) -> list[Alert]:
@@ -748,32 +771,42 @@ def detect_seed_sensitivity(table: GroupTable, th: Thresholds) -> list[Alert]:
     either: the trend between them cannot be trusted. One alert per group, naming the worst pair."""
     alerts = []
     for axis, fixed, fixed_value, sizes in _groups(_as_rows(table)):
-        pairs = [(a, b) for a, b in zip(sizes, sizes[1:]) if max(a.seeds, b.seeds) >= 2]
-        flagged = [(max(a.spread, b.spread) / max(abs(b.mean - a.mean), 1e-300), a, b) for a, b in pairs
-                   if max(a.spread, b.spread) > th.seed_spread_factor * abs(b.mean - a.mean)]
+        pairs = [(a, b) for a, b in pairwise(sizes) if max(a.seeds, b.seeds) >= 2]
+        flagged = [
+            (max(a.spread, b.spread) / max(abs(b.mean - a.mean), 1e-300), a, b)
+            for a, b in pairs
+            if max(a.spread, b.spread) > th.seed_spread_factor * abs(b.mean - a.mean)
+        ]
         if flagged:
-            alerts.append(_seed_alert(axis, fixed, fixed_value, max(flagged, key=lambda f: f[0]), len(flagged),
-                                      len(pairs)))
+            alerts.append(
+                _seed_alert(axis, fixed, fixed_value, max(flagged, key=lambda f: f[0]), len(flagged), len(pairs))
+            )
     return alerts
 
 
-def _seed_alert(axis: str, fixed: str, fixed_value: int, worst: tuple[float, _Size, _Size], n_flagged: int,
-                n_pairs: int) -> Alert:
+def _seed_alert(
+    axis: str, fixed: str, fixed_value: int, worst: tuple[float, _Size, _Size], n_flagged: int, n_pairs: int
+) -> Alert:
     _, a, b = worst
     spread = max(a.spread, b.spread)
-    message = (f"{fixed} {fixed_value}: seeds spread {spread:.3g} but {axis} {a.value} -> {b.value} changes the "
-               f"loss by only {abs(b.mean - a.mean):.3g} ({n_flagged} of {n_pairs} adjacent pairs like this)")
+    message = (
+        f"{fixed} {fixed_value}: seeds spread {spread:.3g} but {axis} {a.value} -> {b.value} changes the "
+        f"loss by only {abs(b.mean - a.mean):.3g} ({n_flagged} of {n_pairs} adjacent pairs like this)"
+    )
     fix = "run more seeds (an unlucky seed once faked a whole depth trend) or space the sizes further apart"
     evidence = _pair_evidence(axis, fixed, fixed_value, a, b)
     evidence.update({"pairs_flagged": n_flagged, "pairs": n_pairs})
-    return Alert("seed_sensitivity", "warning", None, message, fix, {k: float(v) for k, v in evidence.items()})
+    return Alert(
+        AlertKind.SEED_SENSITIVITY, Severity.WARNING, None, message, fix, {k: float(v) for k, v in evidence.items()}
+    )
 
 
 # --------------------------------------------------------------------------- entry points
 
 
-def diagnose_run(s: RunSeries, thresholds: Thresholds | None = None, group_best: float | None = None,
-                 ref_params: int | None = None) -> list[Alert]:
+def diagnose_run(
+    s: RunSeries, thresholds: Thresholds | None = None, group_best: float | None = None, ref_params: int | None = None
+) -> list[Alert]:
     """Every run-level detector on one run (finished or in progress), alerts ordered by step.
 
     group_best: the best loss in the run's group, by the sweep's loss rule (enables "plateau far from
@@ -781,15 +814,14 @@ def diagnose_run(s: RunSeries, thresholds: Thresholds | None = None, group_best:
     the sqrt-params suggestion after a divergence; the run's own lr_ref_params is used otherwise."""
     th = thresholds or Thresholds()
     alerts = detect_divergence(s, th, ref_params)
-    diverged_at = alerts[0].step if alerts and alerts[0].severity == "critical" else None
+    diverged_at = alerts[0].step if alerts and alerts[0].severity == Severity.CRITICAL else None
     if diverged_at is None:  # after a blow-up the loss curve says nothing about plateaus or overfitting
         alerts += detect_plateau(s, th, group_best) + detect_overfitting(s, th)
     alerts += detect_gradients(s, th)
     return sorted(alerts, key=lambda a: (a.step if a.step is not None else math.inf, a.kind))
 
 
-def diagnose_group(table: GroupTable,
-                   thresholds: Thresholds | None = None) -> list[Alert]:
+def diagnose_group(table: GroupTable, thresholds: Thresholds | None = None) -> list[Alert]:
     """Group-level detectors over finished runs: rows of (width, depth, seed, loss) or GroupRow."""
     th = thresholds or Thresholds()
     rows = _as_rows(table)

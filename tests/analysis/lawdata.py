@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def synthetic(x: np.ndarray, *, E: float, A: float, alpha: float, noise: float = 0.0,  # noqa: N803
+def synthetic(x: np.ndarray, *, E: float, A: float, alpha: float, noise: float = 0.0,
               seeds: int = 1, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(x repeated per seed, loss with multiplicative log-normal noise, seed id) from a known law."""
     xs = np.repeat(np.asarray(x, dtype=float), seeds)

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from scaletui.analysis.configurator import (
+    Backtest,
+    DropoutTrial,
     LrTrial,
+    RuleScore,
+    backtest_dropout,
+    backtest_lr,
+    best_dropout_per_size,
     best_lr_per_size,
+    fit_dropout_depth,
     fit_lr_power_law,
+    loss_on_curve,
     mlp_params,
+    propose_dropout,
     propose_lr,
 )
 
@@ -156,7 +166,7 @@ def test_toml_fragment_is_ready_to_run() -> None:
 
 
 def test_toml_fragment_validates_as_a_sweep(tmp_path) -> None:
-    from scaletui.config import build_sweep
+    from scaletui.core.config import build_sweep
 
     proposal = propose_lr(sweep(SIZES), mlp_params(40, 1024, 2, 10))
     doc = tomllib.loads('[experiment]\nname = "next"\n' + proposal.toml_fragment(1024, 2) + "steps = 10\n")
@@ -181,8 +191,8 @@ def test_mlp_params_matches_the_engine(args: tuple, expected: int) -> None:
 
 def test_mlp_params_matches_built_models() -> None:
     torch = pytest.importorskip("torch")
+    from scaletui.core.specs import ModelSpec
     from scaletui.engine.models import build_model, count_params
-    from scaletui.records import ModelSpec
 
     torch.manual_seed(0)
     for arch in ("mlp", "resmlp"):
@@ -192,3 +202,197 @@ def test_mlp_params_matches_built_models() -> None:
                 assert count_params(model) == mlp_params(math.prod(shape), width, depth, 10, arch, norm)
     with pytest.raises(ValueError, match="resnet"):
         mlp_params(3072, 16, 1, 10, "resnet")
+
+
+# --------------------------------------------------------------------------- the measured curve
+
+
+def test_loss_on_curve_is_linear_in_log_lr_away_from_the_best_and_a_parabola_around_it() -> None:
+    lrs = [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2]
+    means = [1.0, 0.8, 0.5, 0.6, 0.9]  # best grid rate 4e-3
+    mid = math.sqrt(8e-3 * 1.6e-2)  # halfway in log lr between two rates beyond the parabola's span
+    assert loss_on_curve(lrs, means, mid, log=True) == pytest.approx(0.75)
+    assert loss_on_curve(lrs, means, 2e-3, log=True) == pytest.approx(0.8)  # exactly on the grid
+    a, b, c = np.polyfit(np.log(lrs[1:4]), means[1:4], 2)
+    vertex = -b / (2 * a)
+    assert loss_on_curve(lrs, means, math.exp(vertex), log=True) == pytest.approx(c - b * b / (4 * a))
+    assert loss_on_curve(lrs, means, math.exp(vertex), log=True) < min(means)
+
+
+def test_loss_on_curve_is_unknown_beyond_the_sweep_and_infinite_next_to_a_diverged_rate() -> None:
+    lrs, means = [1e-3, 2e-3, 4e-3, 8e-3], [0.9, 0.5, 0.7, math.inf]
+    assert math.isnan(loss_on_curve(lrs, means, 5e-4, log=True))
+    assert math.isnan(loss_on_curve(lrs, means, 1.6e-2, log=True))
+    assert loss_on_curve(lrs, means, 6e-3, log=True) == math.inf
+    assert loss_on_curve([0.0, 0.1, 0.2], [0.6, 0.5, 0.7], 0.2, log=False) == pytest.approx(0.7)
+
+
+# --------------------------------------------------------------------------- backtest: the rule by evidence
+
+FOUR = [(16, 2), (64, 2), (256, 2), (1024, 2)]
+CURVATURE = 0.08  # of `sweep`'s bowl, per (ln lr)^2
+
+
+def test_backtest_holds_out_the_largest_size_and_scores_every_rule() -> None:
+    bt = backtest_lr(sweep(FOUR, noise=0.0))
+    assert bt is not None
+    assert (bt.quantity, bt.held_out, bt.fitted_on) == ("lr", "w1024 d2", ("w16 d2", "w64 d2", "w256 d2"))
+    held = mlp_params(40, 1024, 2, 10)
+    assert bt.held_out_params == held and bt.measured == pytest.approx(true_best(held), rel=1e-3)
+    assert [s.rule for s in bt.scores] == ["power_law", "sqrt_params", "width"]
+    law, sqrt, width = bt.scores
+    # The losses follow the power law exactly: its prediction is the truth, and it loses nothing.
+    assert law.ratio == pytest.approx(1.0, abs=0.01) and law.lost_loss == pytest.approx(0.0, abs=1e-5)
+    # The sqrt-params rule scales the anchor's (w256) best rate by sqrt(params ratio): known in closed form,
+    # and inside the bowl's parabola its lost loss is curvature * ln(ratio)^2.
+    anchor = mlp_params(40, 256, 2, 10)
+    assert sqrt.ratio == pytest.approx((held / anchor) ** (K - 0.5), rel=0.01)
+    assert sqrt.lost_loss == pytest.approx(CURVATURE * math.log(sqrt.ratio) ** 2, rel=0.05)
+    assert width.ratio == pytest.approx(true_best(anchor) * 256 / 1024 / true_best(held), rel=0.01)
+    assert bt.winner.rule == "power_law" and bt.winner.where == "inside the sweep"
+    assert "held out w1024 d2" in bt.summary() and "power_law 1.00x" in bt.summary()
+
+
+def test_the_winner_is_the_rule_that_lost_least_then_unknown_then_next_to_divergence() -> None:
+    def bt(*scores: RuleScore) -> Backtest:
+        return Backtest("lr", "w64 d2", 7434, 1e-2, 0.5, ("w16 d2",), scores)
+
+    close_but_steep = RuleScore("power_law", 1.2e-2, 1e-2, 0.05, math.log(1.2))
+    far_but_flat = RuleScore("sqrt_params", 0.6e-2, 1e-2, 0.01, math.log(1 / 0.6))
+    beyond = RuleScore("width", 1e-3, 1e-2, math.nan, math.log(10))
+    risky = RuleScore("width", 1.01e-2, 1e-2, math.inf, math.log(1.01))
+    assert bt(close_but_steep, far_but_flat).winner is far_but_flat  # loss lost decides, not the ratio
+    assert bt(beyond, close_but_steep).winner is close_but_steep  # a measured loss beats an unknown one
+    assert bt(risky, beyond).winner is beyond  # next to a diverged rate is the worst place to be
+    assert (beyond.where, risky.where, far_but_flat.where) == (
+        "beyond the swept range", "next to a diverged value", "inside the sweep")
+    assert "width 0.10x, lost unknown (beyond the sweep)" in bt(beyond).summary()
+
+
+def sqrt_then_flat_sweep() -> list[LrTrial]:
+    """Best rates flat over the two smallest sizes, then falling as params^-0.5: a power law through the
+    smaller sizes bends the wrong way, and the sqrt-params rule from the nearest size is exact."""
+    trials = []
+    for width in (16, 32, 256, 1024):
+        params = mlp_params(40, width, 2, 10)
+        best = 0.5 * max(params, mlp_params(40, 32, 2, 10)) ** -0.5
+        for lr in best * 2.0 ** (np.arange(-4, 5) + 0.3):
+            trials.append(LrTrial(width, 2, params, float(lr), 0, 1.0 + CURVATURE * math.log(lr / best) ** 2))
+    return trials
+
+
+def test_auto_applies_the_rule_that_won_the_backtest_and_says_so() -> None:
+    trials = sqrt_then_flat_sweep()
+    bt = backtest_lr(trials)
+    assert bt is not None and bt.winner.rule == "sqrt_params"
+    law = next(s for s in bt.scores if s.rule == "power_law")
+    assert law.lost_loss > 10 * bt.winner.lost_loss and bt.winner.ratio == pytest.approx(1.0, abs=0.01)
+    target = mlp_params(40, 2048, 2, 10)
+    proposal = propose_lr(trials, target, target_width=2048)
+    assert proposal.rule == "sqrt_params" and proposal.backtest == bt
+    assert proposal.note.startswith("sqrt_params chosen by backtest (held out w1024 d2")
+    assert "it won the backtest" in proposal.note and "asked for" not in proposal.note
+    anchor = mlp_params(40, 1024, 2, 10)  # with every size, the nearest one anchors the rule
+    assert proposal.lr == pytest.approx(0.5 * anchor**-0.5 * math.sqrt(anchor / target), rel=0.01)
+    forced = propose_lr(trials, target, rule="power_law")
+    assert forced.rule == "power_law" and forced.backtest is None  # a forced rule is applied as asked
+
+
+def test_three_swept_sizes_give_no_backtest_and_auto_fits_as_before() -> None:
+    trials = sweep(SIZES)
+    assert backtest_lr(trials) is None
+    proposal = propose_lr(trials, mlp_params(40, 1024, 2, 10))
+    assert proposal.rule == "power_law" and proposal.backtest is None and "backtest" not in proposal.note
+
+
+def bowl(width: int, best: float) -> list[LrTrial]:
+    """One size's sweep: rates x2 apart around `best`, losses a noiseless bowl in log lr."""
+    params = mlp_params(40, width, 2, 10)
+    return [LrTrial(width, 2, params, float(lr), 0, 1.0 + CURVATURE * math.log(lr / best) ** 2)
+            for lr in best * 2.0 ** (np.arange(-3, 4) + 0.37)]
+
+
+def test_the_width_rule_competes_only_when_the_target_width_is_known() -> None:
+    # The held-out size's best rate is exactly the width rule's prediction from w256: its best / 4.
+    rigged = [t for t in sweep(FOUR, noise=0.0) if t.width != 1024]
+    rigged += bowl(1024, true_best(mlp_params(40, 256, 2, 10)) / 4)
+    bt = backtest_lr(rigged)
+    assert bt is not None and bt.winner.rule == "width" and bt.winner.ratio == pytest.approx(1.0, abs=1e-3)
+    assert propose_lr(rigged, 10**6, target_width=2048).rule == "width"
+    assert propose_lr(rigged, 10**6).rule != "width"  # no target width: the width rule cannot apply
+
+
+def test_a_winner_that_missed_by_more_than_2x_gets_low_confidence() -> None:
+    held = mlp_params(40, 1024, 2, 10)
+    off = [t for t in sweep(FOUR, noise=0.0) if t.width != 1024] + bowl(1024, 3 * true_best(held))
+    proposal = propose_lr(off, mlp_params(40, 2048, 2, 10), target_width=2048)
+    assert proposal.backtest is not None and proposal.backtest.winner.miss > math.log(2)
+    assert proposal.confidence == "low"
+
+
+# --------------------------------------------------------------------------- dropout scaled with depth
+
+DEPTHS = (1, 2, 4, 8)
+DROPOUTS = [round(0.05 * i, 2) for i in range(11)]  # 0 ... 0.5
+
+
+def dropout_sweep(best_p: Callable[[int], float], width: int = 128) -> list[DropoutTrial]:
+    """Losses a parabola in p around each depth's best dropout (no noise)."""
+    return [DropoutTrial(width, d, mlp_params(40, width, d, 10), p, 0, 0.5 + 4.0 * (p - best_p(d)) ** 2)
+            for d in DEPTHS for p in DROPOUTS]
+
+
+def keep_total(d: int) -> float:
+    return 1.0 - 0.64 ** (1.0 / d)  # (1 - p)^depth = 0.64 at every depth
+
+
+def test_best_dropout_per_size_and_the_depth_fit_find_the_keep_total_law() -> None:
+    best = best_dropout_per_size(dropout_sweep(keep_total))
+    assert [b.depth for b in best] == list(DEPTHS)
+    assert [b.dropout for b in best] == pytest.approx([keep_total(d) for d in DEPTHS], rel=1e-6)
+    fit = fit_dropout_depth(best)
+    assert fit.exponent == pytest.approx(1.0, abs=1e-6) and fit.predict(16) == pytest.approx(keep_total(16))
+
+
+def test_dropout_backtest_prefers_keep_total_when_the_data_follow_it() -> None:
+    bt = backtest_dropout(dropout_sweep(keep_total))
+    assert bt is not None and (bt.quantity, bt.held_out) == ("dropout", "w128 d8")
+    scores = {s.rule: s for s in bt.scores}
+    assert set(scores) == {"depth_fit", "fixed", "keep_total"}
+    assert scores["keep_total"].lost_loss == pytest.approx(0.0, abs=1e-9)
+    assert scores["fixed"].predicted == pytest.approx(keep_total(4))  # the nearest depth's p, unchanged
+    assert scores["fixed"].lost_loss > 0.005
+    assert bt.winner.rule in ("keep_total", "depth_fit") and bt.winner.lost_loss < 1e-6
+    proposal = propose_dropout(dropout_sweep(keep_total), 16, target_width=128)
+    assert proposal is not None and proposal.backtest == bt
+    assert proposal.dropout == pytest.approx(keep_total(16), rel=1e-3)
+    assert proposal.note.startswith(f"{bt.winner.rule} chosen by backtest (held out w128 d8")
+
+
+def test_dropout_backtest_prefers_a_fixed_dropout_when_the_best_p_does_not_move() -> None:
+    bt = backtest_dropout(dropout_sweep(lambda d: 0.2))
+    assert bt is not None
+    scores = {s.rule: s for s in bt.scores}
+    assert scores["fixed"].lost_loss == pytest.approx(0.0, abs=1e-9)
+    assert scores["keep_total"].lost_loss > 0.005  # halving p from depth 4 to 8 is wrong here
+    assert bt.winner.rule in ("fixed", "depth_fit")
+
+
+def test_dropout_proposals_without_enough_evidence() -> None:
+    assert propose_dropout([], 4) is None
+    lr_only = [DropoutTrial(64, 2, 7434, 0.0, s, 1.0) for s in range(3)]  # one dropout: no sweep
+    assert propose_dropout(lr_only, 4) is None
+    three = [t for t in dropout_sweep(keep_total) if t.depth != 8]
+    assert backtest_dropout(three) is None
+    fitted = propose_dropout(three, 8)
+    assert fitted is not None and fitted.rule == "depth_fit" and fitted.backtest is None
+    two = [t for t in three if t.depth != 4]
+    rule_of_thumb = propose_dropout(two, 8)
+    assert rule_of_thumb is not None and rule_of_thumb.rule == "keep_total"
+    assert rule_of_thumb.dropout == pytest.approx(1 - (1 - keep_total(2)) ** (2 / 8), rel=1e-6)
+    assert rule_of_thumb.confidence == "low"  # depth 8 is 4x beyond the deepest swept
+    zeros = [t for t in dropout_sweep(lambda d: 0.0) if t.depth != 8]  # best p 0 everywhere: no log to fit
+    fell_back = propose_dropout(zeros, 8, rule="depth_fit")
+    assert fell_back is not None and fell_back.rule == "keep_total" and "no depth fit" in fell_back.note
+    with pytest.raises(ValueError, match="unknown dropout rule"):
+        propose_dropout(three, 8, rule="magic")

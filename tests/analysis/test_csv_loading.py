@@ -1,4 +1,4 @@
-"""`load_csv` on real-world files: encodings, separators, short rows, junk cells, values that cannot be fitted.
+"""`services.csvdata.load_csv` on real-world files: encodings, separators, short rows, junk cells, bad values.
 
 The rules under test (documented in load_csv and the README): rows are numbered as in a spreadsheet
 (the header is row 1); blank rows are skipped; a row whose loss is empty, NaN or +inf is dropped and
@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import refdata
 
-from scaletui.analysis.powerlaw import CsvError, Form, load_csv
+from scaletui.services.csvdata import CsvError, load_csv
 
 GOOD = "x,loss\n10,2.0\n20,1.5\n40,1.2\n"
 
@@ -92,7 +93,7 @@ def test_exact_duplicate_rows_are_flagged(tmp_path: Path) -> None:
 def test_compute_column_gives_tokens_and_group_column_gives_resampling_units(tmp_path: Path) -> None:
     p = write(tmp_path, "N;C;run;loss\n10;600;r1;2.0\n20;2400;r2;1.5\n")
     data = load_csv(p, n="N", compute="C", loss="loss", group="run")
-    assert data.form is Form.TWO_VAR and data.xs[1].tolist() == [10.0, 20.0]
+    assert data.two_variable and data.xs[1].tolist() == [10.0, 20.0]
     assert data.groups.tolist() == ["r1", "r2"]
     assert np.array_equal(data.rows, [2, 3])
     with pytest.raises(CsvError, match=r"row 3, column 'run': empty"):
@@ -102,3 +103,27 @@ def test_compute_column_gives_tokens_and_group_column_gives_resampling_units(tmp
 def test_drop_highest_that_leaves_nothing_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(CsvError, match=r"d\.csv: drop_highest=3 would drop all 3 rows with a loss"):
         load_csv(write(tmp_path, GOOD), x="x", loss="loss", drop_highest=3)
+
+
+def test_load_csv_derives_tokens_from_compute_as_the_replication_does(tmp_path: Path) -> None:
+    """The Chinchilla file, read where it lives: D = C / (6N), the 5 highest losses dropped; the same
+    240 points the reference-data reader gives."""
+    folder = refdata.require_refdata()
+    data = load_csv(folder / "chinchilla_svg_extracted_data.csv", n="Model Size", compute="Training FLOP",
+                    loss="loss", drop_highest=5)
+    n, d = data.xs
+    assert data.two_variable and data.loss.size == 240
+    assert np.all(6 * n * d > 1e17)  # D = C / (6N), so 6ND is the compute again
+    assert data.loss.max() < 4.0  # the outliers (losses near 5) are gone
+    ref = refdata.chinchilla()
+    np.testing.assert_allclose(n, ref.n)
+    np.testing.assert_allclose(d, ref.d)
+    np.testing.assert_allclose(data.loss, ref.loss)
+    p = tmp_path / "runs.csv"
+    p.write_text("width,seed,loss\n16,0,1.0\n32,0,0.8\n16,1,1.1\n")
+    one = load_csv(p, x="width", group="seed")
+    assert not one.two_variable and list(one.xs[0]) == [16, 32, 16] and list(one.groups) == ["0", "0", "1"]
+    with pytest.raises(ValueError, match="no column 'depth'"):
+        load_csv(p, x="depth")
+    with pytest.raises(ValueError, match="either x"):
+        load_csv(p, x="width", n="width", d="seed")

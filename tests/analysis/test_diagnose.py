@@ -23,7 +23,7 @@ from scaletui.analysis.diagnose import (
     series_from_records,
     thresholds_from,
 )
-from scaletui.records import LayerStats, MetricRecord
+from scaletui.core.records import LayerStats, MetricRecord
 
 TH = Thresholds()
 
