@@ -2,7 +2,8 @@
 
 The database: 500 runs x 20,000 steps (train loss every step, test loss every 100 steps, per-layer
 statistics every 25 steps; 490 finished, 5 running, 5 queued), about 10.6 million metric rows and
-1.6 million layer rows. It is built once with direct batched inserts and cached under /tmp.
+1.6 million layer rows. It is built once with direct batched inserts and cached under /tmp (one file per
+schema version: a newer scaletui builds its own).
 
 The measurement runs in a child process (so its peak RSS is the app's, not the builder's): the app
 at 160x48 with its poll loop off; the benchmark itself plays the poll thread. Each tick appends 50
@@ -31,10 +32,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from scaletui.records import DataSpec, LayerStats, LossRule, MetricRecord, ModelSpec, RunOutcome, RunSpec, RunStatus, TrainSpec  # noqa: E402
+from scaletui.core.records import LayerStats, MetricRecord  # noqa: E402
+from scaletui.core.specs import DataSpec, ModelSpec, RunSpec, TrainSpec  # noqa: E402
+from scaletui.core.vocabulary import LossRule, RunStatus  # noqa: E402
+from scaletui.store.schema import SCHEMA_VERSION  # noqa: E402
 from scaletui.store.writer import Store, StoreSink  # noqa: E402
 
-CACHE = Path("/tmp/scaletui-bench/app_poll.db")
+CACHE = Path(f"/tmp/scaletui-bench/app_poll-v{SCHEMA_VERSION}.db")
 N_RUNS, STEPS, EVAL_EVERY, LOG_EVERY = 500, 20_000, 100, 25
 N_RUNNING, N_QUEUED, APPEND = 5, 5, 50
 WIDTHS = (16, 32, 64, 128, 256)
@@ -90,8 +94,8 @@ def _finish_row(conn: sqlite3.Connection, run_id: int, spec: RunSpec, last: int,
     conn.execute(
         "UPDATE runs SET status = ?, step = ?, params = ?, pid = ?, host = 'elsewhere', started_at = ?,"
         " finished_at = ?, final_train_loss = ?, final_test_loss = ?, best_test_loss = ?, rev = ? WHERE id = ?",
-        ["running" if running else "done", last, 1000 * spec.model.width * spec.model.depth, 1, "2026-01-01T00:00:00.000Z",
-         None if running else "2026-01-01T00:10:00.000Z", None if running else final - 0.05,
+        [(RunStatus.RUNNING if running else RunStatus.DONE).value, last, 1000 * spec.model.width * spec.model.depth, 1,
+         "2026-01-01T00:00:00.000Z", None if running else "2026-01-01T00:10:00.000Z", None if running else final - 0.05,
          None if running else final, None if running else final, rev, run_id])
 
 
@@ -110,15 +114,19 @@ async def measure(db: Path, ticks: int) -> dict[str, float]:
 
     app = ScaleApp(db, autopoll=False)
     with sqlite3.connect(db) as conn:
-        running = conn.execute("SELECT id, depth, step FROM runs WHERE status = 'running' ORDER BY id").fetchall()
+        running = conn.execute("SELECT id, depth, step FROM runs WHERE status = ? ORDER BY id",
+                               [RunStatus.RUNNING.value]).fetchall()
     async with app.run_test(size=(160, 48)) as pilot:
         t0 = time.perf_counter()
-        app.apply_snapshot(app.poller.poll())
+        first = app.polling.poller.poll()
+        app.apply_snapshot(first)
         first_load = time.perf_counter() - t0
+        if first.error:  # measuring an app that shows an error line would measure nothing
+            raise SystemExit(f"benchmark: {first.error}")
         await pilot.pause()
         app.main.query_one("RunsTable").move_cursor(row=app.main.query_one("RunsTable").get_row_index(str(running[0][0])))
         await pilot.pause()
-        app.apply_snapshot(app.poller.poll())  # the selected running run's whole series (once per selection)
+        app.apply_snapshot(app.polling.poller.poll())  # the selected running run's whole series (once per selection)
         await pilot.pause()
         polls, applies, renders = [], [], []
         step = {run_id: s + 1 for run_id, _, s in running}
@@ -127,7 +135,7 @@ async def measure(db: Path, ticks: int) -> dict[str, float]:
                 append(db, run_id, depth, step[run_id])
                 step[run_id] += APPEND
             t0 = time.perf_counter()
-            snap = app.poller.poll()
+            snap = app.polling.poller.poll()
             t1 = time.perf_counter()
             app.apply_snapshot(snap)
             t2 = time.perf_counter()
@@ -136,7 +144,7 @@ async def measure(db: Path, ticks: int) -> dict[str, float]:
             polls.append(t1 - t0)
             applies.append(t2 - t1)
             renders.append(t3 - t2)
-    ticks_s = [p + a for p, a in zip(polls, applies)]
+    ticks_s = [p + a for p, a in zip(polls, applies, strict=True)]
     return {"first_load_ms": first_load * 1e3, "poll_ms": statistics.median(polls) * 1e3,
             "apply_ms": statistics.median(applies) * 1e3, "tick_ms": statistics.median(ticks_s) * 1e3,
             "tick_p90_ms": sorted(ticks_s)[int(0.9 * len(ticks_s))] * 1e3,
@@ -175,7 +183,8 @@ def _print(r: dict[str, float]) -> None:
     goal = {"tick_ms": 25.0, "peak_rss_mb": 300.0}
     print(f"{N_RUNS} runs x {STEPS:,} steps, {N_RUNNING} running runs appending {APPEND} steps per tick")
     print(f"{'measure':<34}{'value':>10}  goal")
-    rows = [("first load (poll + apply, once)", "first_load_ms", "ms"), ("poll (worker thread), median", "poll_ms", "ms"),
+    rows = [("first load (poll + apply, once)", "first_load_ms", "ms"),
+            ("poll (worker thread), median", "poll_ms", "ms"),
             ("apply (UI thread), median", "apply_ms", "ms"), ("tick = poll + apply, median", "tick_ms", "ms"),
             ("tick, 90th percentile", "tick_p90_ms", "ms"), ("redraw after a tick, median", "render_ms", "ms"),
             ("peak RSS of the app process", "peak_rss_mb", "MB")]

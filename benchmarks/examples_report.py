@@ -17,8 +17,9 @@ What it prints (each section only where the sweep has the axes it needs):
 - monotonicity of the loss (under the sweep's loss_rule) in width within each depth and in
   depth within each width, judged by the project's own `check_monotone` against the seed
   spread, and how often single seeds would show a step of the trend backwards;
-- the law L(params) = E + A*params^-alpha with the largest model held out, or L(N, D) when the
-  sweep varies the training-set size.
+- the scaling law, through the product's own `services.fitting` (the form chosen by held-out error,
+  every form's held-out error, the largest sizes held out point by point): L(params) per setting of the
+  sweep's other axes, or L(N, D) when the sweep varies the training-set size.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import re
 import sqlite3
 import statistics
 import subprocess
@@ -40,19 +40,14 @@ from typing import Any
 
 import numpy as np
 
-from scaletui.analysis.powerlaw import (
-    Form,
-    PredictiveCheck,
-    check_monotone,
-    fit_power_law,
-    fit_two_variable,
-    predictive_check,
-)
-from scaletui.config import ConfigError, Sweep, load_sweep
+from scaletui.analysis.checks import check_monotone
+from scaletui.analysis.heldout import HeldOutReport
+from scaletui.analysis.solve import fit_law
+from scaletui.core.config import ConfigError, Sweep, load_sweep
+from scaletui.services.fitting import FitInputError, FitSpec, fit_experiment
 
 OK_STATUSES = ("done", "early_stopped")
 EXIT_SOME_RUNS_FAILED = 1  # `scaletui run`: finished, but not every run ended done
-MIN_SIZES = 4  # distinct model sizes before L(params) is fitted
 Row = dict[str, Any]
 # "The loss of a run" under the sweep's loss_rule, as the run_summary view defines it.
 LOSS_COLUMN = {"final": "final_test_loss", "best": "best_test_loss", "smoothed": "smoothed_test_loss"}
@@ -61,24 +56,9 @@ LOSS_COLUMN = {"final": "final_test_loss", "best": "best_test_loss", "smoothed":
 # ----------------------------------------------------------------------------- running
 
 
-def with_fresh_checkpoints(sweep_file: Path, folder: Path) -> Path:
-    """A copy of the sweep file whose checkpoints go to an empty folder.
-
-    Checkpoints are found by run key, and the key does not depend on the database: training
-    into a fresh database would otherwise resume finished runs from their last checkpoint and
-    report a wall time that measures nothing."""
-    lines = [line for line in sweep_file.read_text(encoding="utf-8").splitlines()
-             if not re.match(r"\s*checkpoint_dir\s*=", line)]
-    at = lines.index("[experiment]") + 1
-    lines.insert(at, f'checkpoint_dir = "{folder / "checkpoints"}"')
-    copy = folder / sweep_file.name
-    copy.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return copy
-
-
 def run_headless(sweep_file: Path, db: Path) -> tuple[float, tuple[float, ...], tuple[float, ...]]:
-    """Train the sweep from scratch; return (wall seconds, load average before, load average after)."""
-    sweep_file = with_fresh_checkpoints(sweep_file, Path(tempfile.mkdtemp(prefix="scaletui-report-")))
+    """Train the sweep from scratch (a new database never resumes another's checkpoints); return (wall
+    seconds, load average before, load average after)."""
     before = os.getloadavg()
     start = time.perf_counter()
     cmd = [sys.executable, "-m", "scaletui", "run", "--headless", str(sweep_file), "--db", str(db)]
@@ -180,7 +160,7 @@ def print_monotonicity(runs: list[Row], axes: list[str]) -> bool:
     others = [a for a in axes if a not in ("width", "depth")]
     all_ok = True
     for key, group in group_points([r for r in runs if r["status"] in OK_STATUSES], others).items():
-        label = ", ".join(f"{a}={v}" for a, v in zip(others, key)) or "all runs"
+        label = ", ".join(f"{a}={v}" for a, v in zip(others, key, strict=True)) or "all runs"
         for x, by in (("width", "depth"), ("depth", "width")):
             if len({r[x] for r in group}) < 2:
                 continue
@@ -220,25 +200,33 @@ def _range(values: Sequence[float]) -> float:
 # ----------------------------------------------------------------------------- fits
 
 
-def print_heldout(check: PredictiveCheck) -> None:
+def print_heldout(check: HeldOutReport) -> None:
     for name, held in (("largest", check.leave_one), ("two largest", check.leave_two)):
         if held is None:
             continue
         parts = [f"x={x:,.0f}: predicted {p:.4f}, actual {a:.4f} ({e:.1%})"
-                 for x, p, a, e in zip(held.x_out, held.predicted, held.actual, held.rel_error)]
+                 for x, p, a, e in zip(held.x_out, held.predicted, held.actual, held.rel_error, strict=True)]
         print(f"  held out {name}: " + "; ".join(parts))
     for note in check.notes:
         print(f"  {note}")
 
 
-def print_params_fit(runs: list[Row]) -> None:
-    ok = [r for r in runs if r["status"] in OK_STATUSES and r["params"]]
-    x = np.array([r["params"] for r in ok], dtype=float)
-    y = np.array([r["loss"] for r in ok], dtype=float)
-    fit = fit_power_law(x, y)
-    print(f"L(params) = E + A*params^-alpha: E={fit.E:.4g} A={fit.A:.4g} alpha={fit.alpha:.4g} "
-          f"({len(ok)} runs, {len(set(x))} sizes)")
-    print_heldout(predictive_check(Form.OFFSET, x, y))
+def print_params_fits(db: Path, sweep: Sweep, others: list[str]) -> None:
+    """L(params), one law per setting of the other axes, exactly as `scaletui fit` fits it."""
+    group_by = ",".join(others) if len(others) == 1 else None  # the product groups by one config key
+    try:
+        result = fit_experiment(db, sweep.name, FitSpec(x="params", group_by=group_by, n_bootstrap=0))
+    except FitInputError as exc:
+        print(f"L(params): not fitted: {exc}")
+        return
+    for r in result.reports:
+        scores = ", ".join(f"{s.form} {s.heldout_rel_error:.1%}" for s in r.scores if s.law is not None)
+        params = " ".join(f"{k}={v:.4g}" for k, v in r.law.params.items())
+        print(f"{r.group or 'all runs'}: {r.formula} ({r.law.form}, {r.chosen_by}): {params} "
+              f"({r.n_points} runs, {r.n_sizes} sizes); held-out error by form: {scores}")
+        print_heldout(r.heldout)
+    for line in result.skipped:
+        print(f"  skipped: {line}")
 
 
 def print_data_fit(runs: list[Row]) -> None:
@@ -247,24 +235,16 @@ def print_data_fit(runs: list[Row]) -> None:
     n = np.array([r["params"] for r in ok], dtype=float)
     d = np.array([r["train_size"] for r in ok], dtype=float)
     y = np.array([r["loss"] for r in ok], dtype=float)
-    fit = fit_two_variable(n, d, y)
-    p = fit.params
+    p = fit_law("CHINCHILLA", (n, d), y).params
     print(f"L(N, D) = E + A/N^alpha + B/D^beta: E={p['E']:.4g} A={p['A']:.4g} alpha={p['alpha']:.4g} "
           f"B={p['B']:.4g} beta={p['beta']:.4g} ({len(ok)} runs)")
-    print_heldout(predictive_check(Form.TWO_VAR, (n, d), y))
 
 
-def print_fits(runs: list[Row], axes: list[str]) -> None:
+def print_fits(db: Path, sweep: Sweep, runs: list[Row], axes: list[str]) -> None:
     if "train_size" in axes:
         print_data_fit(runs)
         return
-    others = [a for a in axes if a not in ("width", "depth")]
-    for key, group in group_points(runs, others).items():
-        if len({r["params"] for r in group if r["status"] in OK_STATUSES}) < MIN_SIZES:
-            continue  # three parameters through three sizes is an interpolation, not a law
-        if key:
-            print(", ".join(f"{a}={v}" for a, v in zip(others, key)) + ":")
-        print_params_fit(group)
+    print_params_fits(db, sweep, [a for a in axes if a not in ("width", "depth")])
 
 
 # ----------------------------------------------------------------------------- main
@@ -299,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "width" in axes or "depth" in axes:
         print_monotonicity(runs, axes)
         print_seed_reversals(runs, axes)
-    print_fits(runs, axes)
+    print_fits(db, sweep, runs, axes)
 
 
 if __name__ == "__main__":

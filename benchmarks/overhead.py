@@ -32,12 +32,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from scaletui.core.specs import DataSpec, ModelSpec, RunSpec, TrainSpec
 from scaletui.engine.data import load_dataset
 from scaletui.engine.loop import evaluate, train_run
 from scaletui.engine.models import build_model
 from scaletui.engine.optim import build_optimizer
 from scaletui.engine.sinks import MemorySink
-from scaletui.records import DataSpec, ModelSpec, RunSpec, TrainSpec
 
 CONFIGS = [(64, 2), (64, 8), (512, 2), (512, 8)]  # (width, depth)
 CPU = torch.device("cpu")
@@ -131,7 +131,7 @@ def measure(
 
 
 def summarise(bare_times: list[float], full_times: list[float]) -> str:
-    ratios = sorted(f / b for b, f in zip(bare_times, full_times))
+    ratios = sorted(f / b for b, f in zip(bare_times, full_times, strict=True))
     q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
     bare_ms, full_ms = statistics.median(bare_times) * 1e3, statistics.median(full_times) * 1e3
     return (

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from scaletui.records import (
-    DataSpec, LossRule, MetricRecord, ModelInfo, ModelSpec, RunOutcome, RunSpec, RunStatus, TrainSpec,
-)
+from scaletui.core.records import MetricRecord, ModelInfo, RunOutcome
+from scaletui.core.specs import DataSpec, ModelSpec, RunSpec, TrainSpec
+from scaletui.core.vocabulary import LossRule, RunStatus
 from scaletui.store import Store, StoreSink
 
 E, A, ALPHA, DRIFT = 0.3, 40.0, 0.5, 5.0

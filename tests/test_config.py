@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from scaletui.config import ConfigError, axis_value, build_sweep, load_sweep
+from scaletui.core.config import ConfigError, axis_value, build_sweep, load_sweep
 from tests.conftest import tiny_sweep, write_toml
 
 
-def sweep_from(tmp_path: Path, **sections: dict[str, Any]):  # noqa: ANN201
+def sweep_from(tmp_path: Path, **sections: dict[str, Any]):
     return build_sweep(tiny_sweep(tmp_path, tmp_path / "data", **sections), Path("experiments.toml"))
 
 
@@ -39,17 +39,27 @@ def error_of(tmp_path: Path, **sections: dict[str, Any]) -> str:
         ({"train": {"epochs": 3}}, "experiments.toml: train.epochs: give either train.steps or train.epochs"),
         ({"train": {"batch_size": 4096}}, "experiments.toml: train.batch_size: must not exceed"),
         ({"train": {"lr_scaling": "sqrt_params"}}, "experiments.toml: train.lr_ref_params: is required"),
-        ({"train": {"schedule": "linear_warmup_cosine", "warmup_steps": 60}},
-         "experiments.toml: train.warmup_steps: must be smaller than the run's steps (60), got 60"),
+        (
+            {"train": {"schedule": "linear_warmup_cosine", "warmup_steps": 60}},
+            "experiments.toml: train.warmup_steps: must be smaller than the run's steps (60), got 60",
+        ),
         ({"train": {"device": "tpu"}}, "experiments.toml: train.device: must be auto | cpu | cuda | cuda:N"),
         ({"train": {"device": ["cpu", "cuda"]}}, "experiments.toml: train.device: cannot be a sweep axis"),
-        ({"train": {"early_stopping": {"patience": -1}}},
-         "experiments.toml: train.early_stopping.patience: must be a non-negative integer, got -1"),
+        (
+            {"train": {"early_stopping": {"patience": -1}}},
+            "experiments.toml: train.early_stopping.patience: must be a non-negative integer, got -1",
+        ),
         ({"train": {"early_stopping": {"wait": 3}}}, "experiments.toml: train.early_stopping.wait: unknown key"),
         ({"model": {"arch": "resnet"}}, "experiments.toml: model.arch: resnet needs an image dataset"),
         ({"experiment": {"max_runs": 3}}, "experiments.toml: experiment.max_runs: the sweep expands to 4 runs"),
-        ({"experiment": {"zip": [["model.width", "model.nope"]]}}, "experiments.toml: experiment.zip: names an unknown key"),
-        ({"experiment": {"zip": [["model.width", "train.lr"]]}}, "experiments.toml: experiment.zip: zipped axes must have the same length"),
+        (
+            {"experiment": {"zip": [["model.width", "model.nope"]]}},
+            "experiments.toml: experiment.zip: names an unknown key",
+        ),
+        (
+            {"experiment": {"zip": [["model.width", "train.lr"]]}},
+            "experiments.toml: experiment.zip: zipped axes must have the same length",
+        ),
         ({"model": {"width": [8, 8]}}, "experiments.toml: model.width: has repeated values"),
     ],
 )

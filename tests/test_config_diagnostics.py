@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from scaletui.analysis.diagnose import Thresholds
-from scaletui.config import ConfigError, load_sweep
+from scaletui.core.config import ConfigError, load_sweep
 from tests.conftest import run_cli, tiny_sweep, write_toml
 
 

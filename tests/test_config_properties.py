@@ -4,7 +4,7 @@ Hypothesis generates the ways sweep files go wrong (bad TOML, wrong types, unkno
 out-of-range and contradictory values, empty axes, huge grids, unknown datasets and
 architectures) on top of a valid tiny sweep, and checks the message: one line, starting with
 `experiments.toml: <key>: `. The validity rules used to *generate* bad values are written here
-from the README's tables, not taken from scaletui.config, so the two can disagree and fail.
+from the README's tables, not taken from scaletui.core.config, so the two can disagree and fail.
 A last property throws arbitrary documents at the loader: a Sweep or a ConfigError, nothing else.
 """
 
@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import copy
 import math
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from scaletui.config import ConfigError, Sweep, load_sweep
+from scaletui.core.config import ConfigError, Sweep, load_sweep
 from tests.conftest import toml_value
 
 FILE = "experiments.toml"

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from scaletui.analysis.powerlaw import check_monotone
+from scaletui.analysis.checks import check_monotone
 from tests.conftest import REPO, run_cli, write_toml
 
 if sys.version_info >= (3, 11):
@@ -56,7 +56,7 @@ def test_reduced_default_sweep_scales_in_width_and_depth(tmp_path: Path, shared_
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     rows = final_losses(tmp_path / "runs.db")
     assert len(rows) == 2 * 2 * 2, "every run of the reduced sweep should finish"
-    width, depth, loss = zip(*rows)
+    width, depth, loss = zip(*rows, strict=True)
     in_width = check_monotone(width, loss, group=depth)
     in_depth = check_monotone(depth, loss, group=width)
     assert in_width.ok, in_width.violations

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from scaletui.config import ConfigError, build_sweep, load_sweep
-from scaletui.datasets import DATASETS, dataset_folder
+from scaletui.core.config import ConfigError, build_sweep, load_sweep
+from scaletui.core.datasets import DATASETS, dataset_folder
 from tests.conftest import REPO, run_cli
 
 if sys.version_info >= (3, 11):
@@ -41,7 +41,7 @@ def needs_files(path: Path) -> bool:
 def header(path: Path) -> str:
     """The leading comment block, before the first table."""
     lines = path.read_text(encoding="utf-8").splitlines()
-    return "\n".join(line for line in lines[: next(i for i, l in enumerate(lines) if l.startswith("["))])
+    return "\n".join(line for line in lines[: next(i for i, text in enumerate(lines) if text.startswith("["))])
 
 
 def with_data_dir(path: Path, data_dir: Path) -> dict[str, Any]:
@@ -53,7 +53,22 @@ def with_data_dir(path: Path, data_dir: Path) -> dict[str, Any]:
 def test_there_are_examples_for_every_investigation() -> None:
     names = {p.stem for p in SWEEP_FILES}
     assert {"depth_dropout", "lr_width", "init_optimizer", "label_noise", "seeds", "data_scaling",
-            "mnist_mlp", "cifar10_resnet", "experiments"} <= names
+            "mnist_mlp", "cifar10_resnet", "experiments", "lr_transfer", "dropout_depth"} <= names
+
+
+@pytest.mark.parametrize(("name", "axis"), [("lr_transfer", "lr"), ("dropout_depth", "dropout")])
+def test_configurator_examples_sweep_enough_sizes_for_a_backtest(name: str, axis: str) -> None:
+    """`scaletui suggest --backtest` holds out the largest swept size and needs MIN_SIZES more, each with
+    at least MIN_LRS values of the swept quantity; these two examples exist to feed it."""
+    from scaletui.services.suggest import MIN_LRS, MIN_SIZES
+
+    runs = load_sweep(REPO / "examples" / f"{name}.toml").runs
+    values: dict[tuple[int, int], set[float]] = {}
+    for r in runs:
+        value = r.train.lr if axis == "lr" else r.model.dropout
+        values.setdefault((r.model.width, r.model.depth), set()).add(value)
+    assert len(values) >= MIN_SIZES + 1
+    assert all(len(v) >= MIN_LRS for v in values.values())
 
 
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.name)

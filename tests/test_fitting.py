@@ -2,7 +2,9 @@
 
 tests/fitdb.py writes the runs through Store/StoreSink: final test loss = 0.3 + 40 * params^-0.5
 (+ a drift that vanishes with training, times a per-seed factor of at most 0.4%), so every
-fit below has a known answer.
+fit below has a known answer. Most tests force the offset law (M2, the law the data follow, and the
+only law scaletui fitted before forms were chosen), so their numbers are the law's; the tests of
+`form="auto"` check the choice itself.
 """
 
 from __future__ import annotations
@@ -15,24 +17,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scaletui.analysis.powerlaw import Form
-from scaletui.fitting import (
+from scaletui.core.vocabulary import LossRule
+from scaletui.services.fitting import (
     FitInputError,
     FitReport,
     FitSpec,
+    RunPoint,
     describe_heldout,
     fit_csv,
+    fit_curve,
     fit_experiment,
     gather,
     loss_at_steps,
     run_x,
     save_reports,
 )
-from scaletui.records import LossRule
 from scaletui.store import Reader
-from tests.fitdb import ALPHA, DRIFT, EVAL_STEPS, E, fill, params_of, plan
+from tests.fitdb import ALPHA, DRIFT, EVAL_STEPS, A, E, fill, params_of, plan
+from tests.rows import run_summary
 
-QUICK = FitSpec(n_bootstrap=40)
+QUICK = FitSpec(n_bootstrap=40, form="offset")
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +58,12 @@ def test_points_are_finished_runs_and_diverged_ones_are_counted(law_db: Path) ->
 
 def test_fit_recovers_the_law_with_intervals_heldout_error_and_stable_alpha(law_db: Path) -> None:
     (report,) = fit_experiment(law_db, "law", QUICK).reports
-    assert report.fit.alpha == pytest.approx(ALPHA, abs=0.01)
-    assert report.fit.E == pytest.approx(E + DRIFT / EVAL_STEPS[-1], abs=0.005)
-    lo, hi = report.boot.intervals["alpha"]
-    assert lo < report.fit.alpha < hi
-    assert report.check.leave_one.rel_error[0] < 0.01 and report.check.leave_two.max_rel_error < 0.01
+    assert report.law.form == "M2" and report.forced and report.law.exponent == pytest.approx(ALPHA, abs=0.01)
+    assert pytest.approx(E + DRIFT / EVAL_STEPS[-1], abs=0.005) == report.law.params["E"]
+    lo, hi = report.intervals["alpha"]
+    assert lo < report.law.exponent < hi
+    assert report.boot is not None and report.boot.n_groups == 10  # a resample draws sizes, seeds together
+    assert report.heldout.leave_one.rel_error[0] < 0.01 and report.heldout.leave_two.max_rel_error < 0.01
     assert report.monotonicity.ok and report.warnings == ()
     # refitted at each evaluation after step 0; only the floor drifts, so alpha stays put
     assert report.stability.steps.tolist() == list(EVAL_STEPS[1:])
@@ -72,7 +77,7 @@ def test_points_are_seed_means_with_spread(law_db: Path) -> None:
     first = report.points[0]
     assert first.x == params_of(8, 1)
     assert first.mean == pytest.approx((first.lo + first.hi) / 2) and first.hi / first.lo == pytest.approx(1.004)
-    assert report.boot is None and report.result.intervals == {}
+    assert report.boot is None and report.intervals == {} and report.band is None
 
 
 def replace_spec(**changes: object) -> FitSpec:
@@ -86,25 +91,25 @@ def test_grouping_fits_one_curve_per_depth(law_db: Path) -> None:
     assert [r.group for r in result.reports] == ["depth=1", "depth=2"]
     assert [r.n_diverged for r in result.reports] == [0, 1]  # the diverged run is counted in its own curve
     for r in result.reports:  # params = 100 w^2 d: in width the exponent doubles
-        assert r.fit.alpha == pytest.approx(2 * ALPHA, abs=0.02)
+        assert r.law.exponent == pytest.approx(2 * ALPHA, abs=0.02)
 
 
 def test_flops_are_forward_flops_times_examples_seen(law_db: Path) -> None:
-    row = {"flops_per_example": 10, "step": 500, "params": 5}
+    row = run_summary(flops_per_example=10, step=500, params=5)
     assert run_x("flops", row, {"batch_size": 32}) == 10 * 500 * 32
     assert run_x("flops", row, {"batch_size": 32}, step=100) == 10 * 100 * 32
     (report,) = fit_experiment(law_db, None, replace_spec(x="flops")).reports
-    assert report.fit.alpha == pytest.approx(ALPHA, abs=0.01)  # flops = 2 params x 500 x 32: same exponent
+    assert report.law.exponent == pytest.approx(ALPHA, abs=0.01)  # flops = 2 params x 500 x 32: same exponent
 
 
 def test_x_steps_fits_the_test_loss_series(tmp_path: Path) -> None:
     db = fill(tmp_path / "steps.db", plan(widths=(8, 16), seeds=(0,)))
     reports = fit_experiment(db, None, replace_spec(x="steps", group_by="width")).reports
     assert [r.group for r in reports] == ["width=8", "width=16"]
-    for r, width in zip(reports, (8, 16)):  # one run per curve: loss(t) = its floor + DRIFT / t
+    for r, width in zip(reports, (8, 16), strict=True):  # one run per curve: loss(t) = its floor + DRIFT / t
         assert r.n_sizes == len(EVAL_STEPS) - 1 and r.stability is None
-        assert r.fit.alpha == pytest.approx(1.0, abs=1e-3) and r.fit.A == pytest.approx(DRIFT, rel=1e-3)
-        assert r.fit.E == pytest.approx(E + 40.0 * params_of(width, 1) ** -ALPHA, rel=1e-3)
+        assert r.law.exponent == pytest.approx(1.0, abs=1e-3) and pytest.approx(DRIFT, rel=1e-3) == r.law.params["A"]
+        assert pytest.approx(E + 40.0 * params_of(width, 1) ** -ALPHA, rel=1e-3) == r.law.params["E"]
 
 
 def test_loss_rules_follow_the_training_loop() -> None:
@@ -122,8 +127,8 @@ def test_another_loss_rule_is_used_and_stated(law_db: Path) -> None:
 
 
 def test_pure_power_law_form(law_db: Path) -> None:
-    (report,) = fit_experiment(law_db, None, replace_spec(form=Form.POWER, stability=False)).reports
-    assert "E" not in report.fit.params and report.form is Form.POWER
+    (report,) = fit_experiment(law_db, None, replace_spec(form="power", stability=False)).reports
+    assert "E" not in report.law.params and report.law.form == "M1" and report.forced
 
 
 @pytest.mark.parametrize(
@@ -156,18 +161,21 @@ def test_saved_fits_are_queryable_with_their_inputs(law_db: Path, tmp_path: Path
     (saved,) = save_reports(db, fit_experiment(db, None, QUICK).reports)
     with Reader(db) as reader:
         (row,) = reader.fits("law", x="params")
-    assert row["id"] == saved.fit_id and row["loss_rule"] == "final" and row["n_sizes"] == 10
-    assert row["alpha"] == pytest.approx(saved.fit.alpha) and row["heldout_rel_error"] < 0.01
-    inputs = json.loads(row["inputs_json"])
+    assert row.id == saved.fit_id and row.loss_rule == "final" and row.n_sizes == 10
+    assert row.params["alpha"] == pytest.approx(saved.law.exponent) and (row.heldout_rel_error or 1) < 0.01
+    assert row.law == saved.law  # the one fit record, back from the database as it went in
+    inputs = row.inputs
     assert len(inputs["x"]) == len(inputs["run_ids"]) == 19
-    assert json.loads(row["options_json"])["n_bootstrap"] == 40
-    assert json.loads(row["intervals_json"])["alpha"][0] < saved.fit.alpha
+    assert row.options["n_bootstrap"] == 40 and row.options["form"] == "M2"
+    assert row.intervals["alpha"][0] < saved.law.exponent
+    assert row.scores["M2"]["chosen"] and row.scores["M2"]["n_origins"] == 6
+    assert [h["left_out"] for h in row.heldout] == [1, 2]
 
 
 def test_report_json_is_plain_json(law_db: Path) -> None:
     (report,) = fit_experiment(law_db, None, QUICK).reports
     doc = json.loads(json.dumps(report.to_json(), allow_nan=False))
-    assert doc["params"]["alpha"] == pytest.approx(report.fit.alpha)
+    assert doc["params"]["alpha"] == pytest.approx(report.law.exponent) and doc["law"]["form"] == "M2"
     assert doc["heldout"][0]["left_out"] == 1 and doc["stability"]["stable"] is True
 
 
@@ -177,7 +185,7 @@ def test_report_json_is_plain_json(law_db: Path) -> None:
 def law_rows(sizes: tuple[float, ...] = (1e3, 4e3, 1.6e4, 6.4e4, 2.56e5, 1e6), scale: float = 1.0,
              noise: tuple[float, ...] = (1.01, 0.99, 1.004, 0.996, 1.008, 0.993)) -> list[tuple[float, float]]:
     """(x, loss) on the law 0.3 + 40 x^-0.5 (times `scale`), with a fixed wobble so a bootstrap has spread."""
-    return [(x, scale * (0.3 + 40 * x**-0.5) * w) for x, w in zip(sizes, noise)]
+    return [(x, scale * (0.3 + 40 * x**-0.5) * w) for x, w in zip(sizes, noise, strict=True)]
 
 
 def test_csv_rows_split_by_a_column_give_one_law_each_and_skip_what_cannot_be_fitted(tmp_path: Path) -> None:
@@ -187,12 +195,12 @@ def test_csv_rows_split_by_a_column_give_one_law_each_and_skip_what_cannot_be_fi
     result = fit_csv(csv, x="n", y="loss", spec=replace_spec(group_by="model", n_bootstrap=0))
     assert [r.group for r in result.reports] == ["model=small", "model=large"]
     small, large = result.reports
-    assert small.fit.alpha == pytest.approx(0.5, abs=0.05) and large.fit.alpha == pytest.approx(0.5, abs=0.05)
-    assert large.fit.A == pytest.approx(small.fit.A / 2, rel=0.2)
+    assert small.law.exponent == pytest.approx(0.5, abs=0.05) and large.law.exponent == pytest.approx(0.5, abs=0.05)
+    assert pytest.approx(small.law.params["A"] / 2, rel=0.2) == large.law.params["A"]
     assert small.loss.size == large.loss.size == 6
     (skipped,) = result.skipped
     assert skipped.startswith(f"{csv} (model=tiny): only 1 distinct value(s) of x")
-    assert small.inputs().grouping == "model=small" and small.options["group_by"] == "model"
+    assert small.group == "model=small" and small.options["group_by"] == "model"
 
 
 def test_csv_grouped_by_several_columns(tmp_path: Path) -> None:
@@ -214,7 +222,7 @@ def test_csv_group_column_is_the_bootstrap_unit_and_duplicates_are_warned(tmp_pa
     spec = replace_spec(n_bootstrap=60, stability=False)
 
     def width(report: FitReport) -> float:
-        lo, hi = report.boot.intervals["alpha"]
+        lo, hi = report.intervals["alpha"]
         return hi - lo
 
     (base,) = fit_csv(once, x="n", y="loss", spec=spec).reports
@@ -250,17 +258,122 @@ def test_two_variable_heldout_is_per_point_in_json_and_in_the_stored_fit(tmp_pat
             for n in (1e7, 3e7, 1e8, 3e8, 1e9, 3e9) for d in (1e9 * n / 1e7, 4e9 * n / 1e7)]
     csv = tmp_path / "nd.csv"
     csv.write_text("N,D,loss\n" + "\n".join(f"{n},{d},{y}" for n, d, y in rows) + "\n")
-    (report,) = fit_csv(csv, x="N", y="loss", d="D", spec=replace_spec(n_bootstrap=0)).reports
+    (report,) = fit_csv(csv, x="N", y="loss", d="D", spec=replace_spec(n_bootstrap=0, form="auto")).reports
+    assert report.law.form == "CHINCHILLA" and report.law.variables == ("N", "D")
     leave_one = report.to_json()["heldout"][0]
     assert leave_one["x"] == [3e9, 3e9] and leave_one["D"] == pytest.approx([3e11, 1.2e12])
     assert leave_one["actual"] == pytest.approx([y for n, _, y in rows if n == 3e9])  # each point its own loss
     assert len(leave_one["rel_error"]) == 2 and leave_one["n"] == [1, 1]
     save_reports(tmp_path / "fits.db", [report])
     with sqlite3.connect(tmp_path / "fits.db") as conn:
-        options, err = conn.execute("SELECT options_json, heldout_rel_error FROM fits").fetchone()
-    stored = json.loads(options)["heldout"]
+        heldout, err, form = conn.execute("SELECT heldout_json, heldout_rel_error, form_name FROM fits").fetchone()
+    stored = json.loads(heldout)
     assert stored[0]["D"] == pytest.approx([3e11, 1.2e12]) and stored[0]["actual"] == pytest.approx(leave_one["actual"])
-    assert err == pytest.approx(max(leave_one["rel_error"]))
-    lines = describe_heldout(report.check)
+    assert err == pytest.approx(max(leave_one["rel_error"])) and form == "CHINCHILLA"
+    lines = describe_heldout(report.heldout)
     assert lines[0].startswith("largest 1 left out: N=3e+09, D=3e+11: predicted ")
     assert lines[1].startswith("largest 1 left out: N=3e+09, D=1.2e+12: predicted ")
+
+
+# ----------------------------------------------------------------------------- choosing the form, predicting
+
+
+def test_auto_reports_every_form_and_keeps_the_best_predictor(law_db: Path) -> None:
+    (report,) = fit_experiment(law_db, None, replace_spec(form="auto", stability=False)).reports
+    assert report.chosen_by == "held-out error" and not report.forced
+    assert [s.form for s in report.scores] == ["M1", "M2", "M3", "M4", "BNSL1"]
+    assert all(s.ok for s in report.scores)  # 10 sizes: every form was fitted and scored
+    assert report.score is not None and report.score.heldout_error == min(s.heldout_error for s in report.scores)
+    assert report.score.heldout_rel_error < 0.01
+    by_form = {s.form: s for s in report.scores}
+    assert by_form["M1"].heldout_error > 3 * by_form["M2"].heldout_error  # the data have a floor
+    doc = report.to_json()
+    assert [f["form"] for f in doc["forms"]] == ["M1", "M2", "M3", "M4", "BNSL1"]
+    assert [f["chosen"] for f in doc["forms"]].count(True) == 1 and doc["chosen_by"] == "held-out error"
+
+
+def test_predictions_have_a_band_and_far_ones_are_flagged(law_db: Path) -> None:
+    spec = replace_spec(n_bootstrap=100, stability=False, predict=((1e7,), (1e9,)))
+    (report,) = fit_experiment(law_db, None, spec).reports
+    near, far = report.predictions
+    truth = E + A * 1e7**-ALPHA + DRIFT / EVAL_STEPS[-1]  # the final loss a model of 1e7 params would have
+    assert near.lo < truth < near.hi and near.lo < near.value < near.hi and near.level == 0.9
+    assert near.beyond == pytest.approx(1e7 / params_of(128, 2)) and not near.far
+    assert far.far and far.hi / far.lo > near.hi / near.lo  # the band widens with the distance
+    assert any(w.startswith("PREDICTION FAR BEYOND THE DATA: x=1e+09 is 305x") for w in report.warnings)
+    doc = report.to_json()["predictions"]
+    assert doc[0]["x"] == 1e7 and doc[0]["lo"] < doc[0]["value"] < doc[0]["hi"] and doc[1]["far_beyond_data"]
+
+
+def test_a_prediction_without_a_bootstrap_has_no_band(law_db: Path) -> None:
+    spec = replace_spec(n_bootstrap=0, stability=False, predict=((1e7,),))
+    (p,) = fit_experiment(law_db, None, spec).reports[0].predictions
+    assert math.isnan(p.lo) and math.isnan(p.hi) and p.value == pytest.approx(E + A * 1e7**-ALPHA + 0.01, rel=0.01)
+
+
+def test_a_stated_upper_bound_keeps_only_forms_that_respect_it(law_db: Path) -> None:
+    (report,) = fit_experiment(law_db, None, replace_spec(form="auto", upper_bound=3.0, stability=False)).reports
+    assert report.law.form == "M4" and report.law.upper_bound == 3.0
+    assert report.law.params["E0"] <= 3.0 * (1 + 1e-3)
+    skipped = {s.form: s.skipped for s in report.scores if s.skipped}
+    assert set(skipped) == {"M1", "M2", "M3", "BNSL1"} and "upper bound 3" in str(skipped["M2"])
+    with pytest.raises(FitInputError, match=r"law: a loss of .* exceeds the stated upper bound 0\.5"):
+        fit_experiment(law_db, None, replace_spec(form="auto", upper_bound=0.5, stability=False))
+
+
+def test_loss_space_and_delta_are_options_with_the_measured_default(law_db: Path) -> None:
+    (default,) = fit_experiment(law_db, None, replace_spec(n_bootstrap=0, stability=False)).reports
+    assert (default.law.loss_space, default.law.delta) == ("log", 0.01)
+    spec = replace_spec(n_bootstrap=0, stability=False, loss_space="log_excess", delta=math.inf)
+    (other,) = fit_experiment(law_db, None, spec).reports
+    assert (other.law.loss_space, other.law.delta) == ("log_excess", math.inf)
+    assert other.options["loss_space"] == "log_excess" and other.law.exponent == pytest.approx(ALPHA, abs=0.02)
+    with pytest.raises(FitInputError, match="loss space must be"):
+        fit_experiment(law_db, None, replace_spec(loss_space="linear"))
+
+
+def points_of(x: list[float], loss: list[float]) -> list[RunPoint]:
+    return [RunPoint(i, xv, yv, None) for i, (xv, yv) in enumerate(zip(x, loss, strict=True))]
+
+
+SIX = [1e3, 4e3, 1.6e4, 6.4e4, 2.56e5, 1e6]
+
+
+@pytest.mark.parametrize(("x", "loss", "form", "message"), [
+    (SIX, [1.0, 1.1, 1.2, 1.3, 1.4, 1.5], "auto", "c: the loss rises with size (log-log slope"),
+    (SIX, [2.0] * 6, "auto", "c: the loss does not change with size (flat curve)"),
+    (SIX, [2.0, 1.5, -1.0, 1.2, 1.1, 1.0], "auto", "c: 1 loss value(s) are not finite and > 0"),
+    (SIX, [2.0, 1.5, math.inf, 1.2, 1.1, 1.0], "M2", "c: 1 loss value(s) are not finite and > 0"),
+    ([1e3, 1e3, 1e3, 1e3], [2.0, 2.1, 1.9, 2.0], "auto", "c: only 1 distinct value(s) of x"),
+    (SIX[:3], [2.0, 1.5, 1.2], "M2", "c: M2 has 3 parameters and needs at least 4 distinct sizes; got 3"),
+    (SIX[:2], [2.0, 1.5], "auto", "c: no form could be fitted (M1 has 2 parameters and needs at least 3"),
+])
+def test_a_curve_that_cannot_be_fitted_says_why_in_one_line(x: list[float], loss: list[float], form: str,
+                                                            message: str) -> None:
+    spec = replace_spec(form=form, stability=False)
+    with pytest.raises(FitInputError) as info:
+        fit_curve(points_of(x, loss), spec, source="c", loss_rule=LossRule.FINAL)
+    assert str(info.value).startswith(message) and "\n" not in str(info.value)
+
+
+def test_forms_that_cannot_be_fitted_are_listed_and_the_rest_compared() -> None:
+    """5 sizes: M4 (5 parameters) and BNSL1 (6) cannot be fitted; M1, M2, M3 are, each with one origin."""
+    x = SIX[:5]
+    report = fit_curve(points_of(x, [0.3 + 40 * v**-0.5 for v in x]), replace_spec(form="auto", stability=False),
+                       source="c", loss_rule=LossRule.FINAL)
+    assert report.law.form == "M2" and report.chosen_by == "held-out error"
+    skipped = {s.form: s.skipped for s in report.scores if s.law is None}
+    assert skipped == {"M4": "M4 has 5 parameters and needs at least 6 distinct sizes; got 5",
+                       "BNSL1": "BNSL1 has 6 parameters and needs at least 7 distinct sizes; got 5"}
+    assert any("only 1 held-out origin(s) could be scored" in w for w in report.warnings)
+    assert report.heldout.leave_one is not None and report.heldout.leave_two is None
+    assert report.heldout.notes == ("leave-2-out skipped: 3 sizes left, too few to fit M2 (3 parameters) and "
+                                    "judge it",)
+
+
+def test_four_sizes_take_the_offset_law_without_a_comparison_and_say_so() -> None:
+    x = SIX[:4]
+    report = fit_curve(points_of(x, [0.3 + 40 * v**-0.5 for v in x]), replace_spec(form="auto", stability=False),
+                       source="c", loss_rule=LossRule.FINAL)
+    assert report.law.form == "M2" and report.chosen_by.startswith("default")
+    assert any(w.startswith("too few sizes to compare forms by held-out error: M2 taken") for w in report.warnings)

@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 
-from scaletui import monitor as monitor_module
-from scaletui.config import Sweep, build_sweep
-from scaletui.monitor import FinishedRun, SweepMonitor, group_alerts, group_tables
-from scaletui.records import LayerStats, MetricRecord, ModelInfo, RunOutcome, RunSpec, RunStatus
 from scaletui.analysis.diagnose import Thresholds
+from scaletui.core.config import Sweep, build_sweep
+from scaletui.core.records import LayerStats, MetricRecord, ModelInfo, RunOutcome
+from scaletui.core.specs import RunSpec
+from scaletui.core.vocabulary import EventKind, RunStatus
+from scaletui.services import monitor as monitor_module
+from scaletui.services.monitor import FinishedRun, SweepMonitor, group_alerts, group_tables
 from scaletui.store.reader import Reader
 from scaletui.store.writer import Store, StoreSink
 from tests.conftest import run_cli, tiny_sweep
@@ -107,7 +109,7 @@ def test_a_pass_without_new_records_writes_nothing(sweep: Sweep, registered: Any
         monitor.run_pass()
         with Reader(sweep.db) as reader:
             cursor, rows = reader.alerts_since(0)
-            assert [r["kind"] for r in rows] == ["divergence"] and rows[0]["step"] == 21
+            assert [r.kind for r in rows] == ["divergence"] and rows[0].step == 21
             monitor.run_pass()
             assert reader.alerts_since(cursor) == (cursor, [])
     finally:
@@ -168,11 +170,11 @@ def test_a_watched_run_finishing_triggers_the_group_pass(sweep: Sweep, registere
         monitor.run_pass()
     finally:
         monitor.close()
-    [(_, subject, kind, _, _)] = alert_rows(sweep.db)
+    [(_, _, kind, _, _)] = alert_rows(sweep.db)
     assert kind == "non_monotonic"
     with Reader(sweep.db) as reader:
         [row] = reader.alerts(sweep.name)
-    assert '"seeds_large": 2.0' in row["evidence_json"]  # updated with the last seed
+    assert row.evidence["seeds_large"] == 2.0  # updated with the last seed
 
 
 def test_a_failing_pass_is_an_event_once_and_never_raises(sweep: Sweep, registered: Any,
@@ -194,7 +196,7 @@ def test_a_failing_pass_is_an_event_once_and_never_raises(sweep: Sweep, register
     finally:
         monitor.close()
     with Reader(sweep.db) as reader:
-        errors = [e["message"] for e in reader.events_since(0) if e["kind"] == "monitor_error"]
+        errors = [e.message for e in reader.events_since(0) if e.kind == EventKind.MONITOR_ERROR]
     assert errors == ["alert monitor: RuntimeError: detector bug"]
 
 

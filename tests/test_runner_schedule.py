@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from scaletui.records import DataSpec, ModelSpec, RunSpec, TrainSpec
-from scaletui.runner import Task, estimated_cost, longest_first
+from scaletui.core.specs import DataSpec, ModelSpec, RunSpec, TrainSpec
+from scaletui.services.runner import Task, estimated_cost, longest_first
 
 
 def _task(run_id: int, width: int, depth: int, steps: int = 100) -> Task:

@@ -9,22 +9,26 @@ prediction from the other three must match within a factor of 2.
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
-import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 
 from scaletui.analysis.configurator import RULES, LrTrial, best_lr_per_size, mlp_params
-from scaletui.cli_suggest import RULE_CHOICES
-from scaletui.config import load_sweep
-from scaletui.records import DataSpec, ModelInfo, ModelSpec, RunOutcome, RunSpec, RunStatus, TrainSpec
+from scaletui.cli.suggest import RULE_CHOICES
+from scaletui.core.config import load_sweep
+from scaletui.core.records import ModelInfo, RunOutcome
+from scaletui.core.specs import DataSpec, ModelSpec, RunSpec, TrainSpec
+from scaletui.core.vocabulary import RunStatus
+from scaletui.services.suggest import SuggestError, backtests, suggest_for, suggestion
 from scaletui.store.writer import Store, StoreSink
-from scaletui.suggest import SuggestError, suggest_for, suggestion
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, write_toml
 
 GRID = [1e-4 * 2**i for i in range(9)]  # 1e-4 ... 0.0256
 DEPTH = 2
@@ -193,3 +197,138 @@ def test_cli_suggest_never_imports_torch(swept_db: Path) -> None:
             "except SystemExit:\n    pass\nprint('torch' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
+
+
+# --------------------------------------------------------------------------- the backtest on real runs
+
+
+def reduced_lr_transfer(tmp_path: Path, data_dir: Path) -> Path:
+    """examples/lr_transfer.toml shrunk to seconds: 4 widths x 3 of its rates x 1 seed, 30 steps."""
+    doc = tomllib.loads((REPO / "examples" / "lr_transfer.toml").read_text(encoding="utf-8"))
+    grid = doc["train"]["lr"]
+    doc["experiment"].update(name="lr-transfer-small", db=str(tmp_path / "runs.db"), data_dir=str(data_dir),
+                             checkpoint_dir=str(tmp_path / "checkpoints"))
+    doc["data"]["train_size"] = 1024
+    doc["model"]["width"] = [8, 16, 32, 64]
+    doc["train"].update(lr=[grid[1], grid[len(grid) // 2], grid[-2]], steps=30, eval_every=10, seeds=[0])
+    return write_toml(tmp_path / "lr_transfer_small.toml", doc)
+
+
+def test_reduced_lr_transfer_end_to_end_backtests_and_chooses_by_evidence(tmp_path: Path,
+                                                                           shared_data_dir: Path) -> None:
+    sweep = reduced_lr_transfer(tmp_path, shared_data_dir)
+    db = str(tmp_path / "runs.db")
+    trained = run_cli("run", "--headless", str(sweep), "--db", db)
+    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr
+
+    out = run_cli("suggest", "--backtest", "--json", "--db", db)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    lr = report["lr"]
+    assert (report["experiment"], lr["held_out"], lr["fitted_on"]) == (
+        "lr-transfer-small", "w64 d2", ["w8 d2", "w16 d2", "w32 d2"])
+    assert lr["params"] == params_of(64)
+    assert [r["rule"] for r in lr["rules"]] == ["power_law", "sqrt_params", "width"]
+    for r in lr["rules"]:
+        assert r["predicted"] > 0 and r["ratio"] == pytest.approx(r["predicted"] / lr["measured"])
+        assert r["where"] in ("inside the sweep", "beyond the swept range", "next to a diverged value")
+        assert (r["lost_loss"] is None) == (r["where"] != "inside the sweep")
+        assert r["lost_loss"] is None or r["lost_loss"] >= -1e-9
+    assert lr["winner"] in [r["rule"] for r in lr["rules"]]
+    assert report["dropout"] is None and "dropouts" in report["dropout_why"]  # the sweep held dropout fixed
+
+    text = run_cli("suggest", "--backtest", "--db", db)
+    assert text.returncode == 0, text.stderr
+    assert "held out w64 d2" in text.stdout and f"{lr['winner']:<12}" in text.stdout
+    assert "<- auto's choice" in text.stdout
+
+    proposal = run_cli("suggest", "--width", "128", "--depth", "2", "--db", db)
+    assert proposal.returncode == 0, proposal.stderr
+    assert f"method:       {lr['winner']}" in proposal.stdout
+    assert f"{lr['winner']} chosen by backtest (held out w64 d2" in proposal.stdout
+
+
+def test_cli_backtest_without_enough_sizes_says_why(swept_db: Path) -> None:
+    out = run_cli("suggest", "--backtest", "--db", str(swept_db), "--experiment", "lr-sweep")
+    assert out.returncode == 0, out.stderr
+    assert "no backtest: 3 size(s) tried 3 or more learning rates" in out.stdout
+
+
+def test_cli_option_combinations_are_one_line_exit_2(swept_db: Path) -> None:
+    for args in (["--width", "64"], [], ["--json", "--width", "64", "--depth", "2"],
+                 ["--backtest", "--json", "--width", "64", "--depth", "2"]):
+        out = run_cli("suggest", "--db", str(swept_db), *args)
+        assert out.returncode == 2, (args, out.stdout)
+        assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("error: --"), out.stderr
+
+
+# --------------------------------------------------------------------------- dropout against depth
+
+DROPOUT_GRID = [0.0, 0.05, 0.1, 0.15, 0.2, 0.3]
+DEPTHS = (1, 2, 4, 8)
+
+
+def store_runs(db: Path, experiment: str, specs: list[RunSpec], loss_of: Callable[[RunSpec], float]) -> None:
+    """Finished runs with the given losses, stored as the runner and its workers store them."""
+    with Store(db) as store:
+        exp = store.upsert_experiment(experiment, None, '[experiment]\nname = "x"\n', "final")
+        for run_id, spec in store.register_runs(exp, specs, fresh=False):
+            params = mlp_params(40, spec.model.width, spec.model.depth, 10)
+            with StoreSink(db, run_id) as sink:
+                sink.started(ModelInfo(params, 2 * params, ("0", "1"), spec.train.lr), resumed_from=0)
+            store.finish_run(run_id, RunOutcome(RunStatus.DONE, step=200, final_test_loss=loss_of(spec)))
+
+
+def dropout_loss(spec: RunSpec) -> float:
+    """Every depth's best dropout is 0.1 (a bowl in p), so holding p fixed is right."""
+    return 1.0 / spec.model.depth + 4.0 * (spec.model.dropout - 0.1) ** 2 + 0.001 * spec.seed
+
+
+@pytest.fixture
+def dropout_db(tmp_path: Path) -> Path:
+    db = tmp_path / "runs.db"
+    specs = [RunSpec("dropout-depth", DataSpec(train_size=512), ModelSpec(width=64, depth=d, dropout=p),
+                     TrainSpec(lr=1e-3, steps=200, batch_size=32), seed)
+             for d in DEPTHS for p in DROPOUT_GRID for seed in (0, 1)]
+    store_runs(db, "dropout-depth", specs, dropout_loss)
+    return db
+
+
+def test_a_dropout_sweep_proposes_the_dropout_for_a_new_depth_by_backtest(dropout_db: Path) -> None:
+    s = suggestion(dropout_db, None, 64, 16)
+    assert s.dropout is not None and s.dropout.backtest is not None
+    assert s.dropout.backtest.held_out == "w64 d8" and s.dropout.backtest.fitted_on == ("w64 d1", "w64 d2", "w64 d4")
+    assert s.dropout.rule in ("fixed", "depth_fit") and s.dropout.dropout == pytest.approx(0.1, abs=0.01)
+    assert "chosen by backtest" in s.dropout.note
+    assert s.proposal.rule == "sqrt_params"  # one learning rate: nothing to fit it on
+    found = backtests(dropout_db, None)
+    assert found.lr is None and "0 size(s) tried 3 or more learning rates" in found.lr_why
+    assert found.dropout is not None and found.dropout.winner.rule == s.dropout.rule
+
+
+def test_cli_prints_and_appends_the_proposed_dropout(dropout_db: Path, tmp_path: Path) -> None:
+    target = tmp_path / "next.toml"
+    out = run_cli("suggest", "--width", "64", "--depth", "16", "--db", str(dropout_db), "--append", str(target))
+    assert out.returncode == 0, out.stderr
+    assert "dropout:      0.1" in out.stdout and "for depth 16 by " in out.stdout
+    fragment = tomllib.loads(out.stdout[out.stdout.index("# scaletui configurator"):out.stdout.index("\nwrote ")])
+    assert fragment["model"]["dropout"] == pytest.approx(0.1, abs=0.01)
+    [run, *_] = load_sweep(target).runs
+    assert run.model.dropout == fragment["model"]["dropout"] and run.model.depth == 16
+
+
+def test_learning_rates_are_compared_at_the_best_runs_dropout_only(tmp_path: Path) -> None:
+    """A sweep over lr and dropout: the runs at another dropout (best rate 10x lower) stay out of the lr fit."""
+    db = tmp_path / "runs.db"
+    specs = [RunSpec("both", DataSpec(train_size=512), ModelSpec(width=w, depth=DEPTH, dropout=p),
+                     TrainSpec(lr=lr, steps=200, batch_size=32), 0)
+             for w in SWEPT_WIDTHS for p in (0.0, 0.5) for lr in GRID]
+
+    def loss(spec: RunSpec) -> float:
+        best = true_best_lr(params_of(spec.model.width)) / (10 if spec.model.dropout else 1)
+        return (1.0 if spec.model.dropout else 0.5) + 0.05 * math.log(spec.train.lr / best) ** 2
+
+    store_runs(db, "both", specs, loss)
+    proposal = suggest_for(db, "both", HELD_OUT_WIDTH, DEPTH)
+    for b in proposal.best_lrs:
+        assert b.lr == pytest.approx(true_best_lr(b.params), rel=0.05)

@@ -2,7 +2,7 @@
 
 A separate module from cli.py so the fit command's options, tables and JSON live together;
 cli.py registers it. Like the rest of the CLI it parses and displays only: the fitting is
-`scaletui.fitting`, the storage `scaletui.store`, the figure `scaletui.plotting`. Nothing here
+`scaletui.services.fitting`, the storage `scaletui.store`, the figure `scaletui.services.plotting`. Nothing here
 imports torch, and matplotlib is only imported when `--png` asks for a figure.
 
 Also home of `print_sweep_fit`, the law printed at the end of `scaletui run --headless`.
@@ -10,46 +10,30 @@ Also home of `print_sweep_fit`, the law printed at the end of `scaletui run --he
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from scaletui.cli.common import check_db_usable, console, fail, resolve_db
+
 if TYPE_CHECKING:
-    from scaletui.fitting import FitReport, FitSpec
+    from scaletui.services.fitting import FitReport, FitSpec
 
 # The choices, spelled out so that registering the command (at every `scaletui` start) does not
-# import numpy and scipy; tests check they equal scaletui.fitting.X_CHOICES / FORMS / LossRule.
+# import numpy and scipy; tests check they equal scaletui.services.fitting.X_CHOICES / FORMS / LossRule
+# and the loss spaces of scaletui.analysis.solve.
 X_CHOICES = ("params", "width", "depth", "flops", "examples", "steps")
-FORM_CHOICES = ("offset", "power")
+FORM_CHOICES = ("auto", "M1", "M2", "M3", "M4", "BNSL1", "BNSL2", "CHINCHILLA", "offset", "power")
 LOSS_RULES = ("final", "best", "smoothed")
+LOSS_SPACES = ("log", "log_excess")
 HEADLESS_BOOTSTRAP = 200  # the closing fit of a headless run: quick, still an honest interval
 MIN_SIZES_FOR_SWEEP_FIT = 3
-
-
-def _cli() -> Any:
-    """scaletui.cli, imported when first needed: it registers this module's command at import
-    time, so importing it here at module level would be circular."""
-    import scaletui.cli
-
-    return scaletui.cli
-
-
-def fail(message: str) -> NoReturn:
-    _cli().fail(message)
-    raise AssertionError("unreachable")  # fail() exits
-
-
-def _check_db_usable(path: Path, *, create: bool) -> None:
-    _cli()._check_db_usable(path, create=create)
-
-
-def _console() -> Any:
-    return _cli()._console()
 
 
 @click.command(name="fit")
@@ -63,10 +47,19 @@ def _console() -> Any:
                                  "of this column, or of several joined by commas (Task,Model).")
 @click.option("--loss-rule", type=click.Choice(LOSS_RULES),
               help="Which number is the loss of a run (default: the experiment's rule).")
-@click.option("--form", type=click.Choice(FORM_CHOICES), default="offset", show_default=True,
-              help="offset: E + A*x^-alpha; power: A*x^-alpha.")
+@click.option("--form", type=click.Choice(FORM_CHOICES, case_sensitive=False), default="auto", show_default=True,
+              help="auto: fit every form and keep the best predictor of held-out sizes; or force one: M1 A*x^-alpha, "
+                   "M2 E + A*x^-alpha, M3, M4, BNSL1, BNSL2, CHINCHILLA (N and D; offset = M2, power = M1).")
+@click.option("--predict", "predict_at", multiple=True, metavar="X|N,D",
+              help="Predict the loss, with its band, at this size (N,D for the two-variable law); repeatable.")
+@click.option("--upper-bound", type=click.FloatRange(min=0, min_open=True),
+              help="The metric's known maximum (an error rate: 1): only forms that stay below it (M4) are fitted.")
+@click.option("--loss-space", type=click.Choice(LOSS_SPACES), default="log", show_default=True,
+              help="Residuals minimised: log loss, or log of the loss above the floor (M2/M4's own code).")
+@click.option("--delta", type=click.FloatRange(min=0, min_open=True),
+              help="Huber threshold on the residuals (inf: least squares) [default: 0.01; 1e-3 for N and D].")
 @click.option("--bootstrap", "n_bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
-              help="Bootstrap resamples over runs (0: no intervals).")
+              help="Bootstrap resamples, each drawing whole sizes (all seeds of a size together; 0: no intervals).")
 @click.option("--level", type=click.FloatRange(0.5, 0.999), default=0.9, show_default=True,
               help="Confidence level of intervals and band.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
@@ -84,27 +77,29 @@ def _console() -> Any:
               help="CSV: drop this many highest-loss rows (the Chinchilla replication drops 5).")
 @click.option("--no-save", is_flag=True, help="Do not store the fit in the fits table.")
 def fit_command(db: Path | None, experiment: str | None, x: str, group_by: str | None, loss_rule: str | None, form: str,
+                predict_at: tuple[str, ...], upper_bound: float | None, loss_space: str, delta: float | None,
                 n_bootstrap: int, level: float, seed: int, as_json: bool, png: Path | None, csv_path: Path | None,
                 csv_x: str | None, csv_d: str | None, csv_compute: str | None, csv_y: str | None,
                 csv_group: str | None, drop_highest: int, no_save: bool) -> None:
-    """Fit a scaling law with intervals, held-out error and stability, and store it."""
-    from scaletui.fitting import FORMS, FitInputError, FitSpec
-    from scaletui.records import LossRule
+    """Fit a scaling law (choosing its form by held-out error), with intervals, band and checks, and store it."""
+    from scaletui.core.vocabulary import LossRule
+    from scaletui.services.fitting import FitInputError, FitSpec
 
     csv_only = {"--csv-x": csv_x, "--csv-y": csv_y, "--csv-d": csv_d, "--csv-compute": csv_compute,
                 "--csv-group": csv_group, "--drop-highest": drop_highest or None}
     given = [flag for flag, value in csv_only.items() if value is not None]
     if csv_path is None and given:  # a sweep's fit would silently ignore them
         fail(f"{', '.join(given)}: only with --csv FILE")
-    db = _cli().resolve_db(db)
-    spec = FitSpec(x=x, group_by=group_by, loss_rule=LossRule(loss_rule) if loss_rule else None, form=FORMS[form],
-                   n_bootstrap=n_bootstrap, level=level, seed=seed)
+    db = resolve_db(db)
+    spec = FitSpec(x=x, group_by=group_by, loss_rule=LossRule(loss_rule) if loss_rule else None, form=form,
+                   n_bootstrap=n_bootstrap, level=level, seed=seed, loss_space=loss_space, delta=delta,
+                   upper_bound=upper_bound, predict=tuple(_predict_point(p) for p in predict_at))
     try:
         if csv_path is not None:
             columns = CsvColumns(csv_x, csv_y, csv_d, csv_compute, csv_group)
             reports, skipped = _fit_csv(csv_path, columns, drop_highest, spec, db=None if no_save else db)
         else:
-            reports, skipped = _fit_db(db, experiment, spec)
+            reports, skipped = _fit_db(db, experiment, spec, upgrade=not no_save)
     except FitInputError as exc:
         fail(str(exc))
     not_stored = None
@@ -118,6 +113,14 @@ def fit_command(db: Path | None, experiment: str | None, x: str, group_by: str |
         click.echo(f"note: fit not stored: {not_stored}{hint}", err=True)
 
 
+def _predict_point(text: str) -> tuple[float, ...]:
+    """`--predict 1e6` or `--predict 1e9,2e10` (N,D) as numbers; one-line error otherwise."""
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        fail(f"--predict {text!r}: not a number (give X, or N,D for the two-variable law)")
+
+
 def _show(reports: list[FitReport], skipped: Sequence[str], as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"fits": [r.to_json() for r in reports], "skipped": list(skipped)}, indent=2))
@@ -125,14 +128,27 @@ def _show(reports: list[FitReport], skipped: Sequence[str], as_json: bool) -> No
         _print_reports(reports, skipped)
 
 
-def _fit_db(db: Path, experiment: str | None, spec: FitSpec) -> tuple[list[FitReport], Sequence[str]]:
-    from scaletui.fitting import fit_experiment
+def _fit_db(db: Path, experiment: str | None, spec: FitSpec, *,
+            upgrade: bool) -> tuple[list[FitReport], Sequence[str]]:
+    from scaletui.services.fitting import fit_experiment
 
     if not db.exists():
         fail(f"{db}: no such database (run a sweep first, or pass --db)")
-    _check_db_usable(db, create=False)
+    if upgrade:
+        _upgrade(db)
+    check_db_usable(db, create=False)
     result = fit_experiment(db, experiment, spec)
     return list(result.reports), result.skipped
+
+
+def _upgrade(db: Path) -> None:
+    """A fit that will be stored writes the database, so like any writer it first brings an older one to
+    the current schema (a reader cannot read it otherwise). Whatever stops that is said by the check after."""
+    from scaletui.store.errors import StoreError
+    from scaletui.store.schema import open_db
+
+    with contextlib.suppress(StoreError, OSError, sqlite3.Error):
+        open_db(db, create=False).close()
 
 
 @dataclass(frozen=True)
@@ -149,23 +165,30 @@ class CsvColumns:
 def _fit_csv(path: Path, columns: CsvColumns, drop: int, spec: FitSpec,
              db: Path | None) -> tuple[list[FitReport], Sequence[str]]:
     """Check the options (and that `db`, where the fit will be stored, is no foreign file), then fit."""
-    from scaletui.fitting import FORMS, fit_csv
+    from scaletui.services.fitting import fit_csv
 
     c = columns
     if c.x is None or c.y is None:
         fail(f"{path}: --csv needs --csv-x COLUMN and --csv-y COLUMN")
     if c.d is not None and c.compute is not None:
         fail(f"{path}: give one of --csv-d and --csv-compute, not both")
-    if spec.form is FORMS["power"] and (c.d is not None or c.compute is not None):
-        two = "--csv-d" if c.d is not None else "--csv-compute"
-        fail(f"{path}: --form power fits one variable; with {two} the law is E + A/N^alpha + B/D^beta "
-             "(drop --form)")
+    _check_form_for_csv(path, spec.form, two="--csv-d" if c.d is not None else "--csv-compute" if c.compute else None)
     if not path.is_file():
         fail(f"{path}: no such file")
     if db is not None:
         _refuse_foreign_db(db)
     result = fit_csv(path, x=c.x, y=c.y, d=c.d, compute=c.compute, unit=c.unit, drop_highest=drop, spec=spec)
     return list(result.reports), result.skipped
+
+
+def _check_form_for_csv(path: Path, form: str, two: str | None) -> None:
+    """--form against the columns: N and D are fitted with CHINCHILLA, one x with a one-variable form."""
+    name = form.upper()
+    if two is not None and name not in ("AUTO", "CHINCHILLA"):
+        fail(f"{path}: --form {form} fits one variable; with {two} the law is CHINCHILLA, "
+             "E + A/N^alpha + B/D^beta (drop --form)")
+    if two is None and name == "CHINCHILLA":
+        fail(f"{path}: --form CHINCHILLA fits N and D: give --csv-d or --csv-compute")
 
 
 def _refuse_foreign_db(db: Path) -> None:
@@ -191,7 +214,7 @@ def _save(db: Path, reports: list[FitReport]) -> tuple[list[FitReport], str | No
     stored (a folder that cannot be created, a read-only place, a busy or broken database): the fit
     itself succeeded, so that is a note, not a failure.
     """
-    from scaletui.fitting import save_reports
+    from scaletui.services.fitting import save_reports
     from scaletui.store.errors import StoreError, StoreWriteFailed
 
     folder = db.parent
@@ -208,14 +231,14 @@ def _save(db: Path, reports: list[FitReport]) -> tuple[list[FitReport], str | No
 
 
 def _write_png(reports: list[FitReport], png: Path, *, announce: bool) -> None:
-    from scaletui.plotting import write_png
+    from scaletui.services.plotting import write_png
 
     try:
         write_png(reports, png)
     except OSError as exc:
         fail(f"{png}: cannot write the plot ({exc.strerror or exc})")
     if announce:
-        _console().print(f"plot written to {png}", markup=False, highlight=False)
+        console().print(f"plot written to {png}", markup=False, highlight=False)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -228,15 +251,40 @@ def _num(value: float) -> str:
 def _params_table(report: FitReport) -> Any:
     from rich.table import Table
 
-    from scaletui.plotting import law_text
+    intervals, errors = report.intervals, report.std_errors
+    level = f"{report.level:.0%} interval" if intervals else "interval"
+    table = Table("parameter", "value", level, "std err", "meaning", box=None)
+    meanings = _meanings(report.law.form)
+    for name, value in report.law.params.items():
+        lo, hi = intervals.get(name, (float("nan"), float("nan")))
+        table.add_row(name, _num(value), f"[{_num(lo)}, {_num(hi)}]" if intervals else "-",
+                      _num(errors.get(name, float("nan"))), meanings.get(name, ""))
+    return table
 
-    boot = report.boot
-    level = f"{boot.level:.0%} interval" if boot else "interval"
-    table = Table("parameter", "value", level, "std err", title=law_text(report), title_justify="left", box=None)
-    for name, value in report.fit.params.items():
-        lo, hi = boot.intervals[name] if boot else (float("nan"), float("nan"))
-        se = boot.std_errors[name] if boot else float("nan")
-        table.add_row(name, _num(value), f"[{_num(lo)}, {_num(hi)}]" if boot else "-", _num(se))
+
+def _meanings(form_name: str) -> dict[str, str]:
+    from scaletui.analysis.forms import form
+
+    return {p.name: p.meaning for p in form(form_name).params}
+
+
+#: How the forms table marks the report's form, by how it was picked (services.fit_report.CHOSEN_BY).
+_MARKS = {"forced": "forced", "held-out error": "chosen", "the only form that could be fitted": "the only one",
+          "default (too few sizes to compare forms)": "taken, not compared"}
+
+
+def _forms_table(report: FitReport) -> Any:
+    """Every candidate form's held-out error, side by side; the chosen one marked."""
+    from rich.table import Table
+
+    table = Table("form", "held-out rms log error", "mean rel. error", "origins", "", box=None)
+    for s in report.scores:
+        mark = _MARKS.get(report.chosen_by, "chosen") if s.form == report.law.form else ""
+        if s.skipped is not None and not s.per_origin:
+            what = "not scored" if s.law is not None else "not fitted"
+            table.add_row(s.form, "-", "-", "-", f"{mark}{'; ' if mark else ''}{what}: {s.skipped}")
+        else:
+            table.add_row(s.form, _num(s.heldout_error), f"{s.heldout_rel_error:.1%}", str(len(s.per_origin)), mark)
     return table
 
 
@@ -244,34 +292,60 @@ def _heading(r: FitReport) -> str:
     what = f"{r.source}" + (f" ({r.group})" if r.group else "")
     rule = f"loss = {r.loss_label}" if r.loss_label else "loss from CSV"
     diverged = f", {r.n_diverged} diverged excluded" if r.n_diverged else ""
-    unit = r.resample_unit or ("runs" if r.run_ids else "rows")
-    boot = f", {r.boot.n_done} bootstrap resamples over {unit}" if r.boot else ""
-    return f"{what}: L({r.x_name}) = {r.form.value}; {rule}; {r.fit.n_points} points, {r.n_sizes} sizes{diverged}{boot}"
+    boot = f", {r.boot.n_done} bootstrap resamples over {r.resample_unit or 'rows'}" if r.boot else ""
+    how = {"forced": "forced", "held-out error": "chosen by held-out error"}.get(r.chosen_by, r.chosen_by)
+    return (f"{what}: L({r.x_name}) = {r.law.form}, {r.formula} ({how}); {rule}; {r.n_points} points, "
+            f"{r.n_sizes} sizes{diverged}{boot}")
 
 
 def report_lines(r: FitReport) -> list[str]:
-    """Held-out errors, alpha stability, warnings and where the fit was stored, as plain lines."""
-    from scaletui.fitting import describe_heldout, describe_stability
+    """Held-out points, alpha stability, predictions, warnings and where the fit was stored, as plain lines."""
+    from scaletui.services.fitting import describe_heldout, describe_stability
 
-    lines = [f"held-out: {line}" for line in describe_heldout(r.check)]
-    if r.form.n_vars == 1 and r.loss_rule is not None:
+    lines = [f"held-out: {line}" for line in describe_heldout(r.heldout)]
+    if len(r.xs) == 1 and r.loss_rule is not None:
         lines.append(f"alpha stability: {describe_stability(r.stability)}")
+    lines += [_prediction_line(p) for p in r.predictions]
     lines += [f"warning: {w}" for w in r.warnings]
     if r.fit_id is not None:
         lines.append(f"stored as fit #{r.fit_id}")
     return lines
 
 
+def _prediction_line(p: Any) -> str:
+    from scaletui.services.fit_report import point_text
+
+    band = (f", {p.level:.0%} band [{p.lo:.4g}, {p.hi:.4g}]" if p.lo == p.lo
+            else " (no band: --bootstrap 0)")
+    where = "inside the fitted range" if p.beyond <= 1 else f"{p.beyond:.3g}x the largest fitted size"
+    loud = "  <- FAR BEYOND THE DATA" if p.far else ""
+    return f"prediction: {point_text(p.at)}: {p.value:.4g}{band}, {where}{loud}"
+
+
+def _forms_title(report: FitReport) -> str:
+    scored = [s for s in report.scores if s.skipped is None and s.per_origin]
+    origins = min((len(s.per_origin) for s in scored), default=0)
+    if not origins:
+        return "forms: too few sizes to leave any out"
+    return (f"forms, by held-out error (each fitted without its largest 1..{origins} sizes and judged on them; "
+            "lower is better):")
+
+
 def _print_reports(reports: Sequence[FitReport], skipped: Sequence[str]) -> None:
-    console = _console()
+    from scaletui.services.plotting import law_text
+
+    out = console()
     for r in reports:
-        console.print(_heading(r), markup=False, highlight=False)
-        console.print(_params_table(r))
+        for line in (_heading(r), law_text(r)):
+            out.print(line, markup=False, highlight=False, soft_wrap=True)
+        out.print(_params_table(r))
+        out.print(_forms_title(r), markup=False, highlight=False, soft_wrap=True)
+        out.print(_forms_table(r))
         for line in report_lines(r):
-            console.print(line, markup=False, highlight=False)
-        console.print()
+            out.print(line, markup=False, highlight=False, soft_wrap=True)
+        out.print()
     for line in skipped:
-        console.print(f"skipped: {line}", markup=False, highlight=False)
+        out.print(f"skipped: {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 # ----------------------------------------------------------------------------- after a headless run
@@ -282,21 +356,22 @@ def _finished_sizes(db: Path, experiment: str) -> int:
 
     with Reader(db) as reader:
         rows = reader.runs(experiment)
-    return len({r["params"] for r in rows if r["status"] in ("done", "early_stopped") and r["params"]})
+    return len({r.params for r in rows if r.ok and r.params})
 
 
 def print_sweep_fit(db: Path, experiment: str) -> None:
-    """The sweep's law against params, after the summary table of `scaletui run --headless`.
+    """The sweep's law against params, after the summary table of `scaletui run --headless`: the form
+    chosen by held-out error, with every form's error, the held-out points, intervals and warnings.
 
     Only when at least 3 sizes finished; stored in the fits table like any other fit. A fit
     that fails prints one warning line: the run's exit code describes the runs, not the fit.
     """
-    from scaletui.fitting import FitSpec, fit_experiment, save_reports
+    from scaletui.services.fitting import FitSpec, fit_experiment, save_reports
 
     try:
         if _finished_sizes(db, experiment) < MIN_SIZES_FOR_SWEEP_FIT:
             return
         result = fit_experiment(db, experiment, FitSpec(x="params", n_bootstrap=HEADLESS_BOOTSTRAP))
         _print_reports(save_reports(db, result.reports), result.skipped)
-    except Exception as exc:  # noqa: BLE001 - a fit must never change a finished sweep's exit code
+    except Exception as exc:
         click.echo(f"warning: fit skipped: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", err=True)

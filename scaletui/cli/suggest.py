@@ -1,70 +1,138 @@
 """`scaletui suggest --width W --depth D`: the learning rate for a size not yet run, and a sweep to run it.
 
 A separate module from cli.py, registered there; it parses and prints only (the work is in
-`scaletui.suggest`). Registering it at every `scaletui` start imports only click: numpy, the store
+`scaletui.services.suggest`). Registering it at every `scaletui` start imports only click: numpy, the store
 and the configurator are imported when the command runs, and torch never is.
+
+`--backtest` shows the evidence behind "auto": the largest lr-swept size held out, its best lr predicted by
+every rule from the smaller sizes, each prediction's ratio to the measured best and the loss lost by
+training there (and the same for dropout against depth when the experiment swept it); `--json` prints it
+as one object for scripts. `--width`/`--depth` are then optional.
 
 `--append FILE` writes FILE as a complete one-size sweep (the config of the experiment's best run, at the
 target width and depth, with the proposed lr and lr_scaling = "none", over every seed the experiment ran),
-in the same database, as its own experiment `<experiment>-suggested`. `scaletui run FILE` trains it. FILE must not exist:
-TOML cannot hold a second [model] table, so appending to a sweep file would only produce an invalid one.
+in the same database, as its own experiment `<experiment>-suggested`. `scaletui run FILE` trains it. FILE must
+not exist: TOML cannot hold a second [model] table, so appending to a sweep file would only produce an invalid one.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-RULE_CHOICES = ("auto", "power_law", "sqrt_params", "width")  # = configurator.RULES (checked by a test)
+from scaletui.cli.common import check_db_usable, fail, resolve_db
+from scaletui.core.vocabulary import LrRule
 
-
-def _cli() -> Any:
-    """scaletui.cli, imported when first needed (it imports this module to register the command)."""
-    import scaletui.cli
-
-    return scaletui.cli
-
-
-def fail(message: str) -> NoReturn:
-    _cli().fail(message)
-    raise AssertionError("unreachable")  # fail() exits
+RULE_CHOICES = LrRule.choices()
 
 
 @click.command(name="suggest")
-@click.option("--width", "-w", type=click.IntRange(min=1), required=True, help="Width of the model to propose for.")
-@click.option("--depth", "-d", type=click.IntRange(min=1), required=True, help="Depth of the model to propose for.")
+@click.option("--width", "-w", type=click.IntRange(min=1), help="Width of the model to propose for.")
+@click.option("--depth", "-d", type=click.IntRange(min=1), help="Depth of the model to propose for.")
 @click.option("--db", "db", type=click.Path(dir_okay=False, path_type=Path),
               help="Database with the finished runs to learn from (default: experiment.db of ./experiments.toml, "
                    "else runs/scaletui.db).")
 @click.option("--experiment", help="Experiment to learn from (default: the latest one with finished runs).")
-@click.option("--rule", type=click.Choice(RULE_CHOICES), default="auto", show_default=True,
-              help="auto = power-law fit with >= 3 lr-swept sizes, else the sqrt-params rule.")
+@click.option("--rule", type=click.Choice(RULE_CHOICES), default=LrRule.AUTO.value, show_default=True,
+              help="auto = the rule that predicted the held-out largest size best (with >= 4 lr-swept sizes), "
+                   "else the power-law fit with 3, else the sqrt-params rule.")
+@click.option("--backtest", is_flag=True,
+              help="Hold out the largest swept size, predict its best lr (and dropout) by every rule, print how "
+                   "each did.")
+@click.option("--json", "as_json", is_flag=True, help="With --backtest: one JSON object, for scripts.")
 @click.option("--append", "append_to", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write a runnable sweep file for the proposed size, with the experiment's seeds (must not exist yet).")
-def suggest_command(width: int, depth: int, db: Path | None, experiment: str | None, rule: str,
-                    append_to: Path | None) -> None:
+              help="Write a runnable sweep file for the proposed size, with the experiment's seeds "
+                   "(must not exist yet).")
+def suggest_command(width: int | None, depth: int | None, db: Path | None, experiment: str | None, rule: str,
+                    append_to: Path | None, backtest: bool, as_json: bool) -> None:
     """Propose the learning rate for a WIDTH x DEPTH model from the lr sweeps already run."""
-    db = _cli().resolve_db(db)
-    if append_to is not None and append_to.exists():
-        fail(f"{append_to}: already exists; --append writes a new sweep file (a TOML file cannot take a "
-             "second [model] table)")
+    _check_options(width, depth, backtest, as_json, append_to)
+    db = resolve_db(db)
     if db.exists():
-        _cli()._check_db_usable(db, create=False)
+        check_db_usable(db, create=False)
+    if backtest:
+        _print_backtests(_backtests(db, experiment), as_json)
+    if width is None or depth is None:
+        return
     s = _suggestion(db, experiment, width, depth, rule)
+    if backtest:
+        click.echo("")
     _print(s)
     if append_to is not None:
         _write_sweep(s, db, append_to)
 
 
+def _check_options(width: int | None, depth: int | None, backtest: bool, as_json: bool,
+                   append_to: Path | None) -> None:
+    """One line and exit 2 for options that do not go together."""
+    if (width is None) != (depth is None) or (width is None and not backtest):
+        fail("--width and --depth are needed together (or --backtest alone, to compare the rules)")
+    if as_json and (not backtest or width is not None):
+        fail("--json goes with --backtest alone (without --width/--depth)")
+    if append_to is not None and append_to.exists():
+        fail(f"{append_to}: already exists; --append writes a new sweep file (a TOML file cannot take a "
+             "second [model] table)")
+
+
 def _suggestion(db: Path, experiment: str | None, width: int, depth: int, rule: str) -> Any:
-    from scaletui.suggest import SuggestError, suggestion
+    from scaletui.services.suggest import SuggestError, suggestion
 
     try:
         return suggestion(db, experiment, width, depth, rule=rule)
     except (SuggestError, ValueError) as e:
         fail(str(e))
+
+
+def _backtests(db: Path, experiment: str | None) -> Any:
+    from scaletui.services.suggest import SuggestError, backtests
+
+    try:
+        return backtests(db, experiment)
+    except (SuggestError, ValueError) as e:
+        fail(str(e))
+
+
+def _print_backtests(b: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(_backtests_json(b), indent=2))
+        return
+    click.echo(f"experiment:   {b.experiment!r} ({b.context})" if b.experiment else f"experiment:   {b.context}")
+    for title, result, why in (("learning rate", b.lr, b.lr_why), ("dropout", b.dropout, b.dropout_why)):
+        click.echo(f"{title}:")
+        if result is None:
+            click.echo(f"  no backtest: {why}")
+        else:
+            _print_backtest(result)
+
+
+def _print_backtest(bt: Any) -> None:
+    click.echo(f"  held out {bt.held_out} ({bt.held_out_params:,} params): measured best {bt.quantity} "
+               f"{bt.measured:.3g}, loss {bt.best_loss:.4f}; predicted from {', '.join(bt.fitted_on)}")
+    miss = "ratio" if bt.quantity == "lr" else "error"
+    click.echo(f"  {'rule':<12} {'predicted':>10} {miss:>7} {'lost loss':>10}")
+    winner = bt.winner.rule
+    for s in bt.scores:
+        mark = "  <- auto's choice (least loss lost)" if s.rule == winner else ""
+        lost = f"{s.lost_loss:.4f}" if math.isfinite(s.lost_loss) else s.where
+        click.echo(f"  {s.rule:<12} {s.predicted:>10.3g} {bt.miss_text(s):>7} {lost:>10}{mark}")
+
+
+def _backtests_json(b: Any) -> dict[str, Any]:
+    """The --json object: numbers as numbers, an unknown lost loss as null with `where` saying why."""
+    def one(bt: Any) -> dict[str, Any] | None:
+        if bt is None:
+            return None
+        rules = [{"rule": s.rule, "predicted": s.predicted, "ratio": s.ratio if math.isfinite(s.ratio) else None,
+                  "lost_loss": s.lost_loss if math.isfinite(s.lost_loss) else None, "where": s.where}
+                 for s in bt.scores]
+        return {"held_out": bt.held_out, "params": bt.held_out_params, "measured": bt.measured,
+                "best_loss": bt.best_loss, "fitted_on": list(bt.fitted_on), "winner": bt.winner.rule, "rules": rules}
+    return {"experiment": b.experiment, "context": b.context, "lr": one(b.lr), "dropout": one(b.dropout),
+            "lr_why": None if b.lr else b.lr_why, "dropout_why": None if b.dropout else b.dropout_why}
 
 
 def _print(s: Any) -> None:
@@ -79,12 +147,17 @@ def _print(s: Any) -> None:
         edge = " (at the edge of its sweep)" if b.at_edge else ""
         click.echo(f"  swept w{b.width} d{b.depth}: {b.params:,} params, best lr {b.lr:.3g} over {b.n_lrs} rates, "
                    f"loss {b.loss:.4g}{edge}")
+    if s.dropout is not None:
+        d = s.dropout
+        click.echo(f"dropout:      {d.dropout:.3g} for depth {s.depth} by {d.rule} (confidence {d.confidence})")
+        click.echo(f"  why:        {d.note}")
     click.echo("")
-    click.echo(p.toml_fragment(s.width, s.depth, arch=s.base.model.arch), nl=False)
+    model = {"dropout": round(s.dropout.dropout, 3)} if s.dropout is not None else None
+    click.echo(p.toml_fragment(s.width, s.depth, arch=s.base.model.arch, model=model), nl=False)
 
 
 def _write_sweep(s: Any, db: Path, path: Path) -> None:
-    from scaletui.suggest import sweep_file_text
+    from scaletui.services.suggest import sweep_file_text
 
     name = f"{s.experiment or 'suggested'}-suggested"
     try:

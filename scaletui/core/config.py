@@ -22,9 +22,27 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from scaletui.analysis.diagnose import Thresholds
-from scaletui.datasets import DATASETS, IMAGE_DATASETS, missing_files, unavailable_message
-from scaletui.records import DataSpec, EarlyStopping, LossRule, ModelSpec, RunSpec, TrainSpec
+from scaletui.core.datasets import DATASETS, IMAGE_DATASETS, missing_files, unavailable_message
+from scaletui.core.specs import DataSpec, EarlyStopping, ModelSpec, RunSpec, TrainSpec
+from scaletui.core.thresholds import Thresholds
+from scaletui.core.vocabulary import (
+    DEFAULT_CHECKPOINT_DIR,
+    DEFAULT_DATA_DIR,
+    DEFAULT_DB,
+    DEFAULT_SWEEP_FILE,
+    Arch,
+    BatchRuns,
+    Choice,
+    Device,
+    EarlyStoppingMetric,
+    Init,
+    LossRule,
+    LrScaling,
+    Norm,
+    Normalize,
+    Optimizer,
+    Schedule,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,8 +50,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 MAX_RUNS_DEFAULT = 10_000
-DEFAULT_SWEEP_FILE = "experiments.toml"
-DEFAULT_DB = "runs/scaletui.db"
 
 
 class ConfigError(ValueError):
@@ -82,16 +98,26 @@ def text(v: Any) -> str | None:
     return None if isinstance(v, str) and v.strip() else "must be a non-empty string"
 
 
-def one_of(*choices: str) -> Check:
+def one_of(choice: type[Choice] | tuple[str, ...]) -> Check:
+    """A value of a vocabulary choice (or of an explicit tuple, e.g. the dataset names)."""
+    choices = choice if isinstance(choice, tuple) else choice.choices()
+
     def check(v: Any) -> str | None:
-        return None if v in choices else f"must be one of {' | '.join(choices)}"
+        return None if isinstance(v, str) and v in choices else f"must be one of {' | '.join(choices)}"
 
     return check
 
 
+def batch_runs_value(v: Any) -> str | None:
+    """`experiment.batch_runs`: a BatchRuns choice (false is handled by `optional`)."""
+    choices = " | ".join(f'"{c}"' for c in BatchRuns.choices())
+    return None if isinstance(v, str) and v in BatchRuns.choices() else f"must be {choices} | false"
+
+
 def device_name(v: Any) -> str | None:
-    ok = isinstance(v, str) and (v in ("auto", "cpu", "cuda") or (v.startswith("cuda:") and v[5:].isdigit()))
-    return None if ok else "must be auto | cpu | cuda | cuda:N"
+    """auto, cpu, cuda or cuda:N."""
+    ok = isinstance(v, str) and (v in Device.choices() or (v.startswith(f"{Device.CUDA}:") and v[5:].isdigit()))
+    return None if ok else f"must be {' | '.join(Device.choices())} | cuda:N"
 
 
 def optional(check: Check) -> Check:
@@ -115,37 +141,38 @@ class Key:
 EXPERIMENT_KEYS: dict[str, Key] = {
     "name": Key(text, None, axis=False),
     "db": Key(text, DEFAULT_DB, axis=False),
-    "data_dir": Key(text, "runs/data", axis=False),
-    "checkpoint_dir": Key(text, "runs/checkpoints", axis=False),
+    "data_dir": Key(text, DEFAULT_DATA_DIR, axis=False),
+    "checkpoint_dir": Key(text, DEFAULT_CHECKPOINT_DIR, axis=False),
     "workers": Key(positive_int, None, axis=False),
     "threads_per_worker": Key(positive_int, None, axis=False),
-    "loss_rule": Key(one_of(*(r.value for r in LossRule)), "final", axis=False),
+    "loss_rule": Key(one_of(LossRule), LossRule.FINAL.value, axis=False),
     "max_runs": Key(positive_int, MAX_RUNS_DEFAULT, axis=False),
     "memory_limit_mb": Key(optional(positive_number), False, axis=False),  # per run; false = no limit
     "zip": Key(lambda v: None, [], axis=False),  # checked by _check_zip
+    "batch_runs": Key(optional(batch_runs_value), BatchRuns.AUTO.value, axis=False),  # false: every run alone
 }
 DATA_KEYS: dict[str, Key] = {
-    "dataset": Key(one_of(*DATASETS), "mnist1d"),
+    "dataset": Key(one_of(tuple(DATASETS)), DataSpec().dataset),
     "train_size": Key(positive_int, None),
     "label_noise": Key(fraction, 0.0),
-    "normalize": Key(one_of("standard", "none"), "standard"),
+    "normalize": Key(one_of(Normalize), DataSpec().normalize),
     "download": Key(boolean, False, axis=False),
 }
 MODEL_KEYS: dict[str, Key] = {
-    "arch": Key(one_of("mlp", "resmlp", "resnet"), "mlp"),
+    "arch": Key(one_of(Arch), ModelSpec().arch),
     "width": Key(positive_int, 64),
     "depth": Key(positive_int, 2),
     "dropout": Key(fraction, 0.0),
-    "init": Key(one_of("default", "he", "xavier", "orthogonal"), "default"),
-    "norm": Key(one_of("none", "batch", "layer"), "none"),
+    "init": Key(one_of(Init), ModelSpec().init),
+    "norm": Key(one_of(Norm), ModelSpec().norm),
 }
 TRAIN_KEYS: dict[str, Key] = {
-    "optimizer": Key(one_of("sgd", "momentum", "adam", "adamw"), "adam"),
+    "optimizer": Key(one_of(Optimizer), TrainSpec().optimizer),
     "lr": Key(positive_number, 1e-3),
-    "lr_scaling": Key(one_of("none", "sqrt_params"), "none"),
+    "lr_scaling": Key(one_of(LrScaling), TrainSpec().lr_scaling),
     "lr_ref_params": Key(positive_int, None),
     "momentum": Key(fraction, 0.9),
-    "schedule": Key(one_of("constant", "cosine", "linear_warmup_cosine"), "constant"),
+    "schedule": Key(one_of(Schedule), TrainSpec().schedule),
     "warmup_steps": Key(non_negative_int, 0),
     "weight_decay": Key(non_negative_number, 0.0),
     "batch_size": Key(positive_int, 128),
@@ -157,11 +184,11 @@ TRAIN_KEYS: dict[str, Key] = {
     "checkpoint_every": Key(positive_int, 500),
     "divergence_factor": Key(lambda v: None if _is_number(v) and v > 1 else "must be a number > 1", 10.0),
     "seeds": Key(non_negative_int, 0),  # one default value (a list here would be one run with seed [0])
-    "device": Key(device_name, "auto", axis=False),
+    "device": Key(device_name, TrainSpec().device, axis=False),
 }
 EARLY_STOPPING_KEYS: dict[str, Key] = {
     "patience": Key(non_negative_int, 0),
-    "metric": Key(one_of("test_loss", "test_acc"), "test_loss"),
+    "metric": Key(one_of(EarlyStoppingMetric), EarlyStopping().metric),
     "min_delta": Key(non_negative_number, 0.0),
 }
 SECTIONS: dict[str, dict[str, Key]] = {
@@ -190,6 +217,7 @@ class Sweep:
     runs: tuple[RunSpec, ...]
     thresholds: Thresholds = field(default_factory=Thresholds)  # the detectors' numbers ([diagnostics])
     memory_limit_mb: float | None = None  # a run estimated to need more fails as out of memory
+    batch_runs: bool = True  # train same-shape runs as one batched model (experiment.batch_runs)
 
     @property
     def datasets(self) -> tuple[DataSpec, ...]:
@@ -257,11 +285,12 @@ def build_sweep(
         checkpoint_dir=Path(exp.get("checkpoint_dir", EXPERIMENT_KEYS["checkpoint_dir"].default)),
         workers=workers,
         threads_per_worker=threads,
-        loss_rule=LossRule(exp.get("loss_rule", "final")),
+        loss_rule=LossRule(exp.get("loss_rule", EXPERIMENT_KEYS["loss_rule"].default)),
         axes={k: tuple(v) for k, v in grid.items() if len(v) > 1 or k == "train.seeds"},
         runs=runs,
         thresholds=thresholds,
         memory_limit_mb=exp.get("memory_limit_mb") or None,
+        batch_runs=exp.get("batch_runs", EXPERIMENT_KEYS["batch_runs"].default) is not False,
     )
 
 
@@ -418,7 +447,8 @@ def _check_value(dotted: str, check: Check, value: Any, err: _Errors) -> None:
 def _check_zip(zips: Any, grid: dict[str, list[Any]], err: _Errors) -> list[list[str]]:
     """`zip = [["model.depth", "model.dropout"]]`: listed axes advance together."""
     if not isinstance(zips, list) or not all(isinstance(g, list) for g in zips):
-        raise err.value("experiment.zip", 'must be a list of lists of keys, e.g. [["model.depth", "model.dropout"]]', zips)
+        example = '[["model.depth", "model.dropout"]]'
+        raise err.value("experiment.zip", f"must be a list of lists of keys, e.g. {example}", zips)
     seen: set[str] = set()
     for group in zips:
         if len(group) < 2:
@@ -441,7 +471,9 @@ def _expand(grid: dict[str, list[Any]], zips: list[list[str]]) -> Iterator[dict[
     zipped = {key for group in zips for key in group}
     factors: list[list[dict[str, Any]]] = []
     for group in zips:
-        factors.append([dict(zip(group, values)) for values in zip(*(grid[k] for k in group))])
+        factors.append(
+            [dict(zip(group, values, strict=True)) for values in zip(*(grid[k] for k in group), strict=True)]
+        )
     for key, values in grid.items():
         if key not in zipped:
             factors.append([{key: v} for v in values])
@@ -474,7 +506,9 @@ def _resolve_run(experiment: str, point: dict[str, Any], err: _Errors, data_dir:
     seed = train_values.pop("seeds")
     data = DataSpec(**data_values)
     model = ModelSpec(**model_values)
-    train_values["steps"] = _resolve_steps(train_values.pop("steps"), train_values.pop("epochs"), data, train_values, err)
+    train_values["steps"] = _resolve_steps(
+        train_values.pop("steps"), train_values.pop("epochs"), data, train_values, err
+    )
     train_values["grad_clip"] = train_values["grad_clip"] or None
     train = TrainSpec(early_stopping=EarlyStopping(**es_values), **train_values)
     _check_run(data, model, train, err)
@@ -489,7 +523,8 @@ def _resolve_steps(steps: int | None, epochs: float | None, data: DataSpec, trai
     if epochs is None:
         raise err.at("train.steps", "is required (or give train.epochs)")
     n_train = data.train_size or DATASETS[data.dataset].train_examples
-    return max(1, math.ceil(epochs * math.ceil(n_train / train["batch_size"])))
+    batches_per_epoch = math.ceil(n_train / int(train["batch_size"]))
+    return max(1, math.ceil(epochs * batches_per_epoch))
 
 
 def _check_run(data: DataSpec, model: ModelSpec, train: TrainSpec, err: _Errors) -> None:
@@ -500,15 +535,22 @@ def _check_run(data: DataSpec, model: ModelSpec, train: TrainSpec, err: _Errors)
     n_train = data.train_size or info.train_examples
     if train.batch_size > n_train:
         raise err.value("train.batch_size", f"must not exceed the training set size ({n_train})", train.batch_size)
-    if model.arch == "resnet" and data.dataset not in IMAGE_DATASETS:
-        raise err.at("model.arch", f"resnet needs an image dataset (mnist, fashion_mnist, cifar10), not {data.dataset}")
-    if train.lr_scaling == "sqrt_params" and train.lr_ref_params is None:
-        raise err.at("train.lr_ref_params", "is required when lr_scaling = \"sqrt_params\" (the size the base lr was tuned for)")
-    if train.schedule == "linear_warmup_cosine" and train.warmup_steps >= train.steps:
-        raise err.value("train.warmup_steps", f"must be smaller than the run's steps ({train.steps})", train.warmup_steps)
-    if train.schedule != "linear_warmup_cosine" and train.warmup_steps:
-        raise err.at("train.warmup_steps", 'only applies with schedule = "linear_warmup_cosine"')
-    if model.norm == "batch" and train.batch_size < 2:
+    if model.arch == Arch.RESNET and data.dataset not in IMAGE_DATASETS:
+        images = ", ".join(sorted(IMAGE_DATASETS))
+        raise err.at("model.arch", f"{Arch.RESNET} needs an image dataset ({images}), not {data.dataset}")
+    if train.lr_scaling == LrScaling.SQRT_PARAMS and train.lr_ref_params is None:
+        raise err.at(
+            "train.lr_ref_params",
+            f'is required when lr_scaling = "{LrScaling.SQRT_PARAMS}" (the size the base lr was tuned for)',
+        )
+    warmup = Schedule.LINEAR_WARMUP_COSINE
+    if train.schedule == warmup and train.warmup_steps >= train.steps:
+        raise err.value(
+            "train.warmup_steps", f"must be smaller than the run's steps ({train.steps})", train.warmup_steps
+        )
+    if train.schedule != warmup and train.warmup_steps:
+        raise err.at("train.warmup_steps", f'only applies with schedule = "{warmup}"')
+    if model.norm == Norm.BATCH and train.batch_size < 2:
         raise err.value("train.batch_size", "must be at least 2 with batch normalisation", train.batch_size)
 
 

@@ -78,3 +78,15 @@ def unavailable_message(name: str, data_dir: Path) -> str:
         f"{name} is not available offline: put {', '.join(missing)} in {folder} "
         f"(or set data.download = true on a machine with network access)"
     )
+
+
+class DatasetUnavailable(Exception):
+    """The dataset's files are not on disk and could not be fetched; the message says where to put them."""
+
+    def __init__(self, name: str, data_dir: Path, reason: str | None = None) -> None:
+        message = unavailable_message(name, data_dir)
+        if reason:
+            message += f"; download failed: {reason}"
+        super().__init__(message)
+        self.dataset = name
+        self.folder = dataset_folder(name, data_dir)

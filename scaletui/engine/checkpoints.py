@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from scaletui.records import Sink
+from scaletui.core.records import Sink
 
 KEEP = 2
 _NAME = re.compile(r"^step_(\d{8})\.pt$")

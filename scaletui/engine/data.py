@@ -14,7 +14,7 @@ Three rules shape this module:
   and a data-scaling sweep varies only the amount of data.
 - Label noise is chosen by the run's seed: it is part of the run, like the init.
 
-The on-disk catalogue (folders, file names) lives in scaletui.datasets, which
+The on-disk catalogue (folders, file names) lives in scaletui.core.datasets, which
 config validation reads without importing torch.
 """
 
@@ -31,32 +31,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from scaletui.datasets import (
+from scaletui.core.datasets import (
     DATASETS,
     MNIST1D_TEST,
     MNIST1D_TRAIN,
+    DatasetUnavailable,
     dataset_folder,
     missing_files,
-    unavailable_message,
 )
-from scaletui.records import DataSpec
+from scaletui.core.specs import DataSpec
 
 MNIST1D_SEED = 42  # fixed: every run of every sweep sees the same MNIST-1D pool
 SUBSET_SEED = 0  # fixed: nested training subsets across train_size
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
-
-
-class DatasetUnavailable(Exception):
-    """The dataset's files are not on disk and could not be fetched; the message says where to put them."""
-
-    def __init__(self, name: str, data_dir: Path, reason: str | None = None) -> None:
-        message = unavailable_message(name, data_dir)
-        if reason:
-            message += f"; download failed: {reason}"
-        super().__init__(message)
-        self.dataset = name
-        self.folder = dataset_folder(name, data_dir)
 
 
 class UnsafePickle(pickle.UnpicklingError):
@@ -148,7 +136,7 @@ def _prepare_mnist1d(data_dir: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".mnist1d-", suffix=".npz.tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy stubs mistype the array keywords
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -206,8 +194,13 @@ def _read_mnist1d(data_dir: Path) -> _Raw:
 def _read_idx(name: str, data_dir: Path) -> _Raw:
     """MNIST / Fashion-MNIST idx files through torchvision (which checks the magic numbers)."""
     cls = _torchvision_class(name)
-    train = cls(root=str(data_dir), train=True, download=False)
-    test = cls(root=str(data_dir), train=False, download=False)
+    try:
+        train = cls(root=str(data_dir), train=True, download=False)
+        test = cls(root=str(data_dir), train=False, download=False)
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        # torchvision reports a corrupt idx file as a bare reshape or assertion error: name the folder.
+        folder = dataset_folder(name, data_dir)
+        raise ValueError(f"{folder}: not valid idx files ({type(exc).__name__}: {exc})") from exc
     # .data: (N, 28, 28) uint8 -> (N, 1, 28, 28)
     return _Raw(train.data.unsqueeze(1), train.targets.long(), test.data.unsqueeze(1), test.targets.long())
 

@@ -28,24 +28,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from scaletui.core.records import LayerStats, MetricRecord, RunOutcome, Sink, StopSignal
+from scaletui.core.specs import EarlyStopping, RunSpec
+from scaletui.core.vocabulary import DebiasedEma, EarlyStoppingMetric, RunStatus
 from scaletui.engine.checkpoints import load_latest_checkpoint, save_checkpoint
 from scaletui.engine.data import Dataset, load_dataset, resolve_device
-from scaletui.engine.models import build_model, model_info, training_memory_bytes, weight_layers
+from scaletui.engine.models import (
+    build_model,
+    model_info,
+    training_memory_bytes,
+    weight_layers,
+)
 from scaletui.engine.optim import build_optimizer, lr_at
 from scaletui.engine.probes import LayerProbe
-from scaletui.records import (
-    EarlyStopping,
-    MetricRecord,
-    RunOutcome,
-    RunSpec,
-    RunStatus,
-    Sink,
-    StopSignal,
-)
 
 EVAL_BATCH = 1024  # examples per forward pass when evaluating
 TRAIN_ACC_EXAMPLES = 2000  # train_acc is measured on (up to) this many training examples
-EMA_BETA = 0.9  # smoothing of the test-loss evaluations
 CHECKPOINT_KEYS = ("run_key", "step", "model", "optimizer", "torch_rng", "sampler", "progress")
 _TORCH_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
@@ -129,15 +127,16 @@ class Progress:
         if self.best_test_loss is None or test_loss < self.best_test_loss:
             self.best_test_loss, self.best_step = test_loss, step
         if step > 0:  # the untrained model's loss would bias a short sequence of evaluations
-            self.ema = EMA_BETA * self.ema + (1 - EMA_BETA) * test_loss
-            self.ema_count += 1
+            ema = DebiasedEma(raw=self.ema, count=self.ema_count)
+            ema.update(test_loss)
+            self.ema, self.ema_count = ema.raw, ema.count
 
     @property
     def smoothed_test_loss(self) -> float | None:
         """Debiased EMA (beta 0.9) over the evaluations after step 0."""
         if self.ema_count == 0:
             return None
-        return self.ema / (1 - EMA_BETA**self.ema_count)
+        return DebiasedEma(raw=self.ema, count=self.ema_count).value
 
     def outcome(self, status: RunStatus, error: str | None = None) -> RunOutcome:
         return RunOutcome(
@@ -166,9 +165,10 @@ def early_stop(progress: Progress, rule: EarlyStopping, test_loss: float, test_a
     """Update the early-stopping state with one evaluation; True when patience has run out."""
     if rule.patience <= 0:
         return False
-    if rule.metric not in ("test_loss", "test_acc"):
-        raise ValueError(f"unknown early_stopping.metric {rule.metric!r}; expected test_loss or test_acc")
-    lower_is_better = rule.metric == "test_loss"
+    if rule.metric not in EarlyStoppingMetric.choices():
+        raise ValueError(f"unknown early_stopping.metric {rule.metric!r}; expected one of "
+                         f"{', '.join(EarlyStoppingMetric.choices())}")
+    lower_is_better = EarlyStoppingMetric(rule.metric).lower_is_better
     value = test_loss if lower_is_better else test_acc
     best = progress.stop_best
     improved = best is None or (value < best - rule.min_delta if lower_is_better else value > best + rule.min_delta)
@@ -364,14 +364,30 @@ def _send_losses(
         return None
     values = torch.stack(pending + (norms or [])).tolist()  # (W + 3T,) -> host: the sync point
     losses = values[: len(pending)]
-    first = step - len(pending) + 1
     pending.clear()
+    stats = probe.layer_stats(step, values[len(losses) :]) if probe is not None and norms else None
+    return record_losses(step, losses, progress, factor, sink, lr, stats)
+
+
+def record_losses(
+    step: int,
+    losses: list[float],
+    progress: Progress,
+    factor: float,
+    sink: Sink,
+    lr: float | None = None,
+    stats: list[LayerStats] | None = None,
+) -> str | None:
+    """Send one window of train losses (host values of the steps up to `step`), the lr and the layer
+    statistics to the sink and to `progress`. Returns why the run diverged, or None. The batched loop
+    (batched.py) records each member's column of its one host transfer through this too."""
+    first = step - len(losses) + 1
     rows = [MetricRecord(first + i, "train_loss", v) for i, v in enumerate(losses)]
     if lr is not None:
         rows.append(MetricRecord(step, "lr", lr))
     sink.metrics(rows)
-    if probe is not None and norms:
-        sink.layer_stats(probe.layer_stats(step, values[len(losses) :]))
+    if stats:
+        sink.layer_stats(stats)
     progress.record_train(first, losses)
     return divergence(first, losses, progress.first_loss, factor)
 
@@ -380,7 +396,13 @@ def _eval_step(
     step: int, model: nn.Module, data: Dataset, progress: Progress, rule: EarlyStopping, sink: Sink
 ) -> RunOutcome | None:
     """Evaluate, record, and say whether the run ends here (DIVERGED or EARLY_STOPPED)."""
-    m = evaluate(model, data)
+    return record_eval(step, evaluate(model, data), progress, rule, sink)
+
+
+def record_eval(
+    step: int, m: dict[str, float], progress: Progress, rule: EarlyStopping, sink: Sink
+) -> RunOutcome | None:
+    """Record one evaluation (`evaluate`'s keys) and say whether the run ends here."""
     sink.metrics([MetricRecord(step, key, m[key]) for key in ("test_loss", "test_acc", "train_acc")])
     progress.record_eval(step, m["test_loss"], m["test_acc"])
     if not math.isfinite(m["test_loss"]):
@@ -405,17 +427,33 @@ def _checkpoint(
 ) -> None:
     """Flush the sink first (a checkpoint never refers to records that could still be lost), then save."""
     sink.flush()
-    payload = {
+    cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    payload = checkpoint_payload(spec, progress, model.state_dict(), optimizer.state_dict(), sampler,
+                                 torch.get_rng_state(), cuda_rng)
+    save_checkpoint(folder, progress.step, payload)
+
+
+def checkpoint_payload(
+    spec: RunSpec,
+    progress: Progress,
+    model_state: dict[str, Any],
+    optimizer_state: dict[str, Any],
+    sampler: EpochSampler,
+    torch_rng: torch.Tensor,
+    cuda_rng: torch.Tensor | None,
+) -> dict[str, Any]:
+    """What a checkpoint holds (CHECKPOINT_KEYS, plus the CUDA generator): one format for a run trained
+    alone and for a member of a batched bundle, so either can resume the other's checkpoints."""
+    return {
         "run_key": spec.key,
         "step": progress.step,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "torch_rng": torch.get_rng_state(),  # uint8 tensor
-        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "model": model_state,
+        "optimizer": optimizer_state,
+        "torch_rng": torch_rng,  # uint8 tensor
+        "cuda_rng": cuda_rng,
         "sampler": sampler.state_dict(),
         "progress": progress.state_dict(),
     }
-    save_checkpoint(folder, progress.step, payload)
 
 
 def _restore(
@@ -426,13 +464,22 @@ def _restore(
     sampler: EpochSampler,
     device: torch.device,
 ) -> Progress:
+    progress = restore_run(saved, spec, model, optimizer, sampler)
+    torch.set_rng_state(saved["torch_rng"])
+    if device.type == "cuda" and saved.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(saved["cuda_rng"], device)
+    return progress
+
+
+def restore_run(
+    saved: dict[str, Any], spec: RunSpec, model: nn.Module, optimizer: torch.optim.Optimizer, sampler: EpochSampler
+) -> Progress:
+    """Load a checkpoint into a run's model, optimizer and sampler (not the random generators, which the
+    caller owns: the global ones here, a member's own in batched.py); returns its progress."""
     if saved["run_key"] != spec.key:
         # Someone pointed two runs at one folder; starting over would prune the other run's checkpoints.
         raise ValueError(f"checkpoint belongs to run {saved['run_key']}, not {spec.key}")
     model.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
-    torch.set_rng_state(saved["torch_rng"])
-    if device.type == "cuda" and saved.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state(saved["cuda_rng"], device)
     sampler.load_state_dict(saved["sampler"])
     return Progress.from_state(saved["progress"])

@@ -25,29 +25,27 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from scaletui.records import ModelInfo, ModelSpec, TrainSpec
-
-ARCHS = ("mlp", "resmlp", "resnet")
-NORMS = ("none", "batch", "layer")
-INITS = ("default", "he", "xavier", "orthogonal")
+from scaletui.core.records import ModelInfo
+from scaletui.core.specs import ModelSpec, TrainSpec
+from scaletui.core.vocabulary import OPTIMIZER_STATE_COPIES, Arch, Init, LrScaling, Norm, Optimizer
 
 
 def build_model(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Build `spec` for inputs of `input_shape` (one example) and `num_classes` outputs, initialised."""
     if spec.depth < 1 or spec.width < 1:
         raise ValueError(f"depth and width must be >= 1, got depth={spec.depth} width={spec.width}")
-    if spec.norm not in NORMS:
-        raise ValueError(f"unknown norm {spec.norm!r}; expected one of {', '.join(NORMS)}")
-    if spec.arch == "mlp":
+    if spec.norm not in Norm.choices():
+        raise ValueError(f"unknown norm {spec.norm!r}; expected one of {', '.join(Norm.choices())}")
+    if spec.arch == Arch.MLP:
         model: nn.Module = _mlp(spec, math.prod(input_shape), num_classes)
-    elif spec.arch == "resmlp":
+    elif spec.arch == Arch.RESMLP:
         model = ResMLP(spec, math.prod(input_shape), num_classes)
-    elif spec.arch == "resnet":
+    elif spec.arch == Arch.RESNET:
         if len(input_shape) != 3:
             raise ValueError(f"resnet needs image inputs (C, H, W), got input shape {input_shape}")
         model = ResNet(spec, input_shape[0], num_classes)
     else:
-        raise ValueError(f"unknown arch {spec.arch!r}; expected one of {', '.join(ARCHS)}")
+        raise ValueError(f"unknown arch {spec.arch!r}; expected one of {', '.join(Arch.choices())}")
     init_weights(model, spec.init)
     return model
 
@@ -56,9 +54,9 @@ def build_model(spec: ModelSpec, input_shape: tuple[int, ...], num_classes: int)
 
 
 def _norm1d(kind: str, width: int) -> nn.Module | None:
-    if kind == "batch":
+    if kind == Norm.BATCH:
         return nn.BatchNorm1d(width)
-    if kind == "layer":
+    if kind == Norm.LAYER:
         return nn.LayerNorm(width)
     return None
 
@@ -109,9 +107,9 @@ class ResMLP(nn.Module):
 
 
 def _norm2d(kind: str, channels: int) -> nn.Module:
-    if kind == "batch":
+    if kind == Norm.BATCH:
         return nn.BatchNorm2d(channels)
-    if kind == "layer":
+    if kind == Norm.LAYER:
         return nn.GroupNorm(1, channels)  # LayerNorm over (C, H, W)
     return nn.Identity()
 
@@ -165,19 +163,21 @@ class ResNet(nn.Module):
 
 def init_weights(model: nn.Module, init: str) -> None:
     """Re-initialise Linear/Conv2d weights (biases zeroed); `default` keeps PyTorch's init."""
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; expected one of {', '.join(INITS)}")
-    if init == "default":
+    if init not in Init.choices():
+        raise ValueError(f"unknown init {init!r}; expected one of {', '.join(Init.choices())}")
+    if init == Init.DEFAULT:
         return
     for _, m in weight_layers(model):
-        if init == "he":
-            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-        elif init == "xavier":
-            nn.init.xavier_normal_(m.weight)
+        weight, bias = m.weight, m.bias
+        assert isinstance(weight, torch.Tensor)  # Linear and Conv2d: what weight_layers returns
+        if init == Init.HE:
+            nn.init.kaiming_normal_(weight, mode="fan_in", nonlinearity="relu")
+        elif init == Init.XAVIER:
+            nn.init.xavier_normal_(weight)
         else:
-            nn.init.orthogonal_(m.weight, gain=nn.init.calculate_gain("relu"))
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
+            nn.init.orthogonal_(weight, gain=nn.init.calculate_gain("relu"))
+        if isinstance(bias, torch.Tensor):
+            nn.init.zeros_(bias)
 
 
 def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -220,17 +220,15 @@ def forward_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 def effective_lr(spec: TrainSpec, params: int) -> float:
     """The base learning rate after `lr_scaling` (sqrt_params: lr * sqrt(lr_ref_params / params))."""
-    if spec.lr_scaling == "none":
+    if spec.lr_scaling == LrScaling.NONE:
         return spec.lr
-    if spec.lr_scaling == "sqrt_params":
+    if spec.lr_scaling == LrScaling.SQRT_PARAMS:
         if not spec.lr_ref_params:
             raise ValueError("lr_scaling = sqrt_params needs lr_ref_params")
         return spec.lr * math.sqrt(spec.lr_ref_params / params)
-    raise ValueError(f"unknown lr_scaling {spec.lr_scaling!r}; expected none or sqrt_params")
+    raise ValueError(f"unknown lr_scaling {spec.lr_scaling!r}; expected one of {', '.join(LrScaling.choices())}")
 
 
-# Copies of the parameters each optimizer keeps as state (momentum buffer; Adam's two moments).
-OPTIMIZER_STATE_COPIES = {"sgd": 0, "momentum": 1, "adam": 2, "adamw": 2}
 BYTES_PER_VALUE = 4  # float32 weights, gradients, optimizer state and activations
 
 
@@ -246,7 +244,7 @@ def training_memory_bytes(
     with torch.device("meta"):
         model = build_model(spec, input_shape, num_classes)
         activations = _activation_values(model, input_shape)
-    copies = 2 + OPTIMIZER_STATE_COPIES.get(optimizer, 2)
+    copies = 2 + OPTIMIZER_STATE_COPIES[Optimizer(optimizer)]
     return BYTES_PER_VALUE * (count_params(model) * copies + batch_size * activations)
 
 

@@ -14,34 +14,34 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 
-from scaletui.records import TrainSpec
-
-OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
-SCHEDULES = ("constant", "cosine", "linear_warmup_cosine")
+from scaletui.core.specs import TrainSpec
+from scaletui.core.vocabulary import Optimizer, Schedule
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], spec: TrainSpec, lr: float) -> torch.optim.Optimizer:
     """The optimizer named by `spec.optimizer` at base rate `lr`, fused when the device supports it."""
     params = list(params)  # may be a generator
-    if spec.optimizer in ("sgd", "momentum"):
-        cls: type[torch.optim.Optimizer] = torch.optim.SGD
-        momentum = spec.momentum if spec.optimizer == "momentum" else 0.0
+    if spec.optimizer in (Optimizer.SGD, Optimizer.MOMENTUM):
+        cls: Any = torch.optim.SGD  # torch's stubs type only the base class's keywords
+        momentum = spec.momentum if spec.optimizer == Optimizer.MOMENTUM else 0.0
         kwargs: dict[str, object] = {"momentum": momentum, "nesterov": False}
-    elif spec.optimizer in ("adam", "adamw"):
-        cls = torch.optim.Adam if spec.optimizer == "adam" else torch.optim.AdamW
+    elif spec.optimizer in (Optimizer.ADAM, Optimizer.ADAMW):
+        cls = torch.optim.Adam if spec.optimizer == Optimizer.ADAM else torch.optim.AdamW
         kwargs = {}
     else:
-        raise ValueError(f"unknown optimizer {spec.optimizer!r}; expected one of {', '.join(OPTIMIZERS)}")
+        raise ValueError(f"unknown optimizer {spec.optimizer!r}; expected one of {', '.join(Optimizer.choices())}")
     kinds = {(p.device, p.dtype) for p in params}
     fused = all(_fused_works(cls, device, dtype) for device, dtype in kinds)
-    return cls(params, lr=lr, weight_decay=spec.weight_decay, fused=fused, **kwargs)
+    optimizer: torch.optim.Optimizer = cls(params, lr=lr, weight_decay=spec.weight_decay, fused=fused, **kwargs)
+    return optimizer
 
 
 @functools.cache
-def _fused_works(cls: type[torch.optim.Optimizer], device: torch.device, dtype: torch.dtype) -> bool:
+def _fused_works(cls: Any, device: torch.device, dtype: torch.dtype) -> bool:
     """Try the fused kernel once per (optimizer, device, dtype) on a throwaway tensor.
     Constructing with fused=True always succeeds; an unsupported device or dtype only fails at step()."""
     try:
@@ -57,15 +57,15 @@ def lr_at(step: int, spec: TrainSpec, base_lr: float) -> float:
     """Learning rate of update number `step` (1..spec.steps, as steps are numbered in records;
     0 is the start). cosine goes from base_lr at 0 to 0 at spec.steps; linear_warmup_cosine
     rises linearly from 0 at step 0 to base_lr at warmup_steps, then follows the cosine to 0."""
-    if spec.schedule == "constant":
+    if spec.schedule == Schedule.CONSTANT:
         return base_lr
-    if spec.schedule == "cosine":
+    if spec.schedule == Schedule.COSINE:
         return _cosine(step, 0, spec.steps, base_lr)
-    if spec.schedule == "linear_warmup_cosine":
+    if spec.schedule == Schedule.LINEAR_WARMUP_COSINE:
         if step < spec.warmup_steps:
             return base_lr * step / spec.warmup_steps
         return _cosine(step, spec.warmup_steps, spec.steps, base_lr)
-    raise ValueError(f"unknown schedule {spec.schedule!r}; expected one of {', '.join(SCHEDULES)}")
+    raise ValueError(f"unknown schedule {spec.schedule!r}; expected one of {', '.join(Schedule.choices())}")
 
 
 def _cosine(step: int, start: int, end: int, base_lr: float) -> float:

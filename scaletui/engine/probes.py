@@ -22,11 +22,12 @@ Usage, on a logging step:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from scaletui.records import LayerStats
+from scaletui.core.records import LayerStats
 
 
 class LayerProbe:
@@ -39,7 +40,8 @@ class LayerProbe:
         self.params: list[torch.Tensor] = []
         self._owner: list[int] = []  # tensor index -> layer index
         for i, (_, module) in enumerate(layers):
-            for p in (module.weight, module.bias):
+            # getattr: a layer of a researcher's own model may have no bias attribute at all (nn.Embedding)
+            for p in (getattr(module, "weight", None), getattr(module, "bias", None)):
                 if isinstance(p, torch.Tensor):
                     self.params.append(p)
                     self._owner.append(i)
@@ -87,33 +89,42 @@ class LayerProbe:
         return [self._zero if p.grad is None else p.grad for p in self.params]
 
     def layer_stats(self, step: int, values: list[float]) -> list[LayerStats]:
-        """Turn the host copy of `after_step()` into one record per layer.
-
-        Tensors are combined per layer here, on the host, as sqrt(sum of squares): a few dozen
-        float operations are cheaper than the device ops (each ~5-10 us to dispatch on a CPU)
-        that would do it before the transfer."""
-        t = len(self.params)
-        sums = [[0.0, 0.0, 0.0] for _ in self.names]  # per layer: grad, weight, update sum of squares
-        for i, layer in enumerate(self._owner):
-            acc = sums[layer]
-            g, w, u = values[i], values[t + i], values[2 * t + i]
-            acc[0] += g * g  # `*`, not `**`: a huge float overflows to inf instead of raising
-            acc[1] += w * w
-            acc[2] += u * u
-        stats = []
-        for layer, (g2, w2, u2) in enumerate(sums):
-            grad, weight, update = math.sqrt(g2), math.sqrt(w2), math.sqrt(u2)
-            nonfinite = 0 if math.isfinite(grad) else self.nonfinite_count(layer)
-            stats.append(LayerStats(step, layer, self.names[layer], grad, weight, _ratio(update, weight), nonfinite))
-        return stats
+        """Turn the host copy of `after_step()` into one record per layer (see `layer_records`)."""
+        return layer_records(self.names, self._owner, step, values, self.nonfinite_count)
 
     def nonfinite_count(self, layer: int) -> int:
         """NaN/Inf gradient values in one layer (host sync: only for layers whose norm was non-finite)."""
         count = 0
-        for p, owner in zip(self.params, self._owner):
+        for p, owner in zip(self.params, self._owner, strict=True):
             if owner == layer and p.grad is not None:
                 count += int((~torch.isfinite(p.grad)).sum())
         return count
+
+
+def layer_records(names: list[str], owner: list[int], step: int, values: list[float],
+                  nonfinite_count: Callable[[int], int]) -> list[LayerStats]:
+    """One record per layer from the host copy of the per-tensor norms: `values` holds the gradient,
+    weight and update norm of every tensor (3T values, in that order), `owner[i]` is the layer of
+    tensor i, and `nonfinite_count(layer)` counts NaN/Inf gradient values (called only for layers
+    whose gradient norm is not finite). Shared by LayerProbe and the stacked probe of batched runs.
+
+    Tensors are combined per layer here, on the host, as sqrt(sum of squares): a few dozen float
+    operations are cheaper than the device ops (each ~5-10 us to dispatch on a CPU) that would do it
+    before the transfer."""
+    t = len(owner)
+    sums = [[0.0, 0.0, 0.0] for _ in names]  # per layer: grad, weight, update sum of squares
+    for i, layer in enumerate(owner):
+        acc = sums[layer]
+        g, w, u = values[i], values[t + i], values[2 * t + i]
+        acc[0] += g * g  # `*`, not `**`: a huge float overflows to inf instead of raising
+        acc[1] += w * w
+        acc[2] += u * u
+    stats = []
+    for layer, (g2, w2, u2) in enumerate(sums):
+        grad, weight, update = math.sqrt(g2), math.sqrt(w2), math.sqrt(u2)
+        nonfinite = 0 if math.isfinite(grad) else nonfinite_count(layer)
+        stats.append(LayerStats(step, layer, names[layer], grad, weight, _ratio(update, weight), nonfinite))
+    return stats
 
 
 def _ratio(update: float, weight: float) -> float:

@@ -1,7 +1,7 @@
 """An in-memory Sink: for tests, benchmarks, and anyone who wants a run's records as lists.
 
 The real sink (SQLite) lives in scaletui.store, which the engine must not import;
-this one satisfies the same `scaletui.records.Sink` protocol with plain lists.
+this one satisfies the same `scaletui.core.records.Sink` protocol with plain lists.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from scaletui.records import LayerStats, MetricRecord, ModelInfo
+from scaletui.core.records import LayerStats, MetricRecord, ModelInfo
 
 
 @dataclass

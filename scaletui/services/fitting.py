@@ -1,20 +1,24 @@
 """From a sweep in the database (or a CSV file) to fitted scaling laws that say how well they predict.
 
-This is the glue between `scaletui.store` (where the runs are) and `scaletui.analysis.powerlaw`
-(pure fits over arrays). The CLI (`scaletui fit`), the headless run's closing fit and the app's
-fit pane all go through it, so a law means the same thing wherever it is shown:
+This is the glue between `scaletui.store` (where the runs are) and `scaletui.analysis` (pure fits over
+arrays: the forms, the solver, form selection, bands, checks). The CLI (`scaletui fit`), the headless
+run's closing fit and the app's fit pane all go through it, so a law means the same thing wherever
+it is shown:
 
 * **which runs**: finished ones only (done, early_stopped). Diverged runs have no loss worth
   fitting; they are left out and *counted*, because a size whose seeds diverge is evidence too.
 * **the loss of a run**: the experiment's stated rule (final, best or smoothed test loss) unless
   another is chosen; the rule's label travels with every report.
 * **x**: one of `X_CHOICES` (see `run_x` for how each is read from the runs table).
-* **uncertainty**: bootstrap over runs (a resample draws whole runs, never steps of one run);
-  for a CSV file over rows, or over the values of a column (`unit`: a run or seed column), so
-  that rows of one run, or copies of one row, are drawn together.
-* **prediction**: the largest size (all its seeds) left out, fitted on the rest and predicted;
-  then the two largest. Each left-out point is judged on its own: for L(N, D) every (N, D)
-  that was trained, never a mean over D that no run had.
+* **which law**: `form="auto"` fits every candidate form (`analysis.select.DEFAULT_FORMS`) and keeps
+  the one that best predicts the sizes it was not shown (rolling origin: the largest 1, 2, ... sizes
+  left out); every form's held-out error is reported side by side, with a warning when the choice
+  is not clear. A form's name forces it (`offset` = M2 and `power` = M1 still work).
+* **uncertainty**: a bootstrap that resamples whole groups: for a sweep all seeds of one size together
+  (the group is the size), for a CSV file the values of a column (`unit`), else each row. From the
+  same resamples: parameter intervals and the prediction band (calibrated, see `analysis.select.Band`).
+* **prediction**: each held-out point of the nearest two origins is reported on its own (for L(N, D)
+  every (N, D) that was trained), and `FitSpec.predict` asks for the law, with its band, anywhere.
 * **time**: the law refitted at every evaluation step of the test-loss series; if alpha moves
   between training regimes, the law quoted at the end predicts nothing.
 
@@ -24,7 +28,6 @@ app can run a fit in a thread worker of its own process.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
@@ -34,69 +37,143 @@ from typing import Any
 
 import numpy as np
 
-from scaletui.analysis.powerlaw import (
-    BootstrapResult,
-    FitData,
-    FitOptions,
-    Form,
-    HeldOut,
-    LawFit,
-    Monotonicity,
-    PredictiveCheck,
-    Stability,
-    bootstrap_law,
-    check_monotone,
-    exponent_stability,
-    fit_law,
-    fit_warnings,
-    load_csv,
-    predictive_check,
-    row_list,
-    to_fit_result,
+from scaletui.analysis.checks import Monotonicity, check_monotone, fit_warnings
+from scaletui.analysis.forms import FORMS as LAW_FORMS
+from scaletui.analysis.forms import FittedLaw, form, predict
+from scaletui.analysis.heldout import HeldOutReport, heldout_report
+from scaletui.analysis.select import (
+    DEFAULT_FORMS,
+    Band,
+    FormScore,
+    Selection,
+    SelectOptions,
+    band_from_bootstrap,
+    extrapolation_rate,
+    select_form,
 )
-from scaletui.records import FitResult, LossRule
-from scaletui.store.fits import FitInputs
+from scaletui.analysis.solve import Bootstrap, FitOptions, LossSpec, bootstrap, default_loss
+from scaletui.analysis.stability import Stability, exponent_stability
+from scaletui.core.rows import ExperimentRow, RunSummary
+from scaletui.core.specs import RunSpec
+from scaletui.core.vocabulary import DebiasedEma, FitX, LossRule, RunStatus
+from scaletui.services.csvdata import FitData, load_csv, row_list
+from scaletui.services.fit_report import (
+    BY_DEFAULT,
+    BY_HELDOUT,
+    FAR_BEYOND,
+    FORCED,
+    ONLY_FORM,
+    FitReport,
+    Point,
+    Prediction,
+    describe_heldout,
+    describe_stability,
+    percent_text,
+    point_text,
+    summarise_points,
+)
 from scaletui.store.reader import Reader
 
 __all__ = [
-    "X_CHOICES", "FORMS", "FitInputError", "FitSpec", "RunPoint", "Point", "Curves", "FitReport",
-    "ExperimentFit", "CsvFit", "gather", "fit_curve", "fit_experiment", "fit_csv", "csv_group_columns", "save_reports",
-    "resolve_experiment", "loss_at_steps", "describe_heldout", "describe_stability",
+    "AUTO",
+    "FAR_BEYOND",
+    "FORMS",
+    "FORM_ALIASES",
+    "X_CHOICES",
+    "CsvFit",
+    "Curves",
+    "ExperimentFit",
+    "FitInputError",
+    "FitReport",
+    "FitSpec",
+    "Point",
+    "Prediction",
+    "RunPoint",
+    "csv_group_columns",
+    "describe_heldout",
+    "describe_stability",
+    "fit_csv",
+    "fit_curve",
+    "fit_experiment",
+    "form_name",
+    "gather",
+    "loss_at_steps",
+    "resolve_experiment",
+    "save_reports",
 ]
 
 #: What a law can be fitted against (the x axis).
-X_CHOICES: tuple[str, ...] = ("params", "width", "depth", "flops", "examples", "steps")
-#: `--form` names of the one-variable laws.
-FORMS: dict[str, Form] = {"offset": Form.OFFSET, "power": Form.POWER}
-#: Statuses whose runs are fitted; `diverged` ones are counted instead.
-FITTED_STATUSES = ("done", "early_stopped")
-#: Mirrors scaletui.engine.loop.EMA_BETA (not imported: the engine pulls in torch).
-EMA_BETA = 0.9
+X_CHOICES: tuple[str, ...] = FitX.choices()
+#: `form` that fits every candidate form and keeps the best predictor.
+AUTO = "auto"
+#: The names scaletui's `--form` had before forms were chosen; they still work.
+FORM_ALIASES: dict[str, str] = {"offset": "M2", "power": "M1"}
+#: Every accepted `form`: auto, a form of analysis.forms, or an alias.
+FORMS: tuple[str, ...] = (AUTO, *LAW_FORMS, *FORM_ALIASES)
 
 
 class FitInputError(ValueError):
     """Bad input for a fit, as one line naming the thing (experiment, column, x ...)."""
 
 
+def form_name(name: str) -> str:
+    """The canonical `form`: "auto", a key of analysis.forms.FORMS, or an alias resolved; FitInputError else."""
+    key = name.strip()
+    if key.lower() == AUTO:
+        return AUTO
+    if key.lower() in FORM_ALIASES:
+        return FORM_ALIASES[key.lower()]
+    if key.upper() in LAW_FORMS:
+        return key.upper()
+    raise FitInputError(f"form: unknown form {name!r}; choose {AUTO}, {', '.join(LAW_FORMS)} "
+                        "(offset = M2, power = M1)")
+
+
 @dataclass(frozen=True)
 class FitSpec:
-    """The choices behind a fit: the same as `scaletui fit`'s flags and the fit pane's keys."""
+    """The choices behind a fit: the same as `scaletui fit`'s flags and the fit pane's keys.
 
-    x: str = "params"
+    form: "auto" or a form's name (see `form_name`). loss_space / delta: the objective (delta None:
+    the measured default, `analysis.solve.default_loss`: 0.01 for one variable, 1e-3 for L(N, D)).
+    upper_bound: the metric's known maximum (an error rate: 1), which only forms finite as x -> 0
+    (M4) respect. predict: points to predict with a band: (x,) each, or (N, D) for L(N, D).
+    """
+
+    x: str = FitX.PARAMS
     group_by: str | None = None
     loss_rule: LossRule | None = None  # None: the experiment's own rule
-    form: Form = Form.OFFSET
+    form: str = AUTO
     n_bootstrap: int = 1000
     level: float = 0.9
     seed: int = 0
-    stability: bool = True  # refit at every evaluation step (costs one small fit per step)
-    options: FitOptions = FitOptions()
+    stability: bool = True  # refit at every evaluation step (costs one small warm fit per step)
+    loss_space: str = "log"
+    delta: float | None = None
+    upper_bound: float | None = None
+    predict: tuple[tuple[float, ...], ...] = ()
 
-    def options_json(self) -> dict[str, Any]:
+    @property
+    def form_name(self) -> str:
+        return form_name(self.form)
+
+    def loss(self, n_vars: int) -> LossSpec:
+        try:
+            return LossSpec(self.loss_space, default_loss(n_vars).delta if self.delta is None else self.delta)
+        except ValueError as exc:
+            raise FitInputError(str(exc)) from None
+
+    def select_options(self, n_vars: int) -> SelectOptions:
+        """How forms are fitted and compared for a curve of `n_vars` variables."""
+        name = self.form_name
+        fit = FitOptions(loss=self.loss(n_vars), upper_bound=self.upper_bound)
+        return SelectOptions(forms=DEFAULT_FORMS if name == AUTO else (name,), fit=fit)
+
+    def options_json(self, n_vars: int = 1) -> dict[str, Any]:
         """What `fits.options_json` keeps: enough to refit the same way."""
-        return {"form": self.form.value, "group_by": self.group_by, "n_bootstrap": self.n_bootstrap,
-                "level": self.level, "seed": self.seed, "delta": self.options.delta,
-                "n_starts": self.options.n_starts}
+        loss = self.loss(n_vars)
+        return {"form": self.form_name, "group_by": self.group_by, "n_bootstrap": self.n_bootstrap,
+                "level": self.level, "seed": self.seed, "loss_space": loss.space, "delta": loss.delta,
+                "upper_bound": self.upper_bound, "predict": [list(p) for p in self.predict]}
 
 
 # ----------------------------------------------------------------------------- points
@@ -115,28 +192,6 @@ class RunPoint:
     loss: float
     group: Hashable
     series: tuple[tuple[int, float, float], ...] = ()
-
-
-@dataclass(frozen=True)
-class Point:
-    """Mean loss and spread over the runs (seeds) at one x."""
-
-    x: float
-    mean: float
-    sd: float  # sample sd over runs (ddof=1); NaN for a single run
-    lo: float
-    hi: float
-    n: int
-
-
-def summarise_points(x: np.ndarray, loss: np.ndarray) -> tuple[Point, ...]:
-    """One `Point` per distinct x, ascending."""
-    out = []
-    for xv in np.unique(x):
-        v = loss[x == xv]
-        sd = float(v.std(ddof=1)) if v.size > 1 else math.nan
-        out.append(Point(float(xv), float(v.mean()), sd, float(v.min()), float(v.max()), int(v.size)))
-    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -163,31 +218,28 @@ def loss_at_steps(series: Sequence[tuple[int, float]], rule: LossRule) -> list[t
     untrained model) is dropped, and so are NaN evaluations.
     """
     out: list[tuple[int, float]] = []
-    best, ema, count = math.inf, 0.0, 0
+    best, ema = math.inf, DebiasedEma()
     for step, value in series:
         if step <= 0 or not math.isfinite(value):
             continue
         best = min(best, value)
-        ema, count = EMA_BETA * ema + (1 - EMA_BETA) * value, count + 1
-        smoothed = ema / (1 - EMA_BETA**count)
+        smoothed = ema.update(value)
         out.append((step, {LossRule.FINAL: value, LossRule.BEST: best, LossRule.SMOOTHED: smoothed}[rule]))
     return out
 
 
-_RULE_COLUMN = {LossRule.FINAL: "final_test_loss", LossRule.BEST: "best_test_loss",
-                LossRule.SMOOTHED: "smoothed_test_loss"}
-
-
-def _flat_config(config_json: str | None) -> dict[str, Any]:
+def flat_config(spec: RunSpec | None) -> dict[str, Any]:
     """A run's resolved config as one flat dict: data.*, model.*, train.* (scalars) and seed."""
-    d = json.loads(config_json or "{}")
-    flat: dict[str, Any] = {"seed": d.get("seed")}
+    if spec is None:
+        return {}
+    d = spec.to_dict()
+    flat: dict[str, Any] = {"seed": d["seed"]}
     for section in ("data", "model", "train"):
-        flat.update({k: v for k, v in d.get(section, {}).items() if not isinstance(v, dict)})
+        flat.update({k: v for k, v in d[section].items() if not isinstance(v, dict)})
     return flat
 
 
-def run_x(x: str, row: dict[str, Any], config: dict[str, Any], step: int | None = None) -> float | None:
+def run_x(x: str, row: RunSummary, config: dict[str, Any], step: int | None = None) -> float | None:
     """The x of one run (None when the run does not have it).
 
     params: trainable parameters (runs.params); width, depth: the model's; examples: the
@@ -197,12 +249,12 @@ def run_x(x: str, row: dict[str, Any], config: dict[str, Any], step: int | None 
     refits). flops_per_example counts the forward pass only; the usual factor 3 for forward +
     backward would rescale A and leave alpha and E unchanged.
     """
-    if x == "flops":
-        done = step if step is not None else row.get("step")
-        fpe, batch = row.get("flops_per_example"), config.get("batch_size")
-        return None if None in (fpe, done, batch) else float(fpe) * float(done) * float(batch)
-    value = {"params": row.get("params"), "width": row.get("width"), "depth": row.get("depth"),
-             "examples": config.get("train_size")}[x]
+    if x == FitX.FLOPS:
+        done = step if step is not None else row.step
+        fpe, batch = row.flops_per_example, config.get("batch_size")
+        return None if fpe is None or done is None or batch is None else float(fpe) * float(done) * float(batch)
+    value = {FitX.PARAMS: row.params, FitX.WIDTH: row.width, FitX.DEPTH: row.depth,
+             FitX.EXAMPLES: config.get("train_size")}[FitX(x)]
     return None if value is None else float(value)
 
 
@@ -210,45 +262,48 @@ def _usable(value: float | None) -> bool:
     return value is not None and math.isfinite(value) and value > 0
 
 
-def _run_points(reader: Reader, row: dict[str, Any], spec: FitSpec, rule: LossRule) -> list[RunPoint]:
+def _run_points(reader: Reader, row: RunSummary, spec: FitSpec, rule: LossRule) -> list[RunPoint]:
     """The point(s) one finished run contributes: one, or one per evaluation for x = steps."""
-    config = _flat_config(reader.run_config(row["id"]))
+    config = flat_config(reader.run_spec(row.id))
     group = config.get(spec.group_by) if spec.group_by else None
-    need_series = spec.x == "steps" or spec.stability
-    at_steps = loss_at_steps(reader.metric_series(row["id"], "test_loss"), rule) if need_series else []
-    if spec.x == "steps":
-        return [RunPoint(row["id"], float(s), v, group) for s, v in at_steps if v > 0]
-    x, loss = run_x(spec.x, row, config), row.get(_RULE_COLUMN[rule])
-    if not (_usable(x) and _usable(loss)):
+    need_series = spec.x == FitX.STEPS or spec.stability
+    at_steps = loss_at_steps(reader.metric_series(row.id, "test_loss"), rule) if need_series else []
+    if spec.x == FitX.STEPS:
+        return [RunPoint(row.id, float(s), v, group) for s, v in at_steps if v > 0]
+    x, loss = run_x(spec.x, row, config), row.loss_by(rule)
+    if x is None or loss is None or not (_usable(x) and _usable(loss)):
         return []
-    series = tuple((s, xs, v) for s, v in at_steps if _usable(xs := run_x(spec.x, row, config, s)) and v > 0)
-    return [RunPoint(row["id"], float(x), float(loss), group, series)]  # type: ignore[arg-type]
+    series = tuple((s, xs, v) for s, v in at_steps if (xs := run_x(spec.x, row, config, s)) is not None
+                   and _usable(xs) and v > 0)
+    return [RunPoint(row.id, x, loss, group, series)]
 
 
-def resolve_experiment(reader: Reader, name: str | None) -> dict[str, Any]:
-    """The experiment row called `name`, or the only / most recently updated one when None."""
+def resolve_experiment(reader: Reader, name: str | None) -> ExperimentRow:
+    """The experiment called `name`, or the only / most recently updated one when None."""
     rows = reader.experiments()
     if not rows:
         raise FitInputError(f"{reader.path}: no experiments in the database (run a sweep first)")
     if name is None:
-        return max(rows, key=lambda r: (r.get("updated_at") or r.get("created_at") or "", r["id"]))
+        return max(rows, key=lambda r: (r.updated_at or r.created_at or "", r.id))
     for r in rows:
-        if r["name"] == name:
+        if r.name == name:
             return r
-    raise FitInputError(f"{reader.path}: no experiment {name!r}; experiments are {[r['name'] for r in rows]}")
+    raise FitInputError(f"{reader.path}: no experiment {name!r}; experiments are {[r.name for r in rows]}")
 
 
 def _check_choices(spec: FitSpec) -> None:
     if spec.x not in X_CHOICES:
         raise FitInputError(f"x: unknown x {spec.x!r}; choose one of {', '.join(X_CHOICES)}")
-    if spec.form.n_vars != 1:
-        raise FitInputError("form: a sweep is fitted with a one-variable law (offset or power)")
+    name = spec.form_name
+    if name != AUTO and form(name).n_vars != 1:
+        raise FitInputError(f"form: {name} fits two variables (N, D); a sweep is fitted against one x "
+                            f"(choose {AUTO} or one of {', '.join(n for n, f in LAW_FORMS.items() if f.n_vars == 1)})")
 
 
-def _check_group_by(reader: Reader, rows: list[dict[str, Any]], group_by: str | None) -> None:
+def _check_group_by(reader: Reader, rows: list[RunSummary], group_by: str | None) -> None:
     if group_by is None or not rows:
         return
-    known = _flat_config(reader.run_config(rows[0]["id"]))
+    known = flat_config(reader.run_spec(rows[0].id))
     if group_by not in known:
         raise FitInputError(f"group-by: unknown column {group_by!r}; choose one of {', '.join(sorted(known))}")
 
@@ -257,9 +312,9 @@ def gather(reader: Reader, experiment: str | None, spec: FitSpec) -> Curves:
     """Collect the points of one experiment's finished runs, split into curves."""
     _check_choices(spec)
     exp = resolve_experiment(reader, experiment)
-    rule = spec.loss_rule or LossRule(exp["loss_rule"])
-    rows = reader.runs(exp["name"])
-    finished = [r for r in rows if r["status"] in FITTED_STATUSES]
+    rule = spec.loss_rule or exp.loss_rule
+    rows = reader.runs(exp.name)
+    finished = [r for r in rows if r.ok]
     _check_group_by(reader, finished, spec.group_by)
     curves: dict[Hashable, list[RunPoint]] = defaultdict(list)
     skipped = 0
@@ -268,17 +323,17 @@ def gather(reader: Reader, experiment: str | None, spec: FitSpec) -> Curves:
         skipped += not points
         for p in points:
             curves[p.group].append(p)
-    diverged = _diverged_by_group(reader, [r for r in rows if r["status"] == "diverged"], spec.group_by)
+    diverged = _diverged_by_group(reader, [r for r in rows if r.status is RunStatus.DIVERGED], spec.group_by)
     ordered = dict(sorted(curves.items(), key=lambda kv: _sort_key(kv[0])))
-    return Curves(exp["name"], int(exp["id"]), rule, spec.x, spec.group_by, ordered, len(finished),
+    return Curves(exp.name, exp.id, rule, spec.x, spec.group_by, ordered, len(finished),
                   sum(diverged.values()), skipped, diverged)
 
 
-def _diverged_by_group(reader: Reader, diverged: list[dict[str, Any]], group_by: str | None) -> dict[Hashable, int]:
+def _diverged_by_group(reader: Reader, diverged: list[RunSummary], group_by: str | None) -> dict[Hashable, int]:
     """How many runs diverged in each curve: a size whose seeds diverge is evidence too."""
     counts: dict[Hashable, int] = defaultdict(int)
     for row in diverged:
-        counts[_flat_config(reader.run_config(row["id"])).get(group_by) if group_by else None] += 1
+        counts[flat_config(reader.run_spec(row.id)).get(group_by) if group_by else None] += 1
     return dict(counts)
 
 
@@ -286,113 +341,151 @@ def _sort_key(value: Hashable) -> tuple[int, float, str]:
     return (0, float(value), "") if isinstance(value, int | float) else (1, 0.0, str(value))
 
 
-# ----------------------------------------------------------------------------- reports
-
-
-@dataclass(frozen=True)
-class FitReport:
-    """Everything known about one fitted curve: points, law, intervals, prediction, checks."""
-
-    source: str  # experiment name or CSV path
-    x_name: str
-    loss_label: str | None  # e.g. "final test loss"; None for CSV fits
-    group: str | None  # e.g. "depth=4"
-    form: Form
-    xs: tuple[np.ndarray, ...]  # x, or (N, D) for the two-variable law
-    loss: np.ndarray
-    run_ids: tuple[int, ...]
-    points: tuple[Point, ...]
-    fit: LawFit
-    boot: BootstrapResult | None
-    check: PredictiveCheck
-    monotonicity: Monotonicity | None
-    stability: Stability | None
-    warnings: tuple[str, ...]
-    n_diverged: int = 0
-    experiment_id: int | None = None
-    loss_rule: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    fit_id: int | None = None
-    resample_unit: str = ""  # what the bootstrap drew: "runs", "rows", "6 values of 'seed'"
-
-    @property
-    def result(self) -> FitResult:
-        return to_fit_result(self.fit, self.x_name, boot=self.boot, check=self.check, warnings=self.warnings)
-
-    @property
-    def n_sizes(self) -> int:
-        return int(np.unique(self.xs[0]).size)
-
-    def inputs(self) -> FitInputs:
-        """What the `fits` table keeps about where this fit came from."""
-        extra = {"D": self.xs[1].tolist()} if len(self.xs) == 2 else {}
-        # Every held-out point travels with the options: the fits table keeps the worst one as a column.
-        options = {**self.options, "heldout": _clean(_heldout_json(self.check))}
-        return FitInputs(source=self.source, x=self.xs[0].tolist(), loss=self.loss.tolist(),
-                         experiment_id=self.experiment_id, loss_rule=self.loss_rule, grouping=self.group,
-                         run_ids=self.run_ids, extra_x=extra, options=options)
-
-    def to_json(self) -> dict[str, Any]:
-        """A plain, JSON-ready summary (NaN and infinities become null)."""
-        return _clean(_report_json(self))
-
-
-def _heldout_json(check: PredictiveCheck) -> list[dict[str, Any]]:
-    """One entry per check (largest 1, largest 2 left out); its lists hold one value per held-out point
-    (x, or N with D for the two-variable law; n = the rows averaged into `actual`)."""
-    out = []
-    for k, h in ((1, check.leave_one), (2, check.leave_two)):
-        if h is None:
-            continue
-        entry: dict[str, Any] = {"left_out": k, "x": list(h.x_out)}
-        if h.points and len(h.points[0]) == 2:
-            entry["D"] = [p[1] for p in h.points]
-        entry.update({"predicted": list(h.predicted), "actual": list(h.actual), "rel_error": list(h.rel_error),
-                      "n": list(h.n_obs), "max_rel_error": h.max_rel_error, "params": dict(h.fit.params)})
-        out.append(entry)
-    return out
-
-
-def _stability_json(s: Stability | None) -> dict[str, Any] | None:
-    if s is None:
-        return None
-    return {"steps": s.steps.tolist(), "alpha": s.alpha.tolist(), "last_k": s.last_k, "alpha_range": s.alpha_range,
-            "rel_range": s.rel_range, "rel_tol": s.rel_tol, "stable": s.stable, "notes": list(s.notes)}
-
-
-def _report_json(r: FitReport) -> dict[str, Any]:
-    boot = r.boot
-    return {
-        "fit_id": r.fit_id, "source": r.source, "x": r.x_name, "group": r.group, "form": r.form.value,
-        "loss_rule": r.loss_rule, "loss_label": r.loss_label, "n_points": r.fit.n_points, "n_sizes": r.n_sizes,
-        "n_diverged": r.n_diverged, "resample_unit": r.resample_unit, "params": dict(r.fit.params),
-        "converged": r.fit.converged,
-        "objective": r.fit.objective, "level": boot.level if boot else None,
-        "n_bootstrap": boot.n_done if boot else 0,
-        "intervals": {k: list(v) for k, v in boot.intervals.items()} if boot else {},
-        "std_errors": dict(boot.std_errors) if boot else {},
-        "heldout": _heldout_json(r.check), "heldout_notes": list(r.check.notes),
-        "monotone": None if r.monotonicity is None else r.monotonicity.ok,
-        "stability": _stability_json(r.stability), "warnings": list(r.warnings),
-        "points": [vars(p) for p in r.points],
-    }  # fmt: skip
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
 
 # ----------------------------------------------------------------------------- fitting one curve
 
 StopCheck = Callable[[], bool]
+BAND_POINTS = 64  # band grid over the data's range, for plots
+
+
+@dataclass(frozen=True)
+class _Curve:
+    """One curve to fit: points, resampling groups (None: every point), and its name for messages."""
+
+    xs: tuple[np.ndarray, ...]
+    loss: np.ndarray
+    groups: np.ndarray | None
+    what: str  # "law (depth=2)", "d.csv (model=tiny)"
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    """What analysis says about one curve (the parts of a FitReport that do not depend on the source)."""
+
+    law: FittedLaw
+    scores: tuple[FormScore, ...]
+    chosen_by: str
+    boot: Bootstrap | None
+    band: Band | None
+    predictions: tuple[Prediction, ...]
+    heldout: HeldOutReport
+    warnings: tuple[str, ...]
+
+
+def _check_sizes(x: np.ndarray, what: str) -> None:
+    sizes = np.unique(x).size
+    if sizes < 2:
+        raise FitInputError(f"{what}: only {sizes} distinct value(s) of x; a fit needs at least 2 sizes")
+
+
+def _no_law(what: str, selection: Selection) -> FitInputError:
+    """No form could be fitted: one line with every form's reason (once, when they all agree)."""
+    reasons = [(s.form, s.skipped or "not fitted") for s in selection.scores]
+    if len({why for _, why in reasons}) == 1:
+        return FitInputError(f"{what}: {reasons[0][1]}")
+    listed = "; ".join(why if why.startswith(name) else f"{name}: {why}" for name, why in reasons)
+    return FitInputError(f"{what}: no form could be fitted ({listed})")
+
+
+def _select(curve: _Curve, spec: FitSpec) -> tuple[FormScore, Selection, SelectOptions]:
+    opts = spec.select_options(len(curve.xs))
+    selection = select_form(curve.xs, curve.loss, opts)
+    if selection.best is None or selection.best.law is None:
+        raise _no_law(curve.what, selection)
+    return selection.best, selection, opts
+
+
+def _selection_warnings(selection: Selection) -> list[str]:
+    """The selection's warnings less the per-form skip lines (the forms table says those)."""
+    skip_lines = {f"{s.form} {kind}: {s.skipped}" for s in selection.scores for kind in ("skipped", "not scored")}
+    return [w for w in selection.warnings if w not in skip_lines]
+
+
+def _fit_curve_arrays(curve: _Curve, spec: FitSpec, stop: StopCheck | None) -> _Fitted:
+    """Select (or force) the form, bootstrap it, band it, judge it; raises FitInputError when no form fits."""
+    _check_sizes(curve.xs[0], curve.what)
+    targets = _prediction_points(spec.predict, len(curve.xs), curve.what)
+    score, selection, opts = _select(curve, spec)
+    assert score.law is not None
+    gen = np.random.default_rng(spec.seed)
+    boot = _bootstrap(score.law, curve, spec, opts, gen, stop)
+    band = _band(score, boot, curve, targets, opts, spec.level, gen)
+    intervals = {n: boot.interval(n, spec.level) for n in boot.names} if boot is not None and boot.n_done else {}
+    law_warnings = fit_warnings(score.law, curve.xs, curve.loss, intervals=intervals, level=spec.level)
+    law = replace(score.law, warnings=law_warnings)
+    predictions = _predictions(law, band, targets, spec.level)
+    warnings = (*_selection_warnings(selection), *law_warnings, *_prediction_warnings(predictions))
+    chosen_by = _chosen_by(spec, score, selection)
+    return _Fitted(law, selection.scores, chosen_by, boot, band, predictions,
+                   heldout_report(score, curve.xs, curve.loss), tuple(warnings))
+
+
+def _chosen_by(spec: FitSpec, score: FormScore, selection: Selection) -> str:
+    if spec.form_name != AUTO:
+        return FORCED
+    if not score.ok:
+        return BY_DEFAULT
+    return ONLY_FORM if sum(s.law is not None for s in selection.scores) == 1 else BY_HELDOUT
+
+
+def _bootstrap(law: FittedLaw, curve: _Curve, spec: FitSpec, opts: SelectOptions, gen: np.random.Generator,
+               stop: StopCheck | None) -> Bootstrap | None:
+    """The group bootstrap of the chosen form (None when not asked for)."""
+    if spec.n_bootstrap <= 0:
+        return None
+    try:
+        return bootstrap(law.form, curve.xs, curve.loss, groups=curve.groups, n_resamples=spec.n_bootstrap,
+                         rng=gen, options=opts.fit, should_stop=stop)
+    except ValueError as exc:  # the points passed selection, so this is not expected; still one line
+        raise FitInputError(f"{curve.what}: bootstrap: {exc}") from None
+
+
+def _prediction_points(predict_at: Sequence[tuple[float, ...]], n_vars: int, what: str) -> np.ndarray:
+    """The points to predict at, (k, n_vars); FitInputError for a point of the wrong arity or not > 0."""
+    for point in predict_at:
+        if len(point) != n_vars:
+            shape = "N,D" if n_vars == 2 else "one x"
+            raise FitInputError(f"{what}: predict {','.join(f'{v:g}' for v in point)}: this law takes {shape}")
+        if not all(math.isfinite(v) and v > 0 for v in point):
+            raise FitInputError(f"{what}: predict {','.join(f'{v:g}' for v in point)}: sizes must be finite and > 0")
+    return np.array(predict_at, dtype=float).reshape(-1, n_vars)
+
+
+def _band(score: FormScore, boot: Bootstrap | None, curve: _Curve, targets: np.ndarray, opts: SelectOptions,
+          level: float, gen: np.random.Generator) -> Band | None:
+    """The calibrated band over the data's range (one variable) and at the predictions, from the bootstrap."""
+    if boot is None or boot.n_done == 0 or score.law is None:
+        return None
+    if len(curve.xs) == 1:
+        top = max(float(curve.xs[0].max()), float(targets.max()) if targets.size else 0.0)
+        grid = np.geomspace(float(curve.xs[0].min()), top, BAND_POINTS)
+        x_new: tuple[np.ndarray, ...] = (np.unique(np.concatenate([grid, targets[:, 0]])),)  # sorted, for plots
+    elif targets.size:
+        x_new = (targets[:, 0], targets[:, 1])
+    else:
+        return None
+    rate = extrapolation_rate(score.law, curve.xs, curve.loss, opts, score.origin_laws)
+    return band_from_bootstrap(score.law, boot, x_new, curve.xs, curve.loss, rate=rate, level=level, rng=gen)
+
+
+def _predictions(law: FittedLaw, band: Band | None, targets: np.ndarray, level: float) -> tuple[Prediction, ...]:
+    """The law at each target, with the band's bounds there (one variable: the band's grid holds every
+    target; two: the band is computed at the targets, in order)."""
+    out = []
+    for i, point in enumerate(targets):
+        value = float(predict(law, *point)[()])
+        lo = hi = math.nan
+        if band is not None:
+            at = i if len(point) == 2 else int(np.flatnonzero(band.x[0] == point[0])[0])
+            lo, hi = float(band.lo[at]), float(band.hi[at])
+        out.append(Prediction(tuple(map(float, point)), value, lo, hi, level, float(point[0]) / law.x_range[1]))
+    return tuple(out)
+
+
+def _prediction_warnings(predictions: Sequence[Prediction]) -> list[str]:
+    return [f"PREDICTION FAR BEYOND THE DATA: {point_text(p.at)} is {p.beyond:.3g}x the largest fitted size; "
+            f"the law and its band assume the form holds that far (more than {FAR_BEYOND:g}x is a guess)"
+            for p in predictions if p.far]
 
 
 def _monotonicity_warnings(mono: Monotonicity | None) -> list[str]:
@@ -411,69 +504,40 @@ def _stability_warnings(s: Stability | None) -> list[str]:
     if s is None or s.stable or math.isnan(s.rel_range):
         return []
     n = min(s.last_k, int(np.isfinite(s.alpha).sum()))
-    return [f"alpha moved by {_share(s.rel_range)} of its median over the last {n} evaluations "
+    return [f"alpha moved by {percent_text(s.rel_range)} of its median over the last {n} evaluations "
             f"(tolerance {s.rel_tol:.0%}): the exponent is not stable over training"]
 
 
-def _share(ratio: float) -> str:
-    """A ratio as a percentage; an infinite one (alpha's median is 0) says so."""
-    return f"{ratio:.0%}" if math.isfinite(ratio) else "more than 100% (median 0)"
-
-
-def _stability(points: Sequence[RunPoint], spec: FitSpec, stop: StopCheck | None) -> Stability | None:
-    """Refit at every evaluation step; None when x = steps (the series *is* the data) or no series."""
-    if spec.x == "steps" or not spec.stability or (stop is not None and stop()):
+def _stability(points: Sequence[RunPoint], spec: FitSpec, law: FittedLaw,
+               stop: StopCheck | None) -> Stability | None:
+    """Refit the chosen form at every evaluation step; None when x = steps (the series *is* the data),
+    without series, or when stopped."""
+    if spec.x == FitX.STEPS or not spec.stability or (stop is not None and stop()):
         return None
     rows = [(xs, v, s) for p in points for s, xs, v in p.series]
     if not rows:
         return None
-    x, y, step = (np.array(c, dtype=float) for c in zip(*rows))
-    return exponent_stability(x, y, step, form=spec.form, options=replace(spec.options, n_starts=8))
-
-
-def _check_sizes(x: np.ndarray, what: str) -> None:
-    sizes = np.unique(x).size
-    if sizes < 2:
-        raise FitInputError(f"{what}: only {sizes} distinct value(s) of x; a fit needs at least 2 sizes")
-
-
-def _check_points(n_points: int, form: Form, what: str) -> None:
-    if n_points < form.n_params:
-        raise FitInputError(f"{what}: only {n_points} points; {form.value} has {form.n_params} parameters")
-
-
-def _fit_arrays(form: Form, xs: tuple[np.ndarray, ...], y: np.ndarray, groups: np.ndarray | None,
-                spec: FitSpec, stop: StopCheck | None) -> tuple[LawFit, BootstrapResult | None, PredictiveCheck]:
-    """The law, its bootstrap (over `groups`: runs or seeds) and the held-out check."""
-    arg = xs[0] if len(xs) == 1 else xs
-    try:
-        fit = fit_law(form, arg, y, options=spec.options)
-    except ValueError as exc:
-        raise FitInputError(str(exc)) from exc
-    boot = None
-    if spec.n_bootstrap > 0:
-        boot = bootstrap_law(form, arg, y, groups=groups, n_resamples=spec.n_bootstrap, level=spec.level,
-                             rng=spec.seed, fit=fit, options=spec.options, should_stop=stop)
-    return fit, boot, predictive_check(form, arg, y, options=spec.options)
+    x, y, step = (np.array(c, dtype=float) for c in zip(*rows, strict=True))
+    options = FitOptions(loss=LossSpec(law.loss_space, law.delta), upper_bound=law.upper_bound)
+    return exponent_stability(x, y, step, form=law.form, options=options)
 
 
 def fit_curve(points: Sequence[RunPoint], spec: FitSpec, *, source: str, loss_rule: LossRule,
               group: str | None = None, n_diverged: int = 0, experiment_id: int | None = None,
               should_stop: StopCheck | None = None) -> FitReport:
-    """Fit one curve of run points: the law, bootstrap over runs, held-out errors, checks."""
+    """Fit one curve of run points: the form, its bootstrap over sizes, held-out errors, checks."""
     x = np.array([p.x for p in points], dtype=float)
     y = np.array([p.loss for p in points], dtype=float)
-    run_ids = np.array([p.run_id for p in points])
     what = f"{source}{f' ({group})' if group else ''}"
-    _check_sizes(x, what)
-    _check_points(x.size, spec.form, what)
-    fit, boot, check = _fit_arrays(spec.form, (x,), y, run_ids, spec, should_stop)
+    fitted = _fit_curve_arrays(_Curve((x,), y, x, what), spec, should_stop)
     mono = check_monotone(x, y)
-    stability = _stability(points, spec, should_stop)
-    warnings = (*fit_warnings(fit, x, y, boot=boot), *_monotonicity_warnings(mono), *_stability_warnings(stability))
-    return FitReport(source, spec.x, loss_rule.label, group, spec.form, (x,), y, tuple(int(i) for i in run_ids),
-                     summarise_points(x, y), fit, boot, check, mono, stability, tuple(warnings), n_diverged,
-                     experiment_id, loss_rule.value, spec.options_json(), resample_unit="runs")
+    stability = _stability(points, spec, fitted.law, should_stop)
+    warnings = (*fitted.warnings, *_monotonicity_warnings(mono), *_stability_warnings(stability))
+    unit = f"{np.unique(x).size} sizes"  # a resample draws sizes; a size brings all its seeds
+    return FitReport(source, spec.x, loss_rule.label, group, fitted.law, (x,), y, tuple(p.run_id for p in points),
+                     summarise_points(x, y), fitted.scores, fitted.chosen_by, fitted.boot, fitted.band,
+                     fitted.predictions, fitted.heldout, mono, stability, tuple(warnings), spec.level, n_diverged,
+                     experiment_id, loss_rule.value, spec.options_json(), resample_unit=unit)
 
 
 # ----------------------------------------------------------------------------- experiments and CSV files
@@ -506,14 +570,13 @@ def fit_experiment(db_path: str | Path, experiment: str | None, spec: FitSpec, *
         try:
             reports.append(fit_curve(points, spec, source=curves.experiment, loss_rule=curves.loss_rule, group=label,
                                      n_diverged=curves.diverged_by_group.get(value, 0),
-                                     experiment_id=curves.experiment_id,
-                                     should_stop=should_stop))
+                                     experiment_id=curves.experiment_id, should_stop=should_stop))
         except FitInputError as exc:
             if spec.group_by is None:
                 raise
             skipped.append(str(exc))
     if not reports:
-        raise FitInputError(f"experiment {curves.experiment!r}: no curve has 2 sizes to fit ({'; '.join(skipped)})")
+        raise FitInputError(f"experiment {curves.experiment!r}: no curve could be fitted ({'; '.join(skipped)})")
     return ExperimentFit(curves, tuple(reports), tuple(skipped))
 
 
@@ -542,9 +605,11 @@ def fit_csv(path: str | Path, *, x: str, y: str, d: str | None = None, compute: 
     a unit. What load_csv refuses or leaves out is in its docstring.
     """
     two_vars = d is not None or compute is not None
-    if two_vars and spec.form is Form.POWER:
-        raise FitInputError(f"{path}: form {Form.POWER.value} fits one variable; N and D are fitted with "
-                            f"{Form.TWO_VAR.value}")
+    name = spec.form_name
+    if name != AUTO and (form(name).n_vars == 2) != two_vars:
+        wanted = "N and D (--csv-d or --csv-compute)" if form(name).n_vars == 2 else "one x"
+        raise FitInputError(f"{path}: form {name} fits {wanted}; {'N, D' if two_vars else 'one x'} given"
+                            + (" (L(N, D) is CHINCHILLA: drop --form)" if two_vars else ""))
     columns = csv_group_columns(spec.group_by)
     try:
         data = (load_csv(path, n=x, d=d, compute=compute, loss=y, group=unit, split=columns,
@@ -552,11 +617,9 @@ def fit_csv(path: str | Path, *, x: str, y: str, d: str | None = None, compute: 
                 else load_csv(path, x=x, loss=y, group=unit, split=columns, drop_highest=drop_highest))
     except (OSError, ValueError) as exc:
         raise FitInputError(str(exc)) from exc
-    form = Form.TWO_VAR if two_vars else spec.form
-    options = {**spec.options_json(), "form": form.value, "csv_y": y, "csv_d": d, "csv_compute": compute,
+    options = {**spec.options_json(2 if two_vars else 1), "csv_y": y, "csv_d": d, "csv_compute": compute,
                "csv_group": unit, "drop_highest": drop_highest}
-    csv_spec = _CsvSpec(str(path), y, unit, columns, form, spec, options)
-    return _fit_csv_curves(data, csv_spec)
+    return _fit_csv_curves(data, _CsvSpec(str(path), y, unit, columns, spec, options))
 
 
 @dataclass(frozen=True)
@@ -567,7 +630,6 @@ class _CsvSpec:
     loss_column: str
     unit: str | None
     group_columns: tuple[str, ...]
-    form: Form
     spec: FitSpec
     options: dict[str, Any]
 
@@ -610,25 +672,23 @@ def _lossless_curves(data: FitData) -> dict[tuple[str, ...], list[int]]:
 
 
 def _csv_label(columns: tuple[str, ...], values: tuple[str, ...]) -> str | None:
-    return ", ".join(f"{c}={v}" for c, v in zip(columns, values)) if columns else None
+    return ", ".join(f"{c}={v}" for c, v in zip(columns, values, strict=True)) if columns else None
 
 
 def _csv_report(data: FitData, values: tuple[str, ...], label: str | None, cs: _CsvSpec) -> FitReport:
-    """One curve of a CSV file: the law, its bootstrap over `cs.unit` (or rows), held-out errors, checks."""
+    """One curve of a CSV file: the form, its bootstrap over `cs.unit` (or rows), held-out errors, checks."""
     what = f"{cs.source}{f' ({label})' if label else ''}"
-    _check_sizes(data.xs[0], what)
-    _check_points(data.loss.size, cs.form, what)
     spec, unit_text, unit_warnings = _resampling(data, cs)
-    fit, boot, check = _fit_arrays(cs.form, data.xs, data.loss, data.groups, spec, None)
-    one = cs.form.n_vars == 1
+    fitted = _fit_curve_arrays(_Curve(data.xs, data.loss, data.groups, what), spec, None)
+    one = not data.two_variable
     mono = check_monotone(data.xs[0], data.loss) if one else None
     dropped = [row for row, v in data.dropped if v == values]
-    warnings = (*fit_warnings(fit, data.xs[0] if one else data.xs, data.loss, boot=boot),
-                *_monotonicity_warnings(mono), *unit_warnings, *_row_warnings(data, dropped, cs))
+    warnings = (*fitted.warnings, *_monotonicity_warnings(mono), *unit_warnings, *_row_warnings(data, dropped, cs))
     x_name = data.names[0] if one else f"{data.names[0]},{data.names[1]}"
     points = summarise_points(data.xs[0], data.loss) if one else ()
-    return FitReport(cs.source, x_name, None, label, cs.form, data.xs, data.loss, (), points, fit, boot, check,
-                     mono, None, tuple(warnings), options=cs.options, resample_unit=unit_text)
+    return FitReport(cs.source, x_name, None, label, fitted.law, data.xs, data.loss, (), points, fitted.scores,
+                     fitted.chosen_by, fitted.boot, fitted.band, fitted.predictions, fitted.heldout, mono, None,
+                     tuple(warnings), spec.level, options=cs.options, resample_unit=unit_text)
 
 
 def _resampling(data: FitData, cs: _CsvSpec) -> tuple[FitSpec, str, list[str]]:
@@ -653,9 +713,10 @@ def _row_warnings(data: FitData, dropped: list[int], cs: _CsvSpec) -> list[str]:
     if copies:
         what = "1 row is an exact duplicate of an earlier row" if copies == 1 else \
             f"{copies} rows are exact duplicates of earlier rows"
-        effect = ("each copy weighs in the fit again" if cs.unit is not None else
-                  "the bootstrap counts every copy as independent evidence, so its intervals are too narrow; "
-                  "remove them, or resample by a run or seed column (--csv-group)")
+        effect = ("the point fit counts each once; the bootstrap draws them with their "
+                  f"{cs.unit!r} value" if cs.unit is not None else
+                  "the point fit counts each once, but the bootstrap counts every copy as independent evidence, "
+                  "so its intervals are too narrow; remove them, or resample by a run or seed column (--csv-group)")
         out.append(f"{what}: {effect}")
     return out
 
@@ -665,37 +726,4 @@ def save_reports(db_path: str | Path, reports: Sequence[FitReport]) -> list[FitR
     from scaletui.store.writer import Store
 
     with Store(db_path) as store:
-        return [replace(r, fit_id=store.add_fit(r.result, r.inputs())) for r in reports]
-
-
-# ----------------------------------------------------------------------------- plain-text summaries
-
-
-def describe_heldout(check: PredictiveCheck) -> list[str]:
-    """One line per held-out point: what was left out, predicted vs actual, relative error."""
-    lines = []
-    for k, h in ((1, check.leave_one), (2, check.leave_two)):
-        if h is None:
-            continue
-        for i, (p, a, e) in enumerate(zip(h.predicted, h.actual, h.rel_error)):
-            lines.append(f"largest {k} left out: {_point_text(h, i)}: predicted {p:.4g}, actual {a:.4g} ({e:.1%})")
-    return lines + list(check.notes)
-
-
-def _point_text(h: HeldOut, i: int) -> str:
-    """"x=1024", or "N=1e+09, D=2e+10" for the two-variable law."""
-    point = h.points[i] if h.points else (h.x_out[i],)
-    names = ("x",) if len(point) == 1 else ("N", "D")
-    return ", ".join(f"{name}={v:.4g}" for name, v in zip(names, point))
-
-
-def describe_stability(s: Stability | None) -> str:
-    """alpha over the last evaluations, e.g. "alpha 0.31..0.33 over the last 5 evals (6%): stable"."""
-    if s is None:
-        return "not computed (no test-loss series, or x = steps)"
-    if s.notes:
-        return "; ".join(s.notes)
-    tail = s.alpha[np.isfinite(s.alpha)][-s.last_k:]
-    verdict = "stable" if s.stable else "UNSTABLE"
-    return (f"alpha {tail.min():.3g}..{tail.max():.3g} over the last {tail.size} evaluations "
-            f"(range {_share(s.rel_range)} of median, tolerance {s.rel_tol:.0%}): {verdict}")
+        return [replace(r, fit_id=store.add_fit(r)) for r in reports]

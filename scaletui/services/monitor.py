@@ -3,8 +3,8 @@
 Why here. Workers must only train (a detector pass in a worker steals time from its run and would need
 every other run's losses for the group checks), and the app must only read (an app that is closed, or a
 headless sweep, still has to produce alerts). So one thread in the runner process watches the database
-the workers write, the same way the app does: `Reader` queries with per-run cursors, reading only what
-is new. Every `interval_s` it
+the workers write, the same way the app does: through a `Tracker` (`scaletui.services.tracker`), reading
+only what is new, and everything of a run again when it restarted. Every `interval_s` it
 
 * diagnoses each run of this sweep that has new records (`diagnose_run` over the run's whole series so
   far: the detectors are replayable, so the step an alert names does not move as the run grows) and
@@ -13,7 +13,8 @@ is new. Every `interval_s` it
   sensitivity) over the sweep's finished runs, by the sweep's loss rule.
 
 A last pass runs when the executor returns, so a headless sweep's alerts are complete when its summary
-prints. A failing pass is logged and recorded as a `monitor_error` event; it never stops the sweep.
+prints. A failing pass is logged and recorded as a `monitor_error` event; it never stops the sweep, and
+moves no cursor, so the next pass reads the same rows again.
 
 Grouping. The group detectors compare sizes (width, depth) over seeds. Other axes of the sweep either
 define *what* is being scaled (data.*, model.arch, model.init, model.norm: one group analysis each) or are
@@ -30,26 +31,29 @@ import logging
 import math
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from scaletui.analysis.diagnose import GroupRow, Thresholds, diagnose_group, diagnose_run, series_from_records
 from scaletui.analysis.configurator import mlp_params
-from scaletui.config import Sweep, axis_value
-from scaletui.datasets import DATASETS
-from scaletui.records import Alert, LayerStats, MetricRecord, RunSpec, RunStatus
+from scaletui.analysis.diagnose import GroupRow, diagnose_group, diagnose_run, series_from_records
+from scaletui.core.config import Sweep, axis_value
+from scaletui.core.datasets import DATASETS
+from scaletui.core.records import Alert, LayerStats, MetricRecord
+from scaletui.core.rows import RunSummary
+from scaletui.core.specs import RunSpec
+from scaletui.core.thresholds import Thresholds
+from scaletui.core.vocabulary import DENSE_ARCHS, EventKind, RunStatus
+from scaletui.services.tracker import Tracker
 from scaletui.store.alerts import alert_subject
-from scaletui.store.reader import Reader
 from scaletui.store.writer import Store
 
 log = logging.getLogger(__name__)
 
 MONITOR_INTERVAL_S = 2.0
 _DIAGNOSED_KEYS = frozenset({"train_loss", "test_loss", "test_acc", "train_acc"})
-_GOOD = (RunStatus.DONE.value, RunStatus.EARLY_STOPPED.value)  # their loss counts; diverged ones do not
-_BEFORE_ANY_STEP = -(2**62)
 _SIZE_AXES = ("model.width", "model.depth", "train.seeds")
+_OWNER = "monitor"  # whose cursors, in the tracker
 
 
 def _is_nuisance(axis: str) -> bool:
@@ -59,7 +63,7 @@ def _is_nuisance(axis: str) -> bool:
 
 def _config_params(spec: RunSpec) -> int | None:
     """Parameters of an mlp/resmlp from its config (no torch); None for other architectures."""
-    if spec.model.arch not in ("mlp", "resmlp"):
+    if spec.model.arch not in DENSE_ARCHS:
         return None
     info = DATASETS[spec.data.dataset]
     return mlp_params(math.prod(info.input_shape), spec.model.width, spec.model.depth, info.num_classes,
@@ -96,7 +100,9 @@ def group_tables(runs: Iterable[FinishedRun], axes: Iterable[str]) -> dict[tuple
     """One table of GroupRows per setting of the group axes; each size keeps only the seeds of its best
     nuisance setting (lowest mean loss over seeds)."""
     group_axes, nuisance_axes = _split_axes(axes)
-    points: dict[tuple, dict[tuple, dict[tuple, list[FinishedRun]]]] = defaultdict(lambda: defaultdict(dict))
+    Values = tuple[tuple[str, Any], ...]
+    points: dict[Values, dict[tuple[int, int], dict[Values, list[FinishedRun]]]] = defaultdict(
+        lambda: defaultdict(dict))
     for run in runs:
         size = (run.spec.model.width, run.spec.model.depth)
         point = points[_values(run.spec, group_axes)][size]
@@ -138,34 +144,23 @@ def _with_message(alert: Alert, message: str) -> Alert:
 
 @dataclass
 class _Track:
-    """What the monitor keeps of one run between passes: cursors and the diagnosed records."""
+    """What the monitor keeps of one run between passes: the records the detectors read."""
 
     run_id: int
     spec: RunSpec
-    started_at: str | None = None
     metrics: dict[tuple[int, str], MetricRecord] = field(default_factory=dict)
     layers: dict[tuple[int, int], LayerStats] = field(default_factory=dict)
-    metric_step: int = _BEFORE_ANY_STEP  # highest step read so far
-    layer_step: int = _BEFORE_ANY_STEP
     signature: tuple[tuple[Any, ...], ...] | None = None  # the alerts last synced
 
-    def restart(self, started_at: str | None) -> None:
-        """A (re)start: the worker dropped records after its resume step, so read everything again."""
-        self.started_at = started_at
-        self.metrics.clear()
-        self.layers.clear()
-        self.metric_step = self.layer_step = _BEFORE_ANY_STEP
-
     def take(self, metrics: Sequence[MetricRecord], layers: Sequence[LayerStats]) -> bool:
-        """Keep the new records the detectors read; True when anything was new."""
+        """Keep the new records the detectors read; True when that changed what is kept."""
+        known = len(self.metrics) + len(self.layers)
         for r in metrics:
             if r.key in _DIAGNOSED_KEYS:
                 self.metrics[(r.step, r.key)] = r
         for s in layers:
             self.layers[(s.step, s.layer)] = s
-        self.metric_step = max([self.metric_step, *(r.step for r in metrics)])
-        self.layer_step = max([self.layer_step, *(s.step for s in layers)])
-        return bool(metrics or layers)
+        return len(self.metrics) + len(self.layers) != known
 
 
 # --------------------------------------------------------------------------- the monitor
@@ -188,12 +183,11 @@ class SweepMonitor:
         self._watch = set(run_ids)  # runs this sweep trains: diagnosed as they progress
         self._tracks: dict[int, _Track] = {}
         self._before: dict[int, str | None] = {}  # started_at of watched runs left unfinished by an earlier sweep
-        self._rows: dict[int, dict[str, Any]] = {}  # latest run_summary row of every run of this sweep
-        self._rev = 0
+        self._rows: dict[int, RunSummary] = {}  # latest row of every run of this sweep
+        self._tracker = Tracker(sweep.db)
         self._group_dirty = True
         self._group_subjects: set[str] | None = None
         self._group_signature: tuple[tuple[Any, ...], ...] | None = None
-        self._reader: Reader | None = None
         self._store: Store | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -231,16 +225,16 @@ class SweepMonitor:
         self.close()
 
     def close(self) -> None:
-        for handle in (self._reader, self._store):
-            if handle is not None:
-                handle.close()
-        self._reader = self._store = None
+        self._tracker.close()
+        if self._store is not None:
+            self._store.close()
+        self._store = None
 
     def safe_pass(self) -> None:
         """One pass; a failure is logged and recorded as an event, never raised into the sweep."""
         try:
             self.run_pass()
-        except Exception as exc:  # noqa: BLE001 - alerts are advisory; the sweep must go on
+        except Exception as exc:
             self._report(f"{type(exc).__name__}: {exc}")
 
     def _report(self, error: str) -> None:
@@ -249,78 +243,77 @@ class SweepMonitor:
             return
         self._last_error = error
         try:
-            self._handles()[1].add_event(None, "monitor_error", f"alert monitor: {error}")
-        except Exception:  # noqa: BLE001 - the database itself may be what failed
+            self._writer().add_event(None, EventKind.MONITOR_ERROR, f"alert monitor: {error}")
+        except Exception:
             log.debug("could not record the monitor error", exc_info=True)
 
-    def _handles(self) -> tuple[Reader, Store]:
+    def _writer(self) -> Store:
+        """The store, opened before the first read (it creates the database if the sweep has not yet)."""
         if self._store is None:
             self._store = Store(self.sweep.db)
-        if self._reader is None:
-            self._reader = Reader(self.sweep.db)
-        return self._reader, self._store
+        return self._store
 
     # ----------------------------------------------------------------- one pass
 
     def run_pass(self) -> None:
-        """Read what changed, diagnose the runs that have new records, and the group if runs finished."""
-        reader, _ = self._handles()
-        rev, rows = reader.changed_runs_since(self._rev)
-        for row in rows:
-            if row["key"] in self._specs:
-                self._rows[row["id"]] = row
-                if row["id"] in self._watch:
-                    self._group_dirty |= self._follow(row)
-        if self._group_dirty:
-            self._group_pass()
-            self._group_dirty = False
-        self._rev = rev  # only now: a pass that failed half-way is redone from the same cursor
+        """Read what changed, diagnose the runs that have new records, and the group if runs finished.
+        A pass that fails half-way moves no cursor: the next one reads the same rows again."""
+        self._writer()
+        with self._tracker.transaction():
+            for row in self._tracker.changed_runs():
+                if row.key in self._specs:
+                    self._rows[row.id] = row
+                    if row.id in self._watch:
+                        self._group_dirty |= self._follow(row)
+            if self._group_dirty:
+                self._group_pass()
+                self._group_dirty = False
 
-    def _follow(self, row: Mapping[str, Any]) -> bool:
+    def _follow(self, row: RunSummary) -> bool:
         """Diagnose one watched run if it has new records; True when it has just finished."""
-        if row["id"] not in self._tracks:
-            if row["status"] not in (RunStatus.RUNNING.value, *_GOOD, RunStatus.DIVERGED.value):
-                self._before[row["id"]] = row["started_at"]
-            self._tracks[row["id"]] = _Track(row["id"], self._specs[row["key"]])
-        if row["status"] == RunStatus.QUEUED.value or self._before.get(row["id"], 0) == row["started_at"]:
+        if row.id not in self._tracks:
+            if row.status is not RunStatus.RUNNING and not row.finished:
+                self._before[row.id] = row.started_at
+            self._tracks[row.id] = _Track(row.id, self._specs[row.key])
+        if row.status is RunStatus.QUEUED or self._before.get(row.id, 0) == row.started_at:
             return False  # not started by this sweep yet (a resumable run keeps its old state until then)
-        track = self._tracks[row["id"]]
-        if row["started_at"] != track.started_at:
-            track.restart(row["started_at"])
-        if self._read_new(track) and row["params"]:
+        track = self._tracks[row.id]
+        if self._read_new(track) and row.params:
             self._diagnose(track, row)
-        if row["status"] == RunStatus.RUNNING.value:
+        if row.status is RunStatus.RUNNING:
             return False
-        del self._tracks[row["id"]]  # finished, failed or interrupted: its alerts are final
-        self._watch.discard(row["id"])
-        return row["status"] in _GOOD
+        del self._tracks[row.id]  # finished, failed or interrupted: its alerts are final
+        self._watch.discard(row.id)
+        self._tracker.forget(row.id, owner=_OWNER)
+        return row.ok
 
     def _read_new(self, track: _Track) -> bool:
-        """Records since the cursors. The cursor's own step is read again: an evaluation at a step can
-        land in the flush after the one that carried that step's train loss."""
-        reader, _ = self._handles()
-        metrics = reader.records_since(track.run_id, track.metric_step - 1)
-        layers = reader.layer_stats_since(track.run_id, track.layer_step - 1)
-        known = len(track.metrics) + len(track.layers)
-        track.take(metrics, layers)
-        return len(track.metrics) + len(track.layers) != known
+        """The run's records not read yet; all of them after a (re)start, which rewrote those after its
+        checkpoint (the tracker notices, and what was kept is dropped)."""
+        metrics = self._tracker.records(track.run_id, owner=_OWNER)
+        layers = self._tracker.layer_stats(track.run_id, owner=_OWNER)
+        if metrics.reset:
+            track.metrics.clear()
+        if layers.reset:
+            track.layers.clear()
+        return track.take(metrics.items, layers.items)
 
-    def _diagnose(self, track: _Track, row: Mapping[str, Any]) -> None:
+    def _diagnose(self, track: _Track, row: RunSummary) -> None:
         spec = track.spec
         series = series_from_records(
             track.metrics.values(), track.layers.values(), run_id=track.run_id, width=spec.model.width,
-            depth=spec.model.depth, params=int(row["params"]), lr=row["lr_effective"] or spec.train.lr,
+            depth=spec.model.depth, params=int(row.params or 0), lr=row.lr_effective or spec.train.lr,
             base_lr=spec.train.lr, lr_ref_params=spec.train.lr_ref_params, dropout=spec.model.dropout)
         alerts = diagnose_run(series, self.thresholds, group_best=self._group_best(spec),
                               ref_params=self._ref_params(spec))
         signature = tuple((a.kind, a.severity, a.step, a.message) for a in alerts)
         if signature != track.signature:
-            self._handles()[1].sync_alerts(self.experiment_id, alerts, subjects=[_run_subject(track.run_id)])
+            self._writer().sync_alerts(self.experiment_id, alerts, subjects=[_run_subject(track.run_id)])
             track.signature = signature
 
     def _finished(self) -> list[FinishedRun]:
-        return [FinishedRun(run_id, self._specs[row["key"]], float(row["loss"])) for run_id, row in self._rows.items()
-                if row["status"] in _GOOD and row["loss"] is not None and math.isfinite(row["loss"])]
+        return [FinishedRun(run_id, self._specs[row.key], row.loss) for run_id, row in self._rows.items()
+                if row.ok and row.loss is not None and math.isfinite(row.loss)]
 
     def _group_best(self, spec: RunSpec) -> float | None:
         """Best finished loss among runs of the same width (and the same group axes): "far from the best"."""
@@ -335,7 +328,7 @@ class SweepMonitor:
         (counted from the config for MLPs, so it is known before that model has started)."""
         if spec.train.lr_ref_params:
             return spec.train.lr_ref_params
-        sizes = [int(row["params"]) for row in self._rows.values() if row["params"]]
+        sizes = [row.params for row in self._rows.values() if row.params]
         return min([*sizes, *self._config_sizes], default=None)
 
     def _group_pass(self) -> None:
@@ -343,9 +336,9 @@ class SweepMonitor:
         signature = tuple(sorted((alert_subject(a), a.kind, a.message) for a in alerts))
         if signature == self._group_signature:
             return
-        reader, store = self._handles()
         if self._group_subjects is None:  # group rows stored before (an earlier sweep) may be stale now
-            self._group_subjects = {row["subject"] for row in reader.alerts(self.sweep.name) if row["run_id"] is None}
-        store.sync_alerts(self.experiment_id, alerts, subjects=self._group_subjects)
+            stored = self._tracker.reader.alerts(self.sweep.name)
+            self._group_subjects = {row.subject for row in stored if row.run_id is None}
+        self._writer().sync_alerts(self.experiment_id, alerts, subjects=self._group_subjects)
         self._group_subjects |= {alert_subject(a) for a in alerts}
         self._group_signature = signature

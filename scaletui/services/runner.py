@@ -3,11 +3,15 @@
 Shape of a sweep run:
 - the runner (this process) validates nothing (config.py did), prepares the
   datasets, registers runs in the store, reaps rows left `running` by dead
-  processes, then hands runs to an *executor*;
+  processes, then hands *tasks* to an *executor*: a task is one run, or (with
+  `experiment.batch_runs`) a bundle of runs that differ only in seed, lr or weight
+  decay, which one worker trains as one batched model (engine/batched.py; see
+  `plan_tasks` for how bundles are sized);
 - the executor here is `LocalProcessExecutor`: N persistent spawn-started worker
   processes, each single-threaded by default (measured: two single-threaded
-  workers beat one two-threaded process by 1.3-1.85x). A worker trains one run
-  at a time and writes that run's records to SQLite itself through `StoreSink`;
+  workers beat one two-threaded process by 1.3-1.85x). A worker trains one task
+  at a time and writes each run's records to SQLite itself through its own
+  `StoreSink`, and tells the runner as each run of a bundle ends;
 - a later executor (Ray, a cluster queue) only has to honour `Executor.run`:
   the engine and the store do not change.
 
@@ -18,7 +22,9 @@ Robustness choices, each because of a way real sweeps die:
 - workers ignore SIGINT (the terminal sends it to the whole process group) and
   stop through the flag, so Ctrl-C gives every run a flush and a checkpoint;
 - a worker whose parent died stops its run and marks it `interrupted` itself;
-- a worker that dies is replaced, and its run becomes `interrupted`.
+- a worker that dies is replaced, and its unfinished runs become `interrupted`;
+- the app stops one run of a bundle with a request file naming it, then SIGUSR1
+  (services/stop_requests.py); the bundle's other runs go on.
 
 A checkpoint belongs to one run of one database: runs of the same sweep file in two
 databases (`--db`) share `experiment.checkpoint_dir`, so each database's checkpoints
@@ -43,8 +49,10 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any, Protocol
 
-from scaletui.config import Sweep
-from scaletui.records import LayerStats, MetricRecord, ModelInfo, RunOutcome, RunSpec, RunStatus
+from scaletui.core.config import Sweep
+from scaletui.core.records import LayerStats, MetricRecord, ModelInfo, RunOutcome
+from scaletui.core.specs import RunSpec
+from scaletui.core.vocabulary import RunEventKind, RunStatus
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +62,26 @@ STOP_GRACE_S = 60.0  # how long stopping workers get to flush and checkpoint bef
 
 @dataclass(frozen=True)
 class Task:
-    """One run handed to an executor."""
+    """One run handed to an executor, or a bundle of same-shape runs that one worker trains together as
+    one batched model (engine/batched.py): `run_id`/`spec` is its first run, `others` the rest."""
 
     run_id: int
     spec: RunSpec
+    others: tuple[tuple[int, RunSpec], ...] = ()
+
+    @property
+    def members(self) -> tuple[tuple[int, RunSpec], ...]:
+        """(run id, spec) of every run of the task, the first one first."""
+        return ((self.run_id, self.spec), *self.others)
 
 
 @dataclass(frozen=True)
 class RunEvent:
-    """What the runner tells its front end: started, progress, finished, worker_died (and, from a worker
-    whose database refuses writes, storage_failed: the sweep stops)."""
+    """What the runner tells its front end about one run (see `RunEventKind`): started, progress,
+    finished (a dead worker's run finishes as `interrupted`, with the reason in `error`), and, from a
+    worker whose database refuses writes, storage_failed (the sweep stops)."""
 
-    kind: str
+    kind: RunEventKind
     run_id: int
     label: str
     step: int = 0
@@ -159,27 +175,103 @@ def run_sweep(
     storage_failures: list[str] = []  # a worker found the database unwritable: the sweep stops
 
     def record(event: RunEvent) -> None:
-        if event.kind == "storage_failed":
+        if event.kind is RunEventKind.STORAGE_FAILED:
             storage_failures.append(event.error or "")
-        if event.kind == "finished" and event.status is not None:
+        if event.kind is RunEventKind.FINISHED and event.status is not None:
             result.statuses[event.run_id] = event.status
         on_event(event)
 
-    tasks = longest_first([Task(run_id, spec) for run_id, spec in todo])
-    on_plan(len(tasks), len(sweep.runs))
+    tasks = longest_first(plan_tasks(todo, sweep.workers, sweep.batch_runs))
+    on_plan(len(todo), len(sweep.runs))
     executor = executor or LocalProcessExecutor(sweep.workers, worker_config(sweep, database_id))
-    from scaletui.monitor import SweepMonitor
+    from scaletui.services.monitor import SweepMonitor
 
-    with SweepMonitor(sweep, experiment_id, [task.run_id for task in tasks]):  # live alerts; never fails the sweep
+    with SweepMonitor(sweep, experiment_id, [run_id for run_id, _ in todo]):  # live alerts; never fails the sweep
         executor.run(tasks, record, lambda: should_stop() or bool(storage_failures))
     if storage_failures:
         from scaletui.store.errors import StoreWriteFailed
 
         raise StoreWriteFailed(sweep.db, storage_failures[0])
-    result.interrupted = should_stop() or len(result.statuses) < len(tasks)
-    for task in tasks:
-        result.statuses.setdefault(task.run_id, RunStatus.INTERRUPTED)
+    result.interrupted = should_stop() or len(result.statuses) < len(todo)
+    for run_id, _ in todo:
+        result.statuses.setdefault(run_id, RunStatus.INTERRUPTED)
     return result
+
+
+# ---------------------------------------------------------------------------
+# Bundles: same-shape runs trained together
+# ---------------------------------------------------------------------------
+BUNDLE_MAX_RUNS = 16  # members of one bundle at most (past ~8 the gain per member flattens)
+BUNDLE_BUDGET_BYTES = 2 * 2**30  # estimated training memory of one bundle at most
+
+
+def plan_tasks(todo: Sequence[tuple[int, RunSpec]], workers: int, batch_runs: bool) -> list[Task]:
+    """The sweep's runs as tasks: with `batch_runs`, runs that share everything but seed, lr and weight
+    decay (`engine.batched.bundle_key`) become bundles where batching pays on their device
+    (`engine.batched.worth_batching`), each no bigger than memory allows (`bundle_capacity`); bundles
+    are split further while there are fewer tasks than workers, so no worker idles while another
+    trains a big bundle. Other runs (and every run without `batch_runs`) are tasks of their own."""
+    if not batch_runs:
+        return [Task(run_id, spec) for run_id, spec in todo]
+    from scaletui.engine.batched import bundle_key, worth_batching
+
+    groups: dict[str, list[tuple[int, RunSpec]]] = {}
+    for run_id, spec in todo:
+        key = bundle_key(spec)
+        groups.setdefault(key if key is not None else f"alone:{run_id}", []).append((run_id, spec))
+    chunks: list[list[tuple[int, RunSpec]]] = []
+    for group in groups.values():
+        if len(group) > 1 and worth_batching(group[0][1]):
+            chunks += _split(group, bundle_capacity(group[0][1], workers))
+        else:
+            chunks += [[run] for run in group]
+    chunks = _fill_workers(chunks, workers)
+    return [Task(chunk[0][0], chunk[0][1], tuple(chunk[1:])) for chunk in chunks]
+
+
+def _split(group: list[tuple[int, RunSpec]], capacity: int) -> list[list[tuple[int, RunSpec]]]:
+    """`group` in the fewest chunks of at most `capacity` runs, their sizes as equal as can be."""
+    n_chunks = -(-len(group) // capacity)
+    return [group[i::n_chunks] for i in range(n_chunks)]
+
+
+def _fill_workers(chunks: list[list[tuple[int, RunSpec]]], workers: int) -> list[list[tuple[int, RunSpec]]]:
+    """Halve the biggest bundle while there are fewer tasks than workers (an idle worker costs more
+    than a smaller bundle gains)."""
+    chunks = sorted(chunks, key=len, reverse=True)
+    while chunks and len(chunks) < workers and len(chunks[0]) > 1:
+        biggest = chunks.pop(0)
+        chunks = sorted(chunks + _split(biggest, -(-len(biggest) // 2)), key=len, reverse=True)
+    return chunks
+
+
+def bundle_capacity(spec: RunSpec, workers: int) -> int:
+    """How many runs like `spec` one bundle may hold: its estimated training memory
+    (`engine.models.training_memory_bytes`) times the members must fit in the smaller of a fixed
+    budget and an even share of half the memory available now; at least 1, at most BUNDLE_MAX_RUNS."""
+    from scaletui.core.datasets import DATASETS
+    from scaletui.engine.models import training_memory_bytes
+
+    info = DATASETS[spec.data.dataset]
+    need = training_memory_bytes(spec.model, info.input_shape, info.num_classes, spec.train.optimizer,
+                                 spec.train.batch_size)
+    budget = min(BUNDLE_BUDGET_BYTES, available_memory_bytes() // (2 * max(1, workers)))
+    return max(1, min(BUNDLE_MAX_RUNS, budget // max(1, need)))
+
+
+def available_memory_bytes() -> int:
+    """Memory the system can give without swapping (MemAvailable), or all of it where that is unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return BUNDLE_BUDGET_BYTES * 2
 
 
 def estimated_cost(spec: RunSpec) -> float:
@@ -192,10 +284,10 @@ def estimated_cost(spec: RunSpec) -> float:
 
 
 def longest_first(tasks: Sequence[Task]) -> list[Task]:
-    """Largest runs first (LPT scheduling): the big ones no longer start last and leave a worker idle
+    """Largest tasks first (LPT scheduling): the big ones no longer start last and leave a worker idle
     while one straggler finishes, which cost ~40% of a 2-worker sweep's throughput in
-    benchmarks/throughput.py. Ties keep the sweep file's order."""
-    return sorted(tasks, key=lambda task: -estimated_cost(task.spec))
+    benchmarks/throughput.py. A bundle costs the sum of its runs. Ties keep the sweep file's order."""
+    return sorted(tasks, key=lambda task: -sum(estimated_cost(spec) for _, spec in task.members))
 
 
 def prepare_datasets(sweep: Sweep) -> None:
@@ -241,6 +333,17 @@ class _Worker:
     process: mp.process.BaseProcess
     conn: Connection
     task: Task | None = None
+    open_runs: dict[int, str] = field(default_factory=dict)  # run id -> label: the task's runs not yet finished
+
+    def take(self, task: Task) -> None:
+        self.task = task
+        self.open_runs = {run_id: spec.label for run_id, spec in task.members}
+
+    def finished(self, run_id: int) -> None:
+        """One run of the task ended; the worker is free once every run of its task has."""
+        self.open_runs.pop(run_id, None)
+        if not self.open_runs:
+            self.task = None
 
 
 class LocalProcessExecutor:
@@ -297,7 +400,7 @@ class LocalProcessExecutor:
     def _dispatch(workers: list[_Worker], pending: deque[Task]) -> None:
         for w in workers:
             if w.task is None and pending and w.process.is_alive():
-                w.task = pending.popleft()
+                w.take(pending.popleft())
                 w.conn.send(w.task)
 
     def _pump(self, workers: list[_Worker], on_event: Callable[[RunEvent], None]) -> None:
@@ -317,8 +420,10 @@ class LocalProcessExecutor:
         try:
             while w.conn.poll():
                 event: RunEvent = w.conn.recv()
-                if event.kind in ("finished", "storage_failed"):
-                    w.task = None
+                if event.kind is RunEventKind.FINISHED:
+                    w.finished(event.run_id)
+                elif event.kind is RunEventKind.STORAGE_FAILED:  # the sweep stops; the rest of the task is moot
+                    w.task, w.open_runs = None, {}
                 on_event(event)
         except (EOFError, OSError):
             pass  # the worker died mid-message; _bury handles its run
@@ -333,14 +438,14 @@ class LocalProcessExecutor:
         from scaletui.store.errors import StoreError
         from scaletui.store.writer import Store
 
-        try:
-            with Store(self.config.db) as store:
-                store.mark_interrupted(w.task.run_id, reason)
-        except StoreError:  # the database refuses writes; the next sweep reaps the run (its pid is gone)
-            log.debug("could not mark run %s interrupted", w.task.run_id, exc_info=True)
-        on_event(
-            RunEvent("finished", w.task.run_id, w.task.spec.label, status=RunStatus.INTERRUPTED, error=reason)
-        )
+        for run_id, label in list(w.open_runs.items()):  # every run of its task that had not finished
+            try:
+                with Store(self.config.db) as store:
+                    store.mark_interrupted(run_id, reason)
+            except StoreError:  # the database refuses writes; the next sweep reaps the run (its pid is gone)
+                log.debug("could not mark run %s interrupted", run_id, exc_info=True)
+            on_event(RunEvent(RunEventKind.FINISHED, run_id, label, status=RunStatus.INTERRUPTED, error=reason))
+        w.task, w.open_runs = None, {}
 
     def _shutdown(self, workers: list[_Worker], on_event: Callable[[RunEvent], None]) -> None:
         """Ask idle workers to exit; kill any that overstay, marking their runs interrupted."""
@@ -366,44 +471,95 @@ class LocalProcessExecutor:
 class _WorkerStop:
     """Stop when the runner raises the shared flag, the runner process is gone, SIGTERM
     arrived (a service manager stopping the whole process group: stop like the sweep does), or
-    SIGUSR1 asked this worker to stop its current run (how the app stops one run)."""
+    SIGUSR1 asked this worker to stop one of its runs (how the app stops one run).
+
+    SIGUSR1 only sets a flag; the next check reads the worker's stop requests
+    (services/stop_requests.py): the runs they name stop, the others of a bundle go on. A bare
+    SIGUSR1 with no request stops everything the worker trains, as before bundles existed."""
 
     def __init__(self, flag: Any, parent_pid: int) -> None:
         self.flag = flag
         self.parent_pid = parent_pid
-        self.run_stop = False
+        self.run_stop = False  # stop every run of the current task
         self.terminated = False
+        self.signalled = False  # SIGUSR1 arrived; its requests are not read yet
+        self.requested: set[int] = set()  # runs of the current task asked to stop
+        self.current: set[int] = set()  # the current task's run ids
+
+    def new_task(self, task: Task) -> None:
+        """Forget stops meant for earlier tasks: the app asks only for runs it sees running, and the
+        task's runs are marked running after this."""
+        from scaletui.services.stop_requests import take_stop_requests
+
+        self.run_stop, self.signalled = False, False
+        self.requested.clear()
+        take_stop_requests(os.getpid())
+        self.current = {run_id for run_id, _ in task.members}
 
     def is_set(self) -> bool:
-        return self.run_stop or self.sweep_stopping()
+        """Stop the current task's run (one run alone: the loop's StopSignal)."""
+        self._read_requests()
+        return self.run_stop or bool(self.requested & self.current) or self.sweep_stopping()
+
+    def member(self, run_id: int) -> _RunStop:
+        """The StopSignal of one run of a bundle."""
+        return _RunStop(self, run_id)
+
+    def run_stopping(self, run_id: int) -> bool:
+        self._read_requests()
+        return self.run_stop or run_id in self.requested or self.sweep_stopping()
 
     def sweep_stopping(self) -> bool:
         return self.terminated or bool(self.flag.value) or os.getppid() != self.parent_pid
 
     def stop_current_run(self, signum: int, frame: Any) -> None:
-        self.run_stop = True
+        self.signalled = True  # a signal handler does as little as possible: the files are read later
 
     def terminate(self, signum: int, frame: Any) -> None:
         self.terminated = True  # the run checkpoints and becomes `interrupted`; then the worker exits
+
+    def _read_requests(self) -> None:
+        if not self.signalled:
+            return
+        self.signalled = False
+        from scaletui.services.stop_requests import take_stop_requests
+
+        named = take_stop_requests(os.getpid())
+        if named:
+            self.requested |= named & self.current  # a request for a run that already ended is moot
+        else:
+            self.run_stop = True
+
+
+@dataclass(frozen=True)
+class _RunStop:
+    """One bundle member's stop signal: its own request, a stop of the whole task, or the sweep's."""
+
+    worker: _WorkerStop
+    run_id: int
+
+    def is_set(self) -> bool:
+        return self.worker.run_stopping(self.run_id)
 
 
 class ReportingSink:
     """Forwards every record to the store's sink and tells the runner how the run is going."""
 
-    def __init__(self, inner: Any, conn: Connection, task: Task) -> None:
+    def __init__(self, inner: Any, conn: Connection, run_id: int, spec: RunSpec) -> None:
         self.inner = inner
         self.conn = conn
-        self.task = task
+        self.run_id = run_id
+        self.spec = spec
         self._last_report = 0.0
-        self._last_step = 0
+        self.reported_step = 0
         self._rate_clock = time.monotonic()
         self.resumed_from = 0
 
     def started(self, info: ModelInfo, resumed_from: int) -> None:
         self.resumed_from = resumed_from
-        self._last_step = resumed_from
+        self.reported_step = resumed_from
         self.inner.started(info, resumed_from)
-        _send(self.conn, self._event("started", step=resumed_from, resumed_from=resumed_from))
+        _send(self.conn, self._event(RunEventKind.STARTED, step=resumed_from, resumed_from=resumed_from))
 
     def metrics(self, rows: Sequence[MetricRecord]) -> None:
         self.inner.metrics(rows)
@@ -411,9 +567,10 @@ class ReportingSink:
         now = time.monotonic()
         if losses and now - self._last_report >= PROGRESS_INTERVAL_S:
             step = losses[-1].step
-            rate = (step - self._last_step) / max(now - self._rate_clock, 1e-9)
-            self._last_report, self._last_step, self._rate_clock = now, step, now
-            _send(self.conn, self._event("progress", step=step, train_loss=losses[-1].value, steps_per_s=rate))
+            rate = (step - self.reported_step) / max(now - self._rate_clock, 1e-9)
+            self._last_report, self.reported_step, self._rate_clock = now, step, now
+            _send(self.conn, self._event(RunEventKind.PROGRESS, step=step, train_loss=losses[-1].value,
+                                         steps_per_s=rate))
 
     def layer_stats(self, rows: Sequence[LayerStats]) -> None:
         self.inner.layer_stats(rows)
@@ -424,8 +581,8 @@ class ReportingSink:
     def flush(self) -> None:
         self.inner.flush()
 
-    def _event(self, kind: str, **kw: Any) -> RunEvent:
-        return RunEvent(kind, self.task.run_id, self.task.spec.label, steps=self.task.spec.train.steps, **kw)
+    def _event(self, kind: RunEventKind, **kw: Any) -> RunEvent:
+        return RunEvent(kind, self.run_id, self.spec.label, steps=self.spec.train.steps, **kw)
 
 
 def _send(conn: Connection, event: RunEvent) -> None:
@@ -436,59 +593,119 @@ def _send(conn: Connection, event: RunEvent) -> None:
 
 
 def worker_main(config: WorkerConfig, conn: Connection, stop_flag: Any) -> None:
-    """Entry point of a worker process: take runs from the pipe until told to exit."""
+    """Entry point of a worker process: take tasks (a run, or a bundle of runs) from the pipe until told to exit."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the runner, which raises the flag
     import torch
 
+    from scaletui.services.stop_requests import clear_stop_requests
     from scaletui.store.errors import StoreWriteFailed
 
     torch.set_num_threads(config.threads)
+    clear_stop_requests(os.getpid())  # left by an earlier process with this pid
     stop = _WorkerStop(stop_flag, config.parent_pid)
     signal.signal(signal.SIGUSR1, stop.stop_current_run)
     signal.signal(signal.SIGTERM, stop.terminate)  # not the default death: flush and checkpoint first
-    while not stop.sweep_stopping():
-        if not conn.poll(0.5):
-            continue
-        try:
-            task = conn.recv()
-        except (EOFError, OSError):
-            return
-        if task is None:
-            return
-        stop.run_stop = False
-        try:
-            outcome = run_task(task, config, conn, stop)
-        except StoreWriteFailed as exc:  # nothing can be recorded; the runner stops the sweep and says why
-            _send(conn, RunEvent("storage_failed", task.run_id, task.spec.label, error=exc.reason))
-            continue
-        _send(conn, RunEvent("finished", task.run_id, task.spec.label, step=outcome.step,
-                             steps=task.spec.train.steps, status=outcome.status, error=outcome.error,
-                             train_loss=outcome.final_train_loss))
+    try:
+        while not stop.sweep_stopping():
+            if not conn.poll(0.5):
+                continue
+            try:
+                task = conn.recv()
+            except (EOFError, OSError):
+                return
+            if task is None:
+                return
+            stop.new_task(task)
+            try:
+                run_task(task, config, conn, stop)
+            except StoreWriteFailed as exc:  # nothing can be recorded; the runner stops the sweep and says why
+                _send(conn, RunEvent(RunEventKind.STORAGE_FAILED, task.run_id, task.spec.label, error=exc.reason))
+    finally:
+        clear_stop_requests(os.getpid())
 
 
-def run_task(task: Task, config: WorkerConfig, conn: Connection, stop: _WorkerStop) -> RunOutcome:
-    """Train one run and record how it ended; an exception fails this run only."""
-    from scaletui.engine.loop import train_run
-    from scaletui.store.writer import Store, StoreSink
+def run_task(task: Task, config: WorkerConfig, conn: Connection, stop: _WorkerStop) -> list[RunOutcome]:
+    """Train the task's run (or bundle), record how each run ended and tell the runner (FINISHED per
+    run, as each ends); an exception fails the runs it interrupted, never the worker."""
+    from scaletui.store.writer import Store
 
     store = Store(config.db)
-    store.mark_running(task.run_id, os.getpid(), socket.gethostname())
-    recorded = store.recorded_step(task.run_id)  # resume no further than the records this database holds
-    sink = ReportingSink(StoreSink(config.db, task.run_id), conn, task)
+    if task.others:
+        return _run_bundle(task, config, conn, stop, store)
+    outcome = _run_alone(task.run_id, task.spec, config, conn, stop, store)
+    _report_finished(conn, task.run_id, task.spec, outcome)
+    return [outcome]
+
+
+def _run_alone(run_id: int, spec: RunSpec, config: WorkerConfig, conn: Connection, stop: _WorkerStop,
+               store: Any) -> RunOutcome:
+    from scaletui.engine.loop import train_run
+
+    sink = _start_sink(run_id, spec, config, conn, store)
     try:
         outcome = train_run(
-            task.spec,
+            spec,
             sink,
             stop,
             data_dir=config.data_dir,
-            checkpoint_dir=checkpoint_dir_for(config.checkpoint_dir, config.database_id, task.spec),
+            checkpoint_dir=checkpoint_dir_for(config.checkpoint_dir, config.database_id, spec),
             memory_limit_mb=config.memory_limit_mb,
-            resume_at_most=recorded,
+            resume_at_most=store.recorded_step(run_id),  # no further than the records this database holds
         )
-    except Exception as exc:  # noqa: BLE001 - one run's failure must not end the sweep
-        error = f"{type(exc).__name__}: {exc}"
-        log.debug("run %s failed:\n%s", task.run_id, traceback.format_exc())
-        store.mark_failed(task.run_id, error)
-        return RunOutcome(RunStatus.FAILED, step=sink._last_step, error=error)
-    store.finish_run(task.run_id, outcome)
+    except Exception as exc:
+        return _failed(store, [(run_id, sink)], exc)[0]
+    store.finish_run(run_id, outcome)
     return outcome
+
+
+def _run_bundle(task: Task, config: WorkerConfig, conn: Connection, stop: _WorkerStop, store: Any) -> list[RunOutcome]:
+    """Train the task's runs as one batched model (engine/batched.py); each run is marked running, records
+    through its own sink, and is finished in the store and reported the moment it ends."""
+    from scaletui.engine.batched import Member, train_bundle
+
+    runs = task.members
+    sinks = [_start_sink(run_id, spec, config, conn, store) for run_id, spec in runs]
+    members = [Member(spec, sink, stop.member(run_id), checkpoint_dir_for(config.checkpoint_dir, config.database_id,
+                                                                           spec), store.recorded_step(run_id))
+               for (run_id, spec), sink in zip(runs, sinks, strict=True)]  # fmt: skip
+    outcomes: dict[int, RunOutcome] = {}
+
+    def finished(index: int, outcome: RunOutcome) -> None:
+        run_id, spec = runs[index]
+        store.finish_run(run_id, outcome)
+        outcomes[index] = outcome
+        _report_finished(conn, run_id, spec, outcome)
+
+    try:
+        train_bundle(members, data_dir=config.data_dir, memory_limit_mb=config.memory_limit_mb, on_finished=finished)
+    except Exception as exc:
+        unfinished = [i for i in range(len(runs)) if i not in outcomes]
+        failures = _failed(store, [(runs[i][0], sinks[i]) for i in unfinished], exc)
+        for i, outcome in zip(unfinished, failures, strict=True):
+            outcomes[i] = outcome
+            _report_finished(conn, runs[i][0], runs[i][1], outcome)
+    return [outcomes[i] for i in range(len(runs))]
+
+
+def _start_sink(run_id: int, spec: RunSpec, config: WorkerConfig, conn: Connection, store: Any) -> ReportingSink:
+    """Mark the run running in this process and give it its own sink (its records, its progress)."""
+    from scaletui.store.writer import StoreSink
+
+    store.mark_running(run_id, os.getpid(), socket.gethostname())
+    return ReportingSink(StoreSink(config.db, run_id), conn, run_id, spec)
+
+
+def _failed(store: Any, runs: list[tuple[int, ReportingSink]], exc: Exception) -> list[RunOutcome]:
+    """Mark each run failed with the exception (a StoreWriteFailed from the store propagates)."""
+    error = f"{type(exc).__name__}: {exc}"
+    log.debug("runs %s failed:\n%s", [run_id for run_id, _ in runs], traceback.format_exc())
+    outcomes = []
+    for run_id, sink in runs:
+        store.mark_failed(run_id, error)
+        outcomes.append(RunOutcome(RunStatus.FAILED, step=sink.reported_step, error=error))
+    return outcomes
+
+
+def _report_finished(conn: Connection, run_id: int, spec: RunSpec, outcome: RunOutcome) -> None:
+    _send(conn, RunEvent(RunEventKind.FINISHED, run_id, spec.label, step=outcome.step, steps=spec.train.steps,
+                         status=outcome.status, error=outcome.error, train_loss=outcome.final_train_loss))

@@ -11,6 +11,13 @@ With no finished runs at all (an empty or missing database) there is nothing to 
 scales scaletui's own defaults (`[train] lr` 1e-3 at `[model] width` 64) with the maximal-update-style
 width rule, and says so with confidence "low".
 
+Evidence. When the experiment swept the learning rate at enough sizes (`MIN_SIZES` + 1), "auto" holds
+out the largest, predicts it by every rule from the others and applies the winner (`backtest_lr`);
+`backtests` returns that comparison on its own for `scaletui suggest --backtest`. When the experiment also
+swept dropout (at least `MIN_LRS` values per size), the dropout for the new depth is proposed the same way
+(`propose_dropout`, judged on the deepest swept size). Learning rates are compared at the best run's
+dropout and dropouts at the best run's base learning rate, so a sweep over both never mixes the two.
+
 Target size: MLP and residual-MLP parameter counts are computed from the config (`mlp_params`), so nothing
 here imports torch. `sweep_file_text` writes a complete, runnable one-run sweep: the config of the
 context's best run with the target width, depth and the proposed rate.
@@ -18,17 +25,30 @@ context's best run with the target width, depth and the proposed rate.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from scaletui.analysis.configurator import LrTrial, Proposal, mlp_params, propose_lr
-from scaletui.datasets import DATASETS
-from scaletui.records import DataSpec, ModelSpec, RunSpec, TrainSpec
+from scaletui.analysis.configurator import (
+    Backtest,
+    DropoutProposal,
+    DropoutTrial,
+    LrTrial,
+    Proposal,
+    backtest_dropout,
+    backtest_lr,
+    mlp_params,
+    propose_dropout,
+    propose_lr,
+)
+from scaletui.core.datasets import DATASETS
+from scaletui.core.rows import RunSummary
+from scaletui.core.specs import DataSpec, ModelSpec, RunSpec, TrainSpec
+from scaletui.core.vocabulary import DENSE_ARCHS, LrRule, RunStatus
 from scaletui.store.reader import Reader
 
 if sys.version_info >= (3, 11):
@@ -36,7 +56,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-FINISHED = ("done", "early_stopped", "diverged")
 MIN_SIZES = 3  # swept sizes needed for the power-law fit
 MIN_LRS = 3  # distinct learning rates a size needs to count as swept
 DEFAULT_LR = TrainSpec().lr  # the fallback anchor with no data: scaletui's defaults
@@ -59,35 +78,108 @@ class Suggestion:
     depth: int
     dirs: dict[str, str] = field(default_factory=dict)  # the experiment's data_dir / checkpoint_dir, if set
     seeds: tuple[int, ...] = (0,)  # every seed the context ran: the new size is judged on the same seeds
+    dropout: DropoutProposal | None = None  # when the experiment swept dropout
 
 
-def suggest_for(db_path: Path, experiment: str | None, width: int, depth: int, *, rule: str = "auto") -> Proposal:
+@dataclass(frozen=True)
+class Backtests:
+    """Every rule's prediction for the experiment's held-out size, for the learning rate and the dropout."""
+
+    experiment: str | None
+    context: str
+    lr: Backtest | None  # None: too few lr-swept sizes (`lr_why` says how many)
+    dropout: Backtest | None
+    lr_why: str
+    dropout_why: str
+
+
+@dataclass(frozen=True)
+class _Context:
+    """The finished runs of one context, as configurator trials, and the best run's config."""
+
+    experiment: str | None
+    rows: list[RunSummary]
+    description: str
+    base: RunSpec
+    lr_trials: list[LrTrial]
+    dropout_trials: list[DropoutTrial]
+
+
+def suggest_for(db_path: Path, experiment: str | None, width: int, depth: int, *, rule: str = LrRule.AUTO) -> Proposal:
     """The proposed learning rate for a `width` x `depth` model of the experiment's kind."""
     return suggestion(db_path, experiment, width, depth, rule=rule).proposal
 
 
-def suggestion(db_path: Path, experiment: str | None, width: int, depth: int, *, rule: str = "auto") -> Suggestion:
+def suggestion(db_path: Path, experiment: str | None, width: int, depth: int, *, rule: str = LrRule.AUTO) -> Suggestion:
     """`suggest_for` with its context: the experiment used, what was kept, and the base run config."""
     if width < 1 or depth < 1:
         raise SuggestError(f"width and depth must be positive integers, got width {width}, depth {depth}")
+    ctx = _context(db_path, experiment)
+    if ctx is None:
+        return _without_data(width, depth, experiment)
+    target = replace(ctx.base, model=replace(ctx.base.model, width=width, depth=depth))
+    proposal = propose_lr(ctx.lr_trials, _params(target), target_width=width, rule=rule, min_sizes=MIN_SIZES,
+                          min_lrs=MIN_LRS)
+    dropout = propose_dropout(ctx.dropout_trials, depth, target_width=width, min_sizes=MIN_SIZES, min_values=MIN_LRS)
+    seeds = tuple(sorted({r.seed for r in ctx.rows if r.seed is not None}))
+    return Suggestion(proposal, ctx.experiment, ctx.description, ctx.base, width, depth,
+                      _experiment_dirs(db_path, ctx.experiment), seeds, dropout)
+
+
+def backtests(db_path: Path, experiment: str | None) -> Backtests:
+    """Hold out the largest lr-swept size (and the deepest dropout-swept one), predict it by every rule from
+    the others, and score each prediction on its measured curve."""
+    ctx = _context(db_path, experiment)
+    if ctx is None:
+        nothing = "no finished runs to hold out"
+        return Backtests(experiment, "no finished runs", None, None, nothing, nothing)
+    lr = backtest_lr(ctx.lr_trials, min_sizes=MIN_SIZES, min_lrs=MIN_LRS)
+    dropout = backtest_dropout(ctx.dropout_trials, min_sizes=MIN_SIZES, min_values=MIN_LRS)
+    return Backtests(ctx.experiment, ctx.description, lr, dropout,
+                     _too_few(ctx.lr_trials, "learning rates", lambda t: t.lr),
+                     _too_few(ctx.dropout_trials, "dropouts", lambda t: t.dropout))
+
+
+def _too_few(trials: Sequence[LrTrial] | Sequence[DropoutTrial], what: str,
+             value: Callable[[Any], float]) -> str:
+    """Why there is no backtest: how many sizes swept enough values, against how many it needs."""
+    values: dict[tuple[int, int], set[float]] = {}
+    for t in trials:
+        values.setdefault((t.width, t.depth), set()).add(value(t))
+    swept = sum(len(v) >= MIN_LRS for v in values.values())
+    return (f"{swept} size(s) tried {MIN_LRS} or more {what}; a backtest holds out the largest and needs "
+            f"{MIN_SIZES} more to predict it from")
+
+
+def _context(db_path: Path, experiment: str | None) -> _Context | None:
+    """The experiment's finished runs of its main context as trials; None without finished runs."""
     rows, experiment = _finished_rows(db_path, experiment)
     if not rows:
-        return _without_data(width, depth, experiment)
+        return None
     kept, context = _one_context(rows)
     base = _base_spec(db_path, kept)
-    target = replace(base, model=replace(base.model, width=width, depth=depth))
-    trials = [_trial(r) for r in kept]
-    proposal = propose_lr(trials, _params(target), target_width=width, rule=rule, min_sizes=MIN_SIZES,
-                          min_lrs=MIN_LRS)
-    seeds = tuple(sorted({int(r["seed"]) for r in kept}))
-    return Suggestion(proposal, experiment, f"{context}, {len(kept)} finished runs", base, width, depth,
-                      _experiment_dirs(db_path, experiment), seeds)
+    dropouts = _dropouts(db_path, kept)
+    lr_trials = [_trial(r) for r in kept if dropouts.get(r.id) in (None, base.model.dropout)]
+    dropout_trials = [_dropout_trial(r, dropouts[r.id]) for r in kept
+                      if dropouts.get(r.id) is not None and r.lr == base.train.lr]
+    return _Context(experiment, kept, f"{context}, {len(kept)} finished runs", base, lr_trials, dropout_trials)
+
+
+def _dropouts(db_path: Path, rows: list[RunSummary]) -> dict[int, float]:
+    """Each run's dropout from its stored config (runs without one, e.g. a researcher's own loop, are absent)."""
+    with Reader(db_path) as reader:
+        specs = {r.id: reader.run_spec(r.id) for r in rows}
+    return {run_id: spec.model.dropout for run_id, spec in specs.items() if spec is not None}
+
+
+def _dropout_trial(row: RunSummary, dropout: float) -> DropoutTrial:
+    return DropoutTrial(row.width or 0, row.depth or 0, int(row.params or 0), dropout, row.seed or 0, _loss(row))
 
 
 def _experiment_dirs(db_path: Path, experiment: str | None) -> dict[str, str]:
     """data_dir and checkpoint_dir from the experiment's stored sweep file, so its dataset cache is reused."""
     with Reader(db_path) as reader:
-        texts = [e["config_toml"] for e in reader.experiments() if e["name"] == experiment and e["config_toml"]]
+        texts = [e.config_toml for e in reader.experiments() if e.name == experiment and e.config_toml]
     try:
         section = tomllib.loads(texts[0]).get("experiment", {}) if texts else {}
     except tomllib.TOMLDecodeError:
@@ -95,48 +187,51 @@ def _experiment_dirs(db_path: Path, experiment: str | None) -> dict[str, str]:
     return {k: v for k, v in section.items() if k in ("data_dir", "checkpoint_dir") and isinstance(v, str)}
 
 
-def _finished_rows(db_path: Path, experiment: str | None) -> tuple[list[dict[str, Any]], str | None]:
+def _finished_rows(db_path: Path, experiment: str | None) -> tuple[list[RunSummary], str | None]:
     """Finished runs of the experiment (default: the most recent one with finished runs)."""
     if not Path(db_path).exists():
         return [], experiment
     with Reader(db_path) as reader:
-        names = [e["name"] for e in reader.experiments()]
+        names = [e.name for e in reader.experiments()]
         if experiment is not None and experiment not in names:
             raise SuggestError(f"{db_path}: no experiment named {experiment!r} (have: {', '.join(names) or 'none'})")
         for name in [experiment] if experiment else reversed(names):
-            rows = [r for r in reader.runs(name) if r["status"] in FINISHED and r["params"] and r["lr_effective"]
-                    and (r["loss"] is not None or r["status"] == "diverged")]  # a loss, or a known worst
+            rows = [r for r in reader.runs(name) if r.finished and r.params and r.lr_effective and r.width and r.depth
+                    and (r.loss is not None or r.status is RunStatus.DIVERGED)]  # a loss, or a known worst
             if rows:
                 return rows, name
     return [], experiment
 
 
-def _one_context(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+def _one_context(rows: list[RunSummary]) -> tuple[list[RunSummary], str]:
     """The runs of the most common (dataset, arch, optimizer): rates only compare within one."""
-    counts = Counter((r["dataset"], r["arch"], r["optimizer"]) for r in rows)
+    counts = Counter((r.dataset, r.arch, r.optimizer) for r in rows)
     (dataset, arch, optimizer), _ = counts.most_common(1)[0]
-    kept = [r for r in rows if (r["dataset"], r["arch"], r["optimizer"]) == (dataset, arch, optimizer)]
+    kept = [r for r in rows if (r.dataset, r.arch, r.optimizer) == (dataset, arch, optimizer)]
     return kept, f"{dataset} {arch} {optimizer}"
 
 
-def _trial(row: dict[str, Any]) -> LrTrial:
-    loss = math.inf if row["status"] == "diverged" else float(row["loss"])
-    return LrTrial(int(row["width"]), int(row["depth"]), int(row["params"]), float(row["lr_effective"]),
-                   int(row["seed"]), loss)
+def _loss(row: RunSummary) -> float:
+    """The run's loss by the experiment's rule; a diverged run counts as the worst."""
+    return math.inf if row.status is RunStatus.DIVERGED or row.loss is None else row.loss
 
 
-def _base_spec(db_path: Path, rows: list[dict[str, Any]]) -> RunSpec:
+def _trial(row: RunSummary) -> LrTrial:
+    lr = float(row.lr_effective or row.lr or 0.0)
+    return LrTrial(row.width or 0, row.depth or 0, int(row.params or 0), lr, row.seed or 0, _loss(row))
+
+
+def _base_spec(db_path: Path, rows: list[RunSummary]) -> RunSpec:
     """The resolved config of the context's best run (lowest finite loss)."""
-    finite = [r for r in rows if r["status"] != "diverged" and math.isfinite(r["loss"])]
-    best = min(finite, key=lambda r: r["loss"]) if finite else rows[0]
+    finite = [r for r in rows if r.status is not RunStatus.DIVERGED and r.loss is not None and math.isfinite(r.loss)]
+    best = min(finite, key=lambda r: r.loss or math.inf) if finite else rows[0]
     with Reader(db_path) as reader:
-        config = reader.run_config(int(best["id"]))
-    return RunSpec.from_dict(json.loads(config)) if config else RunSpec("suggested", DataSpec(), ModelSpec(),
-                                                                            TrainSpec())
+        spec = reader.run_spec(best.id)
+    return spec or RunSpec("suggested", DataSpec(), ModelSpec(), TrainSpec())
 
 
 def _params(spec: RunSpec) -> int:
-    if spec.model.arch not in ("mlp", "resmlp"):
+    if spec.model.arch not in DENSE_ARCHS:
         raise SuggestError(f"suggest counts parameters of mlp and resmlp models without torch, not {spec.model.arch}")
     info = DATASETS[spec.data.dataset]
     return mlp_params(math.prod(info.input_shape), spec.model.width, spec.model.depth, info.num_classes,
@@ -170,6 +265,8 @@ def sweep_file_text(s: Suggestion, *, name: str, db: Path) -> str:
     spec = s.base.to_dict()
     experiment = {"name": name, "db": str(db), **s.dirs}
     model = _section({k: v for k, v in spec["model"].items() if k not in ("width", "depth")})
+    if s.dropout is not None:  # the experiment swept dropout: the proposed one for this depth
+        model["dropout"] = round(s.dropout.dropout, 3)
     train = _section({k: v for k, v in spec["train"].items() if k not in ("lr", "lr_scaling", "lr_ref_params",
                                                                             "early_stopping")})
     # Every seed the experiment ran, not the best run's: one lucky seed would flatter the new size.

@@ -6,7 +6,7 @@ process) write it; `Reader` (the app, the CLI) only reads it. The schema and
 its views are documented in `scaletui.store.schema`, value conventions (NaN,
 Inf, timestamps) in `scaletui.store.codec`.
 
-Imports only the standard library, sqlite-utils and scaletui.records.
+Imports only the standard library, sqlite-utils and scaletui.core.
 """
 
 from scaletui.store.errors import (

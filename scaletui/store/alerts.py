@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from sqlite_utils import Database
 
-from scaletui.records import Alert
+from scaletui.core.records import Alert
+from scaletui.core.rows import AlertRow
 from scaletui.store.codec import now_iso
 
 _GROUP_KEYS = ("width", "depth", "width_large", "depth_large")
@@ -101,8 +101,7 @@ def group_by_subject(alerts: Sequence[Alert]) -> dict[str, list[Alert]]:
     return grouped
 
 
-def alert_row_to_record(row: Mapping[str, Any]) -> Alert:
-    """An `alerts` row back into an Alert (evidence strings such as 'inf' back to floats)."""
-    evidence = {k: float(v) for k, v in json.loads(row["evidence_json"] or "{}").items()}
-    return Alert(row["kind"], row["severity"], row["step"], row["message"], row["suggestion"] or "",
-                 evidence, row["run_id"])
+def alert_row_to_record(row: AlertRow) -> Alert:
+    """A stored alert back into the Alert a detector made (evidence strings such as 'inf' already floats)."""
+    return Alert(row.kind, row.severity.value, row.step, row.message, row.suggestion or "", dict(row.evidence),
+                 row.run_id)

@@ -1,9 +1,13 @@
-"""Read-only queries: what the app, `scaletui ls`/`fit` and exports see.
+"""Read-only queries: what the app, `scaletui ls`/`fit` and exports see, as typed rows.
 
 The reader opens the file with SQLite's `mode=ro` and `query_only`, never
 migrates, and never takes a write lock, so any number of readers can watch a
 sweep that other processes are writing (WAL: readers see the last committed
 state and do not block writers).
+
+Everything it returns is a typed row of `scaletui.core.rows` (or a record of
+`scaletui.core.records`): a query and its row class name the same columns, and
+`from_columns` fails loudly when they drift apart, so no `dict` row leaves the store.
 
 The live app polls; it must never re-read what it already has. So every
 incremental query takes a cursor and is a range scan on a primary key:
@@ -13,26 +17,79 @@ indexed `runs.rev` (bumped on every change of a run row) for runs.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlite_utils import Database
 
-from scaletui.records import LayerStats, MetricRecord
+from scaletui.core.records import LayerStats, MetricRecord
+from scaletui.core.rows import (
+    AlertRow,
+    EventRow,
+    ExperimentRow,
+    ExportColumn,
+    FinalLoss,
+    FitRow,
+    MetricPoint,
+    RunSummary,
+    from_columns,
+)
+from scaletui.core.specs import RunSpec
+from scaletui.core.vocabulary import BEFORE_ANY_STEP, ExportWhat, RunStatus, Severity
 from scaletui.store.codec import from_real
 from scaletui.store.schema import database_id, open_db
 from scaletui.store.tx import retrying
 
 T = TypeVar("T")
-_BEFORE_ANY_STEP = -(2**63)
+R = TypeVar("R")
+
+_ALERT_COLUMNS = ("a.id, a.experiment_id, e.name AS experiment, a.run_id, a.subject, a.kind, a.severity, a.step,"
+                  " a.message, a.suggestion, a.evidence_json AS evidence, a.active, a.first_seen_at, a.updated_at,"
+                  " a.rev")
+_FIT_COLUMNS = ("f.id, f.created_at, f.experiment_id, e.name AS experiment, f.source, f.x, f.form, f.loss_rule,"
+                " f.grouping, f.n_points, f.n_sizes, f.params_json AS params, f.intervals_json AS intervals,"
+                " f.objective, f.heldout_rel_error, f.heldout_rel_error_2, f.warnings_json AS warnings,"
+                " f.inputs_json AS inputs, f.options_json AS options, f.law_json AS law, f.scores_json AS scores,"
+                " f.heldout_json AS heldout, f.predictions_json AS predictions")
+_EVENTS = "SELECT id, run_id, at, kind, message FROM events WHERE id > ?"
+#: Most severe first, generated from the vocabulary.
+_SEVERITY_ORDER = "CASE a.severity " + " ".join(f"WHEN '{s.value}' THEN {s.rank}" for s in Severity) + " ELSE 9 END"
+_FINAL_LOSS_FIELDS = frozenset({"experiment", "experiment_id", "loss_rule", "point_key", "n_seeds", "n_diverged",
+                                "mean_loss", "min_loss", "max_loss", "params", "flops_per_example"})
 
 
-def _dicts(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
-    names = [d[0] for d in cursor.description]
-    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+# Exports: what each `ExportWhat` reads. `{columns}` is filled with the quoted columns of the table
+# named by the alias (from PRAGMA table_info, so a column added by a migration is exported too); the
+# extras come first, with their declared types.
+_EXPORT_SQL: dict[ExportWhat, tuple[str, str, tuple[tuple[str, str], ...], str]] = {
+    # what: (table, SQL, extra columns (name, type), order)
+    ExportWhat.RUNS: ("runs", "SELECT e.name AS experiment, s.loss_rule, s.loss_metric, s.higher_is_better, s.loss,"
+                      " {columns} FROM runs t JOIN run_summary s ON s.id = t.id"
+                      " LEFT JOIN experiments e ON e.id = t.experiment_id",
+                      (("experiment", "TEXT"), ("loss_rule", "TEXT"), ("loss_metric", "TEXT"),
+                       ("higher_is_better", "INTEGER"), ("loss", "REAL")), "t.id"),
+    ExportWhat.METRICS: ("metrics", "SELECT e.name AS experiment, {columns} FROM metrics t"
+                         " JOIN runs r ON r.id = t.run_id LEFT JOIN experiments e ON e.id = r.experiment_id",
+                         (("experiment", "TEXT"),), "t.run_id, t.step, t.key"),
+    ExportWhat.LAYER_STATS: ("layer_stats", "SELECT e.name AS experiment, {columns} FROM layer_stats t"
+                             " JOIN runs r ON r.id = t.run_id LEFT JOIN experiments e ON e.id = r.experiment_id",
+                             (("experiment", "TEXT"),), "t.run_id, t.step, t.layer"),
+    ExportWhat.FITS: ("fits", "SELECT e.name AS experiment, {columns} FROM fits t"
+                      " LEFT JOIN experiments e ON e.id = t.experiment_id", (("experiment", "TEXT"),), "t.id"),
+    ExportWhat.PREDICTIONS: ("predictions", "SELECT e.name AS experiment, {columns} FROM predictions t"
+                             " LEFT JOIN experiments e ON e.id = t.experiment_id", (("experiment", "TEXT"),),
+                             "t.rowid"),
+}
+# A predictions table without an experiment_id column (its schema is not written yet): exported whole.
+_PREDICTIONS_ALONE = ("predictions", "SELECT NULL AS experiment, {columns} FROM predictions t",
+                      (("experiment", "TEXT"),), "t.rowid")
+#: Columns where NULL means a NaN was recorded (see `scaletui.store.codec`).
+_NULL_IS_NAN = {"metrics": {"value"}, "layer_stats": {"grad_norm", "weight_norm", "update_ratio"}}
+EXPORT_CHUNK_ROWS = 10_000
 
 
 def _layer_stats(row: tuple[Any, ...]) -> LayerStats:
@@ -48,13 +105,20 @@ def _layer_stats(row: tuple[Any, ...]) -> LayerStats:
     )
 
 
+def _final_loss(names: list[str], values: tuple[Any, ...]) -> FinalLoss:
+    """A `final_losses` row: its fixed columns, and every hyperparameter column in one mapping."""
+    row = dict(zip(names, values, strict=True))
+    hyper = {k: v for k, v in row.items() if k not in _FINAL_LOSS_FIELDS}
+    return FinalLoss(**{k: v for k, v in row.items() if k in _FINAL_LOSS_FIELDS}, hyperparameters=hyper)
+
+
 class Reader:
     """Read-only access to a scaletui database. Thread-safe; `close()` when done.
 
     Raises FileNotFoundError for a missing file and the store's errors
-    (NotAScaletuiDatabase, SchemaTooNew, SchemaTooOld) for files it cannot read.
+    (NotAScaletuiDatabase, DatabaseNotReady, SchemaTooNew, SchemaTooOld) for files it cannot read.
     Floats stored as NULL (NaN, see `scaletui.store.codec`) come back as NaN in
-    series and layer stats; `runs()` and friends return raw rows (None).
+    series and layer stats, and as None in the columns of `RunSummary` and friends.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -76,8 +140,15 @@ class Reader:
         with self._lock:
             return retrying(lambda: fn(self.db.conn), self.path)
 
-    def _rows(self, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
-        return self._run(lambda conn: _dicts(conn.execute(sql, params or [])))
+    def _typed(self, sql: str, params: list[Any] | None = None, *, row: type[R]) -> list[R]:
+        """Rows of `sql` as `row` instances (the query's column names must be exactly its fields)."""
+
+        def read(conn: sqlite3.Connection) -> list[R]:
+            cursor = conn.execute(sql, params or [])
+            names = [d[0] for d in cursor.description]
+            return [from_columns(row, names, values) for values in cursor.fetchall()]
+
+        return self._run(read)
 
     def _tuples(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
         return self._run(lambda conn: conn.execute(sql, params).fetchall())
@@ -90,33 +161,33 @@ class Reader:
 
     # ----------------------------------------------------------------- runs
 
-    def runs(self, experiment: str | None = None) -> list[dict[str, Any]]:
+    def runs(self, experiment: str | None = None) -> list[RunSummary]:
         """`run_summary` rows, by id; optionally only one experiment's."""
         if experiment is None:
-            return self._rows("SELECT * FROM run_summary ORDER BY id")
-        return self._rows("SELECT * FROM run_summary WHERE experiment = ? ORDER BY id", [experiment])
+            return self._typed("SELECT * FROM run_summary ORDER BY id", row=RunSummary)
+        return self._typed("SELECT * FROM run_summary WHERE experiment = ? ORDER BY id", [experiment], row=RunSummary)
 
-    def run(self, run_id: int) -> dict[str, Any] | None:
+    def run(self, run_id: int) -> RunSummary | None:
         """One `run_summary` row, or None."""
-        rows = self._rows("SELECT * FROM run_summary WHERE id = ?", [run_id])
+        rows = self._typed("SELECT * FROM run_summary WHERE id = ?", [run_id], row=RunSummary)
         return rows[0] if rows else None
 
-    def run_config(self, run_id: int) -> str | None:
-        """The run's full resolved config (RunSpec.to_dict() as JSON)."""
+    def run_spec(self, run_id: int) -> RunSpec | None:
+        """The run's full resolved config."""
         rows = self._tuples("SELECT config_json FROM runs WHERE id = ?", [run_id])
-        return rows[0][0] if rows else None
+        return RunSpec.from_dict(json.loads(rows[0][0])) if rows and rows[0][0] else None
 
-    def changed_runs_since(self, after_rev: int) -> tuple[int, list[dict[str, Any]]]:
-        """Runs whose row changed after cursor `after_rev` (0 = all): (new cursor, run_summary rows).
+    def changed_runs_since(self, after_rev: int) -> tuple[int, list[RunSummary]]:
+        """Runs whose row changed after cursor `after_rev` (0 = all): (new cursor, rows).
 
         Pass the returned cursor next time. Every write to a run (state change,
         flush of records, heartbeat) bumps its `rev`, so polling this is enough
         to keep a live table current without re-reading unchanged rows.
         """
-        rows = self._rows("SELECT * FROM run_summary WHERE rev > ? ORDER BY rev", [after_rev])
-        return (max((row["rev"] for row in rows), default=after_rev), rows)
+        rows = self._typed("SELECT * FROM run_summary WHERE rev > ? ORDER BY rev", [after_rev], row=RunSummary)
+        return (max((row.rev for row in rows), default=after_rev), rows)
 
-    def status_counts(self, experiment: str | None = None) -> dict[str, int]:
+    def status_counts(self, experiment: str | None = None) -> dict[RunStatus, int]:
         """Number of runs per status (only statuses that occur)."""
         if experiment is None:
             rows = self._tuples("SELECT status, count(*) FROM runs GROUP BY status", [])
@@ -126,36 +197,45 @@ class Reader:
                 " WHERE e.name = ? GROUP BY r.status",
                 [experiment],
             )
-        return {status: int(n) for status, n in rows}
+        return {RunStatus(status): int(n) for status, n in rows}
 
     # ----------------------------------------------------------------- experiments
 
-    def experiments(self) -> list[dict[str, Any]]:
-        """Experiment rows with their number of runs, by id."""
-        return self._rows(
-            "SELECT e.*, (SELECT count(*) FROM runs r WHERE r.experiment_id = e.id) AS n_runs"
-            " FROM experiments e ORDER BY e.id"
+    def experiments(self) -> list[ExperimentRow]:
+        """Experiments with their number of runs, by id."""
+        return self._typed(
+            "SELECT e.id, e.name, e.config_path, e.config_toml, e.loss_rule, e.created_at, e.updated_at,"
+            " (SELECT count(*) FROM runs r WHERE r.experiment_id = e.id) AS n_runs, e.loss_metric,"
+            " e.higher_is_better FROM experiments e ORDER BY e.id",
+            row=ExperimentRow,
         )
 
-    def final_losses(self, experiment: str | None = None) -> list[dict[str, Any]]:
+    def final_losses(self, experiment: str | None = None) -> list[FinalLoss]:
         """`final_losses` rows: per sweep point, the loss over seeds (see schema)."""
-        if experiment is None:
-            return self._rows("SELECT * FROM final_losses")
-        return self._rows("SELECT * FROM final_losses WHERE experiment = ?", [experiment])
+        sql, params = "SELECT * FROM final_losses", []
+        if experiment is not None:
+            sql, params = sql + " WHERE experiment = ?", [experiment]
+
+        def read(conn: sqlite3.Connection) -> list[FinalLoss]:
+            cursor = conn.execute(sql, params)
+            names = [d[0] for d in cursor.description]
+            return [_final_loss(names, row) for row in cursor.fetchall()]
+
+        return self._run(read)
 
     # ----------------------------------------------------------------- series
 
-    def metrics_since(self, run_id: int, key: str, after_step: int) -> list[tuple[int, float]]:
-        """(step, value) of one metric with step > after_step, in step order; NaN for NULL."""
+    def metrics_since(self, run_id: int, key: str, after_step: int) -> list[MetricPoint]:
+        """Points of one metric with step > after_step, in step order; NaN for NULL."""
         rows = self._tuples(
             "SELECT step, value FROM metrics WHERE run_id = ? AND step > ? AND key = ? ORDER BY step",
             [run_id, after_step, key],
         )
-        return [(step, from_real(value)) for step, value in rows]
+        return [MetricPoint(step, from_real(value)) for step, value in rows]
 
-    def metric_series(self, run_id: int, key: str) -> list[tuple[int, float]]:
+    def metric_series(self, run_id: int, key: str) -> list[MetricPoint]:
         """The whole series of one metric of one run."""
-        return self.metrics_since(run_id, key, _BEFORE_ANY_STEP)
+        return self.metrics_since(run_id, key, BEFORE_ANY_STEP)
 
     def records_since(self, run_id: int, after_step: int) -> list[MetricRecord]:
         """Every metric of a run with step > after_step, in (step, key) order."""
@@ -190,35 +270,39 @@ class Reader:
 
     # ----------------------------------------------------------------- events
 
-    def events_since(self, after_id: int, *, run_id: int | None = None, limit: int = 10_000) -> list[dict[str, Any]]:
+    def events_since(self, after_id: int, *, run_id: int | None = None, limit: int = 10_000) -> list[EventRow]:
         """Events with id > after_id, oldest first (ids are never reused); optionally one run's."""
         if run_id is None:
-            return self._rows("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", [after_id, limit])
-        return self._rows(
-            "SELECT * FROM events WHERE id > ? AND run_id = ? ORDER BY id LIMIT ?", [after_id, run_id, limit]
-        )
+            return self._typed(_EVENTS + " ORDER BY id LIMIT ?", [after_id, limit], row=EventRow)
+        return self._typed(_EVENTS + " AND run_id = ? ORDER BY id LIMIT ?", [after_id, run_id, limit], row=EventRow)
 
     # ----------------------------------------------------------------- alerts and fits
 
-    def alerts(self, experiment: str | None = None, *, active_only: bool = True) -> list[dict[str, Any]]:
-        """`alerts` rows (with the experiment's name), most severe first, then by step."""
+    def alerts(self, experiment: str | None = None, *, active_only: bool = True) -> list[AlertRow]:
+        """Alerts (with the experiment's name), most severe first, then by step."""
         where = ["a.active = 1"] if active_only else []
         params: list[Any] = []
         if experiment is not None:
             where.append("e.name = ?")
             params.append(experiment)
-        sql = ("SELECT a.*, e.name AS experiment FROM alerts a LEFT JOIN experiments e ON e.id = a.experiment_id"
+        sql = (f"SELECT {_ALERT_COLUMNS} FROM alerts a LEFT JOIN experiments e ON e.id = a.experiment_id"
                + (" WHERE " + " AND ".join(where) if where else "")
-               + " ORDER BY CASE a.severity WHEN 'critical' THEN 0 WHEN 'warning' THEN 1 ELSE 2 END, a.step, a.id")
-        return self._rows(sql, params)
+               + f" ORDER BY {_SEVERITY_ORDER}, a.step, a.id")
+        return self._typed(sql, params, row=AlertRow)
 
-    def alerts_since(self, after_rev: int) -> tuple[int, list[dict[str, Any]]]:
+    def alerts_since(self, after_rev: int) -> tuple[int, list[AlertRow]]:
         """Alerts inserted, updated or deactivated after cursor `after_rev`: (new cursor, rows)."""
-        rows = self._rows("SELECT * FROM alerts WHERE rev > ? ORDER BY rev", [after_rev])
-        return (max((row["rev"] for row in rows), default=after_rev), rows)
+        rows = self._typed(
+            f"SELECT {_ALERT_COLUMNS} FROM alerts a LEFT JOIN experiments e"
+            " ON e.id = a.experiment_id WHERE a.rev > ? ORDER BY a.rev",
+            [after_rev],
+            row=AlertRow,
+        )
+        return (max((row.rev for row in rows), default=after_rev), rows)
 
-    def fits(self, experiment: str | None = None, x: str | None = None) -> list[dict[str, Any]]:
-        """Stored fits, oldest first; optionally one experiment's (by name) and one x."""
+    def fits(self, experiment: str | None = None, x: str | None = None) -> list[FitRow]:
+        """Stored fits, oldest first; optionally one experiment's (by name) and one x. Each carries its
+        law as a `FittedLaw` (rebuilt from the form and parameters for fits stored before schema v4)."""
         where, params = [], []
         if experiment is not None:
             where.append("e.name = ?")
@@ -226,6 +310,65 @@ class Reader:
         if x is not None:
             where.append("f.x = ?")
             params.append(x)
-        sql = ("SELECT f.*, e.name AS experiment FROM fits f LEFT JOIN experiments e ON e.id = f.experiment_id"
-               + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY f.id")
-        return self._rows(sql, params)
+        sql = (
+            f"SELECT {_FIT_COLUMNS} FROM fits f LEFT JOIN experiments e ON e.id = f.experiment_id"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY f.id"
+        )
+        return self._typed(sql, params, row=FitRow)
+
+    # ----------------------------------------------------------------- runs of one's own loop
+
+    def user_config(self, run_id: int) -> dict[str, Any] | None:
+        """The config a run of one's own loop was given (`scaletui.init(config=...)`); None for sweep runs."""
+        rows = self._tuples("SELECT user_config_json FROM runs WHERE id = ?", [run_id])
+        return json.loads(rows[0][0]) if rows and rows[0][0] else None
+
+    # ----------------------------------------------------------------- exports
+
+    def has_table(self, name: str) -> bool:
+        """True when the database has a table called `name` (e.g. one a later schema adds)."""
+        rows = self._tuples("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", [name])
+        return bool(rows)
+
+    def _export_sql(self, what: ExportWhat) -> tuple[str, str, tuple[tuple[str, str], ...], str]:
+        table, sql, extras, order = _EXPORT_SQL[ExportWhat(what)]
+        if what == ExportWhat.PREDICTIONS and not self._tuples(
+            "SELECT 1 FROM pragma_table_info('predictions') WHERE name = 'experiment_id'", []
+        ):
+            return _PREDICTIONS_ALONE
+        return table, sql, extras, order
+
+    def export_columns(self, what: ExportWhat) -> list[ExportColumn]:
+        """The columns `export_rows(what)` yields, in order, with their declared types."""
+        table, _, extras, _ = self._export_sql(what)
+        own = self._tuples("SELECT name, type FROM pragma_table_info(?) ORDER BY cid", [table])
+        nan = _NULL_IS_NAN.get(table, set())
+        extra = [ExportColumn(name, sql_type) for name, sql_type in extras]
+        return extra + [
+            ExportColumn(str(name), str(sql_type).upper(), str(name) in nan)
+            for name, sql_type in own
+            if str(name) not in {c.name for c in extra}
+        ]
+
+    def export_rows(
+        self, what: ExportWhat, experiment: str | None = None, chunk_rows: int = EXPORT_CHUNK_ROWS
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """The rows of one export in chunks, in the order of `export_columns(what)`, optionally of one
+        experiment. One SELECT: every chunk comes from the same snapshot of the file, however long the
+        caller takes (WAL readers never block the writers meanwhile)."""
+        columns = self.export_columns(what)
+        _, sql, extras, order = self._export_sql(what)
+        if experiment is not None and "experiments e" not in sql:
+            raise ValueError(f"{self.path}: the {what} table has no experiment column to filter on")
+        own = ", ".join(f't."{c.name}"' for c in columns[len(extras) :])
+        query = sql.format(columns=own) + (" WHERE e.name = ?" if experiment is not None else "") + f" ORDER BY {order}"
+        with self._lock:
+            cursor = retrying(
+                lambda: self.db.conn.execute(query, [] if experiment is None else [experiment]), self.path
+            )
+            try:
+                while chunk := cursor.fetchmany(chunk_rows):
+                    yield chunk
+            finally:
+                cursor.close()

@@ -50,7 +50,14 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from scaletui.store.errors import DatabaseNotReady, NotAScaletuiDatabase, SchemaTooNew, SchemaTooOld, StoreError
+from scaletui.core.vocabulary import DEFAULT_LOSS_METRIC, FINISHED, OK, LossRule, RunStatus, sql_list
+from scaletui.store.errors import (
+    DatabaseNotReady,
+    NotAScaletuiDatabase,
+    SchemaTooNew,
+    SchemaTooOld,
+    StoreError,
+)
 from scaletui.store.tx import BUSY_TIMEOUT_MS, retrying, write_transaction
 
 log = logging.getLogger(__name__)
@@ -68,8 +75,6 @@ HYPERPARAMETERS: tuple[str, ...] = (
     "seed", "device",
 )  # fmt: skip
 
-#: Statuses counted as "finished": skipped when a sweep is run again.
-FINISHED_STATUSES: tuple[str, ...] = ("done", "early_stopped", "diverged")
 
 # --------------------------------------------------------------------------- migrations
 # Frozen once released: a later change is a new migration, never an edit here.
@@ -215,18 +220,57 @@ def _v3_database_id(db: Database) -> None:
     db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", [DATABASE_ID_KEY, str(uuid.uuid4())])
 
 
-MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_alerts_fits, _v3_database_id]
+_V4_STATEMENTS: tuple[str, ...] = (
+    # Rows from before v4 have NULL here; their law is their `form` text and params_json (the reader
+    # rebuilds it), their held-out points are in options_json ($.heldout).
+    "ALTER TABLE fits ADD COLUMN form_name TEXT",         # M1 | M2 | M3 | M4 | BNSL1 | BNSL2 | CHINCHILLA
+    "ALTER TABLE fits ADD COLUMN law_json TEXT",          # the fitted law: form, params, x range, loss, ...
+    "ALTER TABLE fits ADD COLUMN scores_json TEXT",       # every candidate form's held-out error {"M2": {...}}
+    "ALTER TABLE fits ADD COLUMN heldout_json TEXT",      # each held-out point, largest 1 and 2 sizes left out
+    "ALTER TABLE fits ADD COLUMN predictions_json TEXT",  # --predict: [{"x": .., "value": .., "lo": .., "hi": ..}]
+    "CREATE INDEX fits_form ON fits(form_name)",
+)
+
+
+def _v4_fit_forms(db: Database) -> None:
+    """Fits choose their functional form: the chosen form, the law as one record, every form's
+    held-out error, the held-out points and predictions get columns of their own."""
+    for statement in _V4_STATEMENTS:
+        db.execute(statement)
+
+
+_V5_STATEMENTS: tuple[str, ...] = (
+    # "The loss" of an experiment is a metric of its own choosing (a control task's `cost`), lower or
+    # higher better; final/best/smoothed of that metric land in final_test_loss/best_test_loss/
+    # smoothed_test_loss, where the run_summary view and the fits read "the loss" of every run.
+    "ALTER TABLE experiments ADD COLUMN loss_metric TEXT NOT NULL DEFAULT 'test_loss'",
+    "ALTER TABLE experiments ADD COLUMN higher_is_better INTEGER NOT NULL DEFAULT 0",
+    # Runs of a researcher's own loop (the Python API) have no RunSpec: config_json stays NULL and the
+    # config the code was given is kept here. source: sweep | api (core.vocabulary.RunSource).
+    "ALTER TABLE runs ADD COLUMN source TEXT NOT NULL DEFAULT 'sweep'",
+    "ALTER TABLE runs ADD COLUMN user_config_json TEXT",
+)
+
+
+def _v5_own_runs(db: Database) -> None:
+    """Runs of your own training loop: where a run came from, the config it was given, and which metric
+    is the experiment's loss (and which way is better)."""
+    for statement in _V5_STATEMENTS:
+        db.execute(statement)
+
+
+MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_alerts_fits, _v3_database_id, _v4_fit_forms,
+                                                _v5_own_runs]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # --------------------------------------------------------------------------- views
 # Current definitions, recreated after every migration. Constant SQL only.
 
-#: "The loss of a run" under its experiment's rule.
-_LOSS_CASE = """CASE e.loss_rule
-            WHEN 'final' THEN r.final_test_loss
-            WHEN 'best' THEN r.best_test_loss
-            WHEN 'smoothed' THEN r.smoothed_test_loss
-        END"""
+#: "The loss of a run" under its experiment's rule (one WHEN per LossRule).
+_LOSS_CASE = ("CASE e.loss_rule "
+              + " ".join(f"WHEN '{rule.value}' THEN r.{rule.column}" for rule in LossRule) + " END")
+_OK = sql_list(OK)  # 'done', 'early_stopped': their losses are averaged
+_FINISHED = sql_list(FINISHED)  # ... and diverged ones counted
 
 _RUN_SUMMARY = f"""SELECT
         r.id, r.key, e.name AS experiment, r.experiment_id, r.label, r.status,
@@ -237,7 +281,9 @@ _RUN_SUMMARY = f"""SELECT
         {_LOSS_CASE} AS loss,
         e.loss_rule,
         r.created_at, r.started_at, r.finished_at, r.heartbeat_at, r.host, r.pid,
-        r.error, r.rev
+        r.error, r.rev,
+        r.source, COALESCE(e.loss_metric, '{DEFAULT_LOSS_METRIC}') AS loss_metric,
+        COALESCE(e.higher_is_better, 0) AS higher_is_better
     FROM runs r LEFT JOIN experiments e ON e.id = r.experiment_id"""
 
 _POINT_COLUMNS = ", ".join(f"r.{name}" for name in HYPERPARAMETERS if name not in ("seed", "device"))
@@ -247,15 +293,15 @@ _POINT_COLUMNS = ", ".join(f"r.{name}" for name in HYPERPARAMETERS if name not i
 _FINAL_LOSSES = f"""SELECT
         e.name AS experiment, r.experiment_id, e.loss_rule, r.point_key,
         {_POINT_COLUMNS},
-        COUNT(CASE WHEN r.status IN ('done', 'early_stopped') THEN {_LOSS_CASE} END) AS n_seeds,
-        SUM(r.status = 'diverged') AS n_diverged,
-        AVG(CASE WHEN r.status IN ('done', 'early_stopped') THEN {_LOSS_CASE} END) AS mean_loss,
-        MIN(CASE WHEN r.status IN ('done', 'early_stopped') THEN {_LOSS_CASE} END) AS min_loss,
-        MAX(CASE WHEN r.status IN ('done', 'early_stopped') THEN {_LOSS_CASE} END) AS max_loss,
+        COUNT(CASE WHEN r.status IN ({_OK}) THEN {_LOSS_CASE} END) AS n_seeds,
+        SUM(r.status = '{RunStatus.DIVERGED.value}') AS n_diverged,
+        AVG(CASE WHEN r.status IN ({_OK}) THEN {_LOSS_CASE} END) AS mean_loss,
+        MIN(CASE WHEN r.status IN ({_OK}) THEN {_LOSS_CASE} END) AS min_loss,
+        MAX(CASE WHEN r.status IN ({_OK}) THEN {_LOSS_CASE} END) AS max_loss,
         AVG(r.params) AS params,
         AVG(r.flops_per_example) AS flops_per_example
     FROM runs r JOIN experiments e ON e.id = r.experiment_id
-    WHERE r.status IN ('done', 'early_stopped', 'diverged')
+    WHERE r.status IN ({_FINISHED})
     GROUP BY r.experiment_id, r.point_key, {_POINT_COLUMNS}
     ORDER BY e.name, r.arch, r.width, r.depth"""
 

@@ -21,23 +21,32 @@ that changed since (`Reader.changed_runs_since`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
 
-from scaletui.records import Alert, FitResult, LayerStats, LossRule, MetricRecord, ModelInfo, RunOutcome, RunSpec, RunStatus
-from scaletui.store.alerts import group_by_subject, sync_alerts
+from scaletui.core.records import (
+    Alert,
+    LayerStats,
+    MetricRecord,
+    ModelInfo,
+    RunOutcome,
+)
+from scaletui.core.rows import ExperimentLoss
+from scaletui.core.specs import RunSpec
+from scaletui.core.vocabulary import BEFORE_ANY_STEP, EventKind, LossRule, RunSource, RunStatus
+from scaletui.store.alerts import alert_subject, group_by_subject, sync_alerts
 from scaletui.store.codec import iso_ago, now_iso, to_real
-from scaletui.store.fits import FitInputs, insert_fit
 from scaletui.store.errors import UnknownRun
-from scaletui.store.schema import FINISHED_STATUSES, HYPERPARAMETERS, database_id, open_db
+from scaletui.store.fits import StorableFit, insert_fit
+from scaletui.store.schema import HYPERPARAMETERS, database_id, open_db
 from scaletui.store.tx import retrying, write_transaction
 
 DEFAULT_STALE_AFTER_S = 300.0  # a remote run with no heartbeat for this long is `stale`
@@ -53,6 +62,32 @@ _METRIC_COLUMNS = ("run_id", "step", "key", "value")
 _LAYER_COLUMNS = (
     "run_id", "step", "layer", "name", "grad_norm", "weight_norm", "update_ratio", "nonfinite",
 )  # fmt: skip
+
+#: The `runs` columns a run of one's own loop may set after it started (`run.summary(...)`): the sizes
+#: that fits read (x = params, width, depth; flops = flops_per_example x step x batch_size; examples).
+SIZE_COLUMNS: tuple[str, ...] = ("params", "flops_per_example", "width", "depth", "batch_size", "train_size", "steps")
+
+
+@dataclass(frozen=True)
+class OwnRunRow:
+    """What a run of a researcher's own loop (the Python API) is registered with."""
+
+    experiment_id: int
+    key: str  # stable hash of the experiment's name and the run's config
+    point_key: str  # the same without the config's seed: seeds of one point share it
+    label: str
+    user_config_json: str  # the config the loop was given, as canonical JSON
+    columns: Mapping[str, Any]  # hyperparameter columns (names of schema.HYPERPARAMETERS) filled from it
+
+
+@dataclass(frozen=True)
+class RunClaim:
+    """How `Store.claim_own_run` went: the run's id and, when it resumed, the last step the database held
+    for it. `held_by` ("pid 12 on host") says another live process is running it: nothing was changed."""
+
+    run_id: int
+    last_step: int | None
+    held_by: str | None = None
 
 # --------------------------------------------------------------------------- SQL helpers
 # Column names below always come from the constants of this module, never from
@@ -114,22 +149,12 @@ def spec_columns(spec: RunSpec) -> dict[str, Any]:
     return columns
 
 
-def point_key(spec: RunSpec) -> str:
-    """Like RunSpec.key but without the seed: the runs that are seeds of one sweep point share it."""
-    d = spec.to_dict()
-    for drop in ("experiment", "seed"):
-        d.pop(drop)
-    d["train"].pop("device")
-    canonical = json.dumps(d, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
 def _spec_row(spec: RunSpec, experiment_id: int) -> dict[str, Any]:
     """Everything a registered run's row says about its config."""
     return {
         "experiment_id": experiment_id,
         "label": spec.label,
-        "point_key": point_key(spec),
+        "point_key": spec.point_key,
         **spec_columns(spec),
         "config_json": json.dumps(spec.to_dict(), sort_keys=True),
     }
@@ -141,6 +166,16 @@ def _dedupe(specs: Iterable[RunSpec]) -> dict[str, RunSpec]:
     for spec in specs:
         unique.setdefault(spec.key, spec)
     return unique
+
+
+def _own_row(row: OwnRunRow) -> dict[str, Any]:
+    """The `runs` columns of a run of one's own loop (its config lives in user_config_json)."""
+    unknown = set(row.columns) - set(HYPERPARAMETERS)
+    if unknown:
+        raise ValueError(f"not hyperparameter columns: {sorted(unknown)}")
+    return {"key": row.key, "experiment_id": row.experiment_id, "label": row.label, "point_key": row.point_key,
+            "source": RunSource.API.value, "config_json": None, "user_config_json": row.user_config_json,
+            **row.columns}
 
 
 def _outcome_message(outcome: RunOutcome) -> str:
@@ -238,7 +273,7 @@ class Store:
                     todo.append((int(row[0]), spec))
                 else:
                     self._adopt_run(db, row, experiment_id, spec)
-                    if row[1] not in FINISHED_STATUSES and row[1] != RunStatus.RUNNING.value:
+                    if not RunStatus(row[1]).finished and row[1] != RunStatus.RUNNING:
                         todo.append((int(row[0]), spec))
             return todo
 
@@ -258,17 +293,17 @@ class Store:
         marks = ", ".join("?" for _ in row)
         cursor = db.execute(f"INSERT INTO runs ({columns}) VALUES ({marks})", list(row.values()))
         run_id = int(cursor.lastrowid or 0)
-        _insert_event(db, run_id, "queued", spec.label)
+        _insert_event(db, run_id, RunStatus.QUEUED, spec.label)
         return run_id
 
     @staticmethod
     def _reset_run(db: Database, run_id: int, experiment_id: int, spec: RunSpec) -> None:
-        _delete_records(db, run_id, after_step=-(2**63))
+        _delete_records(db, run_id, after_step=BEFORE_ANY_STEP)
         db.execute("DELETE FROM events WHERE run_id = ?", [run_id])
         values: dict[str, Any] = dict.fromkeys(_RESET_COLUMNS)
         values.update(_spec_row(spec, experiment_id), status=RunStatus.QUEUED.value, created_at=now_iso())
         _update_run(db, run_id, values)
-        _insert_event(db, run_id, "queued", f"{spec.label} (fresh start)")
+        _insert_event(db, run_id, RunStatus.QUEUED, f"{spec.label} (fresh start)")
 
     @staticmethod
     def _adopt_run(db: Database, row: tuple[Any, ...], experiment_id: int, spec: RunSpec) -> None:
@@ -278,7 +313,7 @@ class Store:
         make every run look changed to the app.
         """
         run_id, status, old_experiment, old_config = row
-        if status in FINISHED_STATUSES:
+        if RunStatus(status).finished:
             if old_experiment != experiment_id:
                 _update_run(db, run_id, {"experiment_id": experiment_id})
             return
@@ -295,7 +330,7 @@ class Store:
         def body(db: Database) -> None:
             for run_id in ids:
                 _update_run(db, run_id, {"status": RunStatus.QUEUED.value, "error": None, "finished_at": None})
-                _insert_event(db, run_id, "queued", "queued again")
+                _insert_event(db, run_id, RunStatus.QUEUED, "queued again")
 
         self._write(body)
 
@@ -306,7 +341,7 @@ class Store:
             "status": RunStatus.RUNNING.value, "pid": pid, "host": host, "started_at": now,
             "heartbeat_at": now, "finished_at": None, "error": None,
         }  # fmt: skip
-        self._change(run_id, values, "started", f"pid {pid} on {host}")
+        self._change(run_id, values, EventKind.STARTED, f"pid {pid} on {host}")
 
     def finish_run(self, run_id: int, outcome: RunOutcome) -> None:
         """Record how a run ended: status, last step and its losses (NaN stored as NULL)."""
@@ -325,12 +360,12 @@ class Store:
 
     def mark_interrupted(self, run_id: int, reason: str) -> None:
         """The run stopped before finishing (signal, cancel, dead worker); it can be resumed."""
-        self._change(run_id, {"status": RunStatus.INTERRUPTED.value}, "interrupted", reason)
+        self._change(run_id, {"status": RunStatus.INTERRUPTED.value}, RunStatus.INTERRUPTED, reason)
 
     def mark_failed(self, run_id: int, error: str) -> None:
         """The run raised; `error` (possibly a traceback) is kept whole, its last line goes to the event."""
         values = {"status": RunStatus.FAILED.value, "error": error, "finished_at": now_iso()}
-        self._change(run_id, values, "failed", _one_line(error))
+        self._change(run_id, values, RunStatus.FAILED, _one_line(error))
 
     def add_event(self, run_id: int | None, kind: str, message: str) -> int:
         """Append a free-form event (run_id None for sweep-level events); returns its id."""
@@ -345,9 +380,9 @@ class Store:
         by_subject.update(group_by_subject(alerts))
         return int(self._write(lambda db: sync_alerts(db, experiment_id, by_subject)))
 
-    def add_fit(self, result: FitResult, inputs: FitInputs) -> int:
-        """Store one fitted law with its inputs; returns the fit's id."""
-        return int(self._write(lambda db: insert_fit(db, result, inputs)))
+    def add_fit(self, fit: StorableFit) -> int:
+        """Store one fitted law with its evidence and inputs (see `scaletui.store.fits`); returns its id."""
+        return int(self._write(lambda db: insert_fit(db, fit)))
 
     def running_runs(self, experiment: str) -> list[int]:
         """Ids of the experiment's runs whose status is `running` (call after `reap_orphans`)."""
@@ -385,6 +420,108 @@ class Store:
             _insert_event(db, run_id, kind, message)
 
         self._write(body)
+
+    # ----------------------------------------------------------------- runs of one's own loop (the Python API)
+
+    def own_experiment(self, name: str, wanted: ExperimentLoss | None) -> tuple[int, ExperimentLoss]:
+        """The id and loss definition of the experiment called `name`, creating it with `wanted` (or the
+        default) when it does not exist. An existing experiment keeps its definition: the caller compares."""
+
+        def body(db: Database) -> tuple[int, ExperimentLoss]:
+            row = db.execute("SELECT id, loss_metric, higher_is_better, loss_rule FROM experiments WHERE name = ?",
+                             [name]).fetchone()
+            if row is not None:
+                return int(row[0]), ExperimentLoss(str(row[1]), bool(row[2]), LossRule(row[3]))
+            loss, now = wanted or ExperimentLoss(), now_iso()
+            cursor = db.execute(
+                "INSERT INTO experiments (name, loss_rule, loss_metric, higher_is_better, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [name, loss.rule.value, loss.metric, int(loss.higher_is_better), now, now])
+            return int(cursor.lastrowid or 0), loss
+
+        result: tuple[int, ExperimentLoss] = self._write(body)
+        return result
+
+    def claim_own_run(self, row: OwnRunRow, *, resume: bool, pid: int, host: str) -> RunClaim:
+        """Register the run with `row.key` (or take it up again) and mark it running by `pid` on `host`, in
+        one transaction, so two processes given the same config cannot both run it.
+
+        A new key is inserted. An existing row that is `running` is left alone (`held_by`; call
+        `reap_orphans` first, so that only a live process holds it). With `resume` the row keeps its
+        records and its last recorded step comes back in `last_step`; without it the run starts over:
+        its metrics, layer stats and events are deleted, its alerts deactivated, its outcome cleared."""
+
+        def body(db: Database) -> RunClaim:
+            old = db.execute("SELECT id, status, pid, host, step FROM runs WHERE key = ?", [row.key]).fetchone()
+            now = now_iso()
+            running = {"status": RunStatus.RUNNING.value, "pid": pid, "host": host, "started_at": now,
+                       "heartbeat_at": now, "finished_at": None, "error": None}
+            if old is None:
+                claim = RunClaim(self._insert_own_run(db, row, running), None)
+            elif old[1] == RunStatus.RUNNING:
+                return RunClaim(int(old[0]), None, held_by=f"pid {old[2]} on {old[3]}")
+            elif resume:
+                claim = RunClaim(int(old[0]), None if old[4] is None else int(old[4]))
+                _update_run(db, claim.run_id, {**_own_row(row), **running})
+                _insert_event(db, claim.run_id, EventKind.RESUMED,
+                              "with no records yet" if old[4] is None else f"after step {old[4]}")
+            else:
+                claim = RunClaim(int(old[0]), None)
+                self._restart_own_run(db, claim.run_id, row, running)
+            _insert_event(db, claim.run_id, EventKind.STARTED, f"pid {pid} on {host}")
+            return claim
+
+        result: RunClaim = self._write(body)
+        return result
+
+    @staticmethod
+    def _insert_own_run(db: Database, row: OwnRunRow, running: dict[str, Any]) -> int:
+        values = {**_own_row(row), **running, "created_at": running["started_at"], "rev": _next_rev(db)}
+        columns = ", ".join(f'"{c}"' for c in values)
+        marks = ", ".join("?" for _ in values)
+        cursor = db.execute(f"INSERT INTO runs ({columns}) VALUES ({marks})", list(values.values()))
+        return int(cursor.lastrowid or 0)
+
+    @staticmethod
+    def _restart_own_run(db: Database, run_id: int, row: OwnRunRow, running: dict[str, Any]) -> None:
+        """Start a run of one's own loop over: nothing of its earlier attempt stays visible as current."""
+        _delete_records(db, run_id, after_step=BEFORE_ANY_STEP)
+        db.execute("DELETE FROM events WHERE run_id = ?", [run_id])
+        subject = alert_subject(Alert("", "", None, "", "", run_id=run_id))
+        sync_alerts(db, row.experiment_id, {subject: []})
+        values: dict[str, Any] = dict.fromkeys(_RESET_COLUMNS)
+        values.update(_own_row(row), **running)
+        _update_run(db, run_id, values)
+
+    def run_column_types(self) -> dict[str, str]:
+        """The declared type (INTEGER, REAL, TEXT) of every `runs` column, by name."""
+        with self._lock:
+            rows = retrying(lambda: self.db.execute("SELECT name, type FROM pragma_table_info('runs')").fetchall(),
+                            self.path)
+        return {str(name): str(sql_type).upper() for name, sql_type in rows}
+
+    def set_sizes(self, run_id: int, sizes: Mapping[str, int]) -> None:
+        """Set size columns of a run (names from SIZE_COLUMNS; anything else raises ValueError)."""
+        unknown = sorted(set(sizes) - set(SIZE_COLUMNS))
+        if unknown:
+            raise ValueError(f"not size columns of a run: {', '.join(unknown)} (choose from {', '.join(SIZE_COLUMNS)})")
+        if sizes:
+            self._write(lambda db: _update_run(db, run_id, dict(sizes)))
+
+    def finish_own_run(self, run_id: int, outcome: RunOutcome, loss_metric: str) -> None:
+        """Like `finish_run`, for a run of one's own loop: its final_/best_/smoothed_test_loss hold the
+        experiment's loss metric, which the event names."""
+        values: dict[str, Any] = {"status": outcome.status.value, "step": outcome.step, "finished_at": now_iso(),
+                                  "error": outcome.error, "best_step": outcome.best_step}
+        for column in ("final_train_loss", "final_test_loss", "final_test_acc", "best_test_loss",
+                       "smoothed_test_loss"):
+            values[column] = to_real(getattr(outcome, column))
+        parts = [f"{outcome.status.value} at step {outcome.step}"]
+        if outcome.final_test_loss is not None:
+            parts.append(f"{loss_metric} {outcome.final_test_loss:.4g}")
+        if outcome.error:
+            parts.append(_one_line(outcome.error))
+        self._change(run_id, values, outcome.status.value, ", ".join(parts))
 
     # ----------------------------------------------------------------- orphans
 
@@ -425,7 +562,7 @@ class Store:
             [RunStatus.INTERRUPTED.value, _next_rev(db), run_id, RunStatus.RUNNING.value, pid],
         )
         if cursor.rowcount:
-            _insert_event(db, run_id, "interrupted", f"process {pid} on {host} is gone")
+            _insert_event(db, run_id, RunStatus.INTERRUPTED, f"process {pid} on {host} is gone")
         return cursor.rowcount == 1
 
     @staticmethod
@@ -436,7 +573,7 @@ class Store:
             [RunStatus.STALE.value, _next_rev(db), run_id, RunStatus.RUNNING.value, cutoff],
         )
         if cursor.rowcount:
-            _insert_event(db, run_id, "stale", f"no heartbeat from {host} since before {cutoff}")
+            _insert_event(db, run_id, RunStatus.STALE, f"no heartbeat from {host} since before {cutoff}")
         return cursor.rowcount == 1
 
 
@@ -470,7 +607,8 @@ class StoreSink:
         """Record the model's size; forget records after `resumed_from` (the resumed run redoes them)."""
         self.flush()
         size = f"{info.params:,} params, {info.flops_per_example:,} FLOPs/example, lr {info.lr:.3g}"
-        kind, message = ("model", size) if resumed_from <= 0 else ("resumed", f"from step {resumed_from}; {size}")
+        kind, message = ((EventKind.MODEL, size) if resumed_from <= 0
+                         else (EventKind.RESUMED, f"from step {resumed_from}; {size}"))
 
         def body(db: Database) -> None:
             _delete_records(db, self.run_id, after_step=resumed_from)
@@ -551,13 +689,46 @@ class StoreSink:
         db.execute(
             "UPDATE runs SET heartbeat_at = :now, rev = :rev,"
             " step = CASE WHEN :top IS NULL OR step >= :top THEN step ELSE :top END,"
-            " status = CASE WHEN status = :stale THEN :running ELSE status END"
+            " status = CASE WHEN status = :stale_status THEN :running_status ELSE status END"
             " WHERE id = :id",
             {
                 "now": now_iso(), "rev": _next_rev(db), "top": top, "id": self.run_id,
-                "stale": RunStatus.STALE.value, "running": RunStatus.RUNNING.value,
+                "stale_status": RunStatus.STALE.value, "running_status": RunStatus.RUNNING.value,
             },
         )  # fmt: skip
+
+
+class OwnRunSink(StoreSink):
+    """The StoreSink of a run of one's own loop, which can be told where a resumed loop restarted.
+
+    `replace_from(step)`: the records the run holds from `step` on belong to the attempt before the
+    resume and are replaced by what the loop logs now. They are deleted in the same transaction as the
+    next flush writes the new ones, so a reader never sees the run without either."""
+
+    def __init__(self, db_path: str | Path, run_id: int) -> None:
+        # The owner decides when to flush (one transaction per flush); records never trigger one.
+        super().__init__(db_path, run_id, flush_rows=2**62, flush_seconds=float("inf"))
+        self._replace_from: int | None = None
+
+    def replace_from(self, step: int) -> None:
+        """At the next flush, delete this run's records with step >= `step` before writing the new ones."""
+        self._replace_from = step
+
+    def queue_event(self, kind: str, message: str) -> None:
+        """An event written with the next flush, in its transaction (`event` flushes at once)."""
+        self._events.append((kind, message))
+
+    def flush(self) -> None:
+        super().flush()
+        self._replace_from = None
+
+    def _flush_body(self, db: Database) -> None:
+        if self._replace_from is not None:
+            kept = self._replace_from - 1
+            _delete_records(db, self.run_id, after_step=kept)
+            db.execute("UPDATE runs SET step = CASE WHEN step IS NULL OR step <= :kept THEN step"
+                       " WHEN :kept < 0 THEN NULL ELSE :kept END WHERE id = :id", {"kept": kept, "id": self.run_id})
+        super()._flush_body(db)
 
 
 def default_host() -> str:

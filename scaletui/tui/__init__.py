@@ -1,5 +1,5 @@
 """The Textual app: a live view of a scaletui database (the only part of scaletui that imports textual).
 
-`scaletui.tui.app.ScaleApp` is the entry point; `poller`, `state` and `model` hold everything that
-can be tested without a terminal.
+`scaletui.tui.app.ScaleApp` is the entry point; it composes the regions in `widgets/` and routes keys.
+`poller`, `state`, `view` and `model` hold everything that can be tested without a terminal.
 """

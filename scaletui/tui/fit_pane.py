@@ -7,18 +7,21 @@ parameters with their intervals, the held-out errors and how alpha moved over tr
 
 The pane owns its fitting: `runs_changed()` (called by the app when runs finish) schedules a refit
 in a thread worker. Fits take seconds (a bootstrap refits the law hundreds of times), so the UI
-thread never runs one; the worker reads the database through `scaletui.fitting` with its own
-read-only connection and only posts a `FitPane.Fitted` message, which the pane applies on the UI
-thread. A newer request cancels the older one (exclusive worker group), and a cancelled fit stops
-between bootstrap resamples.
+thread never runs one; the worker reads the database through `scaletui.services.fitting` with its own
+read-only connection and only posts `FitPane.Fitted` messages, which the pane applies on the UI thread.
+Each refit posts twice: first the law without a bootstrap (the curve, every form's held-out error and the
+checks: well under a second), then the same with its bootstrap intervals and prediction band. A newer
+request cancels the older one (exclusive worker group), and a cancelled fit stops between bootstrap
+chunks.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from textual import work
@@ -32,19 +35,22 @@ from textual.widgets import DataTable, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 from textual_plotext import PlotextPlot
 
-from scaletui.analysis.powerlaw import Form, predict
-from scaletui.fitting import X_CHOICES, FitReport, FitSpec, describe_stability, fit_experiment
-from scaletui.records import LossRule
+from scaletui.analysis.forms import ONE_VARIABLE_FORMS, predict
+from scaletui.core.vocabulary import FitX, LossRule
+from scaletui.services.fitting import AUTO, X_CHOICES, FitReport, FitSpec, describe_stability, fit_experiment
 from scaletui.tui.keys import FIT_KEYS
 
-__all__ = ["FitPane", "PANE_BOOTSTRAP", "GROUPINGS"]
+__all__ = ["GROUPINGS", "PANE_BOOTSTRAP", "FitPane"]
+
+T = TypeVar("T")
 
 PANE_BOOTSTRAP = 200  # enough for a 90% interval that means something, fast enough to refit live
-GROUPINGS: tuple[str | None, ...] = (None, "depth", "width")
+GROUPINGS: tuple[str | None, ...] = (None, FitX.DEPTH.value, FitX.WIDTH.value)
+FORM_CHOICES: tuple[str, ...] = (AUTO, *ONE_VARIABLE_FORMS)  # `f` cycles: auto-selected, then each form forced
 RULES: tuple[LossRule | None, ...] = (None, LossRule.FINAL, LossRule.BEST, LossRule.SMOOTHED)  # None: experiment's
 CURVE_MARKERS = ("dot", "hd", "fhd", "braille")
-TABLE_COLUMNS = ("curve", "E", "A", "alpha", "held-out 1", "held-out 2", "alpha over training")
-NARROW_COLUMNS = TABLE_COLUMNS[:4]  # under NARROW_BELOW columns; the notes below say the rest
+TABLE_COLUMNS = ("curve", "form", "E", "A", "alpha", "held-out 1", "held-out 2", "alpha over training")
+NARROW_COLUMNS = TABLE_COLUMNS[:5]  # under NARROW_BELOW columns; the notes below say the rest
 NARROW_BELOW = 100
 TALL_PLOT = 20  # rows: a shorter plot gets 3 y ticks, not 5 (plotext drops colliding ticks, not always the same)
 
@@ -53,38 +59,39 @@ TALL_PLOT = 20  # rows: a shorter plot gets 3 y ticks, not 5 (plotext drops coll
 class _Choice:
     """What the pane fits; every key press makes a new one."""
 
-    x: str = "params"
+    x: str = FitX.PARAMS
     group_by: str | None = None
     rule: LossRule | None = None
-    form: Form = Form.OFFSET
+    form: str = AUTO
 
-    def spec(self) -> FitSpec:
-        return FitSpec(x=self.x, group_by=self.group_by, loss_rule=self.rule, form=self.form,
-                       n_bootstrap=PANE_BOOTSTRAP)
+    def spec(self, n_bootstrap: int = PANE_BOOTSTRAP) -> FitSpec:
+        return FitSpec(x=self.x, group_by=self.group_by, loss_rule=self.rule, form=self.form, n_bootstrap=n_bootstrap)
 
     def label(self) -> str:
         rule = self.rule.label if self.rule else "experiment's loss rule"
         group = f", one curve per {self.group_by}" if self.group_by else ""
-        return f"L({self.x}) = {self.form.value}{group}; {rule}"
+        form = "form chosen by held-out error" if self.form == AUTO else f"form {self.form}"
+        return f"L({self.x}), {form}{group}; {rule}"
 
 
-def _next(options: tuple, current: object) -> object:
+def _next(options: Sequence[T], current: T) -> T:
     return options[(options.index(current) + 1) % len(options)]
 
 
 def _cell(report: FitReport, name: str, sep: str = " ") -> str:
     """A parameter with its 90% interval; `sep="\n"` puts the interval on a second line (narrow table)."""
-    value = report.fit.params.get(name)
+    value = report.law.params.get(name)
     if value is None:
         return "-"
-    if report.boot is None:
+    interval = report.intervals.get(name)
+    if interval is None:
         return f"{value:.4g}"
-    lo, hi = report.boot.intervals[name]
+    lo, hi = interval
     return f"{value:.4g}{sep}[{lo:.3g}, {hi:.3g}]"
 
 
 def _heldout_cell(report: FitReport, k: int) -> str:
-    held = report.check.leave_one if k == 1 else report.check.leave_two
+    held = report.heldout.left_out(k)
     return "-" if held is None else f"{held.max_rel_error:.1%}"
 
 
@@ -119,13 +126,15 @@ class FitPane(Widget, can_focus=True):
         reports: tuple[FitReport, ...]
         skipped: tuple[str, ...]
         error: str | None = None
+        complete: bool = True  # False: the law without its bootstrap yet (the band follows)
 
-    def __init__(self, db_path: Path, experiment: str | None = None, *, id: str | None = None) -> None:  # noqa: A002
+    def __init__(self, db_path: Path, experiment: str | None = None, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.db_path = Path(db_path)
         self.experiment = experiment
         self.choice = _Choice()
         self.reports: tuple[FitReport, ...] = ()
+        self.complete = False  # the shown reports carry their bootstrap (intervals, band)
         self._table_narrow: bool | None = None  # the layout the table has now (None: no columns yet)
 
     def compose(self) -> ComposeResult:
@@ -155,22 +164,23 @@ class FitPane(Widget, can_focus=True):
 
     def runs_changed(self) -> None:
         """Runs finished (or changed): refit in the background; the newest request wins."""
+        self.complete = False
         self._status(f"fitting {self.choice.label()} ...")
         self._refit(self.choice, self.experiment)
 
     # ----------------------------------------------------------------- keys
 
     def action_cycle_x(self) -> None:
-        self._choose(replace(self.choice, x=str(_next(X_CHOICES, self.choice.x))))
+        self._choose(replace(self.choice, x=_next(X_CHOICES, self.choice.x)))
 
     def action_cycle_grouping(self) -> None:
-        self._choose(replace(self.choice, group_by=_next(GROUPINGS, self.choice.group_by)))  # type: ignore[arg-type]
+        self._choose(replace(self.choice, group_by=_next(GROUPINGS, self.choice.group_by)))
 
     def action_cycle_rule(self) -> None:
-        self._choose(replace(self.choice, rule=_next(RULES, self.choice.rule)))  # type: ignore[arg-type]
+        self._choose(replace(self.choice, rule=_next(RULES, self.choice.rule)))
 
     def action_toggle_form(self) -> None:
-        self._choose(replace(self.choice, form=Form.POWER if self.choice.form is Form.OFFSET else Form.OFFSET))
+        self._choose(replace(self.choice, form=_next(FORM_CHOICES, self.choice.form)))
 
     def _choose(self, choice: _Choice) -> None:
         self.choice = choice
@@ -181,17 +191,22 @@ class FitPane(Widget, can_focus=True):
     @work(thread=True, exclusive=True, group="fit", exit_on_error=False)
     def _refit(self, choice: _Choice, experiment: str | None) -> None:
         """Runs in a thread: fit, then post the result. Touches no widget."""
-        from scaletui.fitting import FitInputError
-        from scaletui.store.errors import StoreError
+        from scaletui.services.fitting import FitInputError
+        from scaletui.services.tracker import READ_ERRORS
 
         worker = get_current_worker()
-        try:
-            result = fit_experiment(self.db_path, experiment, choice.spec(), should_stop=lambda: worker.is_cancelled)
-        except (FitInputError, StoreError, FileNotFoundError) as exc:
-            self.post_message(self.Fitted(choice, experiment, (), (), str(exc)))
-            return
-        if not worker.is_cancelled:
-            self.post_message(self.Fitted(choice, experiment, result.reports, result.skipped))
+        expected: tuple[type[Exception], ...] = (FitInputError, *READ_ERRORS)  # said in one line, not a crash
+        for n_bootstrap in (0, PANE_BOOTSTRAP):  # the curve now, then its intervals and band
+            try:
+                result = fit_experiment(self.db_path, experiment, choice.spec(n_bootstrap),
+                                        should_stop=lambda: worker.is_cancelled)
+            except expected as exc:
+                self.post_message(self.Fitted(choice, experiment, (), (), str(exc)))
+                return
+            if worker.is_cancelled:
+                return
+            self.post_message(self.Fitted(choice, experiment, result.reports, result.skipped,
+                                          complete=n_bootstrap > 0))
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """An unexpected error in the fit worker becomes a visible line, not a crash."""
@@ -203,22 +218,25 @@ class FitPane(Widget, can_focus=True):
         if message.choice != self.choice or message.experiment != self.experiment:
             return  # an answer to a question no longer asked
         with self.app.batch_update():
-            self.reports = message.reports
+            self.reports, self.complete = message.reports, message.complete
             self._show_table(message.reports)
             self._show_plot(message.reports)
             self._show_notes(message)
-            self._status(message.error and f"cannot fit: {message.error}" or self._summary(message.reports))
+            self._status(f"cannot fit: {message.error}" if message.error
+                         else self._summary(message.reports, message.complete))
 
     # ----------------------------------------------------------------- drawing
 
     def _status(self, text: str) -> None:
         self.query_one("#fit-status", Static).update(text)
 
-    def _summary(self, reports: tuple[FitReport, ...]) -> str:
+    def _summary(self, reports: tuple[FitReport, ...], complete: bool) -> str:
         r = reports[0]
         diverged = f", {r.n_diverged} diverged excluded" if r.n_diverged else ""
-        return (f"{r.source}: L({r.x_name}) = {r.form.value}; loss = {r.loss_label}; {r.fit.n_points} runs, "
-                f"{r.n_sizes} sizes{diverged}; {PANE_BOOTSTRAP} bootstrap resamples, 90% intervals")
+        boot = (f"{PANE_BOOTSTRAP} bootstrap resamples, 90% intervals" if complete
+                else "bootstrap running: intervals and band follow")
+        return (f"{r.source}: {r.formula}, x = {r.x_name} ({r.law.form}, {r.chosen_by}); loss = {r.loss_label}; "
+                f"{r.n_points} runs, {r.n_sizes} sizes{diverged}; {boot}")
 
     def _show_table(self, reports: tuple[FitReport, ...]) -> None:
         """A fit replaces the previous one wholesale (it is not a live per-run table), so rebuild.
@@ -232,16 +250,20 @@ class FitPane(Widget, can_focus=True):
         for r in reports:
             if narrow:
                 cells = [_cell(r, name, "\n") for name in ("E", "A", "alpha")]
-                table.add_row(r.group or "all", *cells, key=r.group or "all", height=None)
+                table.add_row(r.group or "all", r.law.form, *cells, key=r.group or "all", height=None)
             else:
-                table.add_row(r.group or "all", _cell(r, "E"), _cell(r, "A"), _cell(r, "alpha"), _heldout_cell(r, 1),
-                              _heldout_cell(r, 2), _stability_cell(r), key=r.group or "all")
+                table.add_row(r.group or "all", r.law.form, _cell(r, "E"), _cell(r, "A"), _cell(r, "alpha"),
+                              _heldout_cell(r, 1), _heldout_cell(r, 2), _stability_cell(r), key=r.group or "all")
 
     def _show_notes(self, message: FitPane.Fitted) -> None:
         lines = []
         for r in message.reports:
             who = f"{r.group}: " if r.group else ""
-            held, held_two = r.check.leave_one, r.check.leave_two
+            held, held_two = r.heldout.leave_one, r.heldout.leave_two
+            scored = [f"{s.form} {s.heldout_error:.3g}" for s in r.scores
+                      if s.law is not None and math.isfinite(s.heldout_error)]
+            if len(scored) > 1:
+                lines.append(f"{who}held-out log error by form: {', '.join(scored)}")
             if held is not None:
                 lines.append(f"{who}largest x={held.x_out[0]:.4g} left out: predicted {held.predicted[0]:.4g}, "
                              f"actual {held.actual[0]:.4g} ({held.rel_error[0]:.1%})")
@@ -287,16 +309,17 @@ def _plot_curve(plt: Any, r: FitReport, marker: str) -> None:
     name = r.group or "mean over seeds"
     x = [p.x for p in r.points]
     # Drawn back to front: band, law, seed spread, points (later series overwrite earlier cells).
-    if r.boot is not None and np.all(np.isfinite(r.boot.band_lo)) and np.all(r.boot.band_lo > 0):
-        for edge in (r.boot.band_lo, r.boot.band_hi):
-            plt.plot(_log(r.boot.band_x[0]), _log(edge), marker=".", color="gray")
+    band = r.band
+    if band is not None and np.all(np.isfinite(band.lo)) and np.all(np.asarray(band.lo) > 0):
+        for edge in (band.lo, band.hi):
+            plt.plot(_log(band.x[0]), _log(edge), marker=".", color="gray")
     grid = np.geomspace(min(x), max(x), 60)
-    plt.plot(_log(grid), _log(predict(r.fit, grid)), marker="braille", label=f"fit {name}")
+    plt.plot(_log(grid), _log(predict(r.law, grid)), marker="braille", label=f"fit {name}")
     for p in r.points:
         if p.hi > p.lo:  # the seed spread as a vertical segment
             plt.plot(_log([p.x, p.x]), _log([p.lo, p.hi]), marker="|")
     plt.scatter(_log(x), _log([p.mean for p in r.points]), marker=marker, label=name)
-    held = r.check.leave_one
+    held = r.heldout.leave_one
     if held is not None:
         plt.scatter(_log(held.x_out), _log(held.predicted), marker="x", label="held out: predicted")
         plt.scatter(_log(held.x_out), _log(held.actual), marker="o", label="held out: actual")

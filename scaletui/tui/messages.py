@@ -6,8 +6,8 @@ UI thread apply them. Each message carries plain frozen data.
 
 from __future__ import annotations
 
+import subprocess
 from dataclasses import dataclass
-from typing import Any
 
 from textual.message import Message
 
@@ -28,7 +28,7 @@ class SweepStarted(Message):
 
     pid: int
     log_path: str
-    proc: Any  # the subprocess.Popen handle, so the app can signal and await it
+    proc: subprocess.Popen[bytes]  # the handle, so the app can signal it
 
 
 @dataclass

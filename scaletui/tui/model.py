@@ -7,66 +7,33 @@ function with unit tests, and the widgets only format and place what these funct
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-FINISHED = frozenset({"done", "early_stopped", "diverged"})
-OK = frozenset({"done", "early_stopped"})
-EMA_BETA = 0.9  # the same beta as the loss rule `smoothed`
+from scaletui.core.rows import FinalLoss, RunSummary
+from scaletui.core.vocabulary import EMA_BETA, OK, AlertKind, DebiasedEma, RunStatus
 
 #: Short badges for alert kinds in the runs table (the alerts pane spells them out).
 ALERT_BADGES: dict[str, str] = {
-    "divergence": "DIV", "plateau": "PLAT", "vanishing_gradients": "VANISH",
-    "exploding_gradients": "EXPLODE", "overfitting": "OVERFIT", "non_monotonic": "NONMONO",
-    "seed_sensitivity": "SEED",
+    AlertKind.DIVERGENCE: "DIV", AlertKind.PLATEAU: "PLAT", AlertKind.VANISHING_GRADIENTS: "VANISH",
+    AlertKind.EXPLODING_GRADIENTS: "EXPLODE", AlertKind.OVERFITTING: "OVERFIT",
+    AlertKind.NON_MONOTONIC: "NONMONO", AlertKind.SEED_SENSITIVITY: "SEED",
 }  # fmt: skip
 
 
-@dataclass(frozen=True)
-class RunRow:
-    """The columns of `run_summary` the app shows or ranks by, for one run."""
+def badge(kind: str) -> str:
+    """The runs table's badge of an alert kind (of a kind it does not know: its first letters)."""
+    return ALERT_BADGES.get(kind, kind[:6].upper())
 
-    id: int
-    experiment: str | None
-    label: str
-    status: str
-    arch: str
-    width: int
-    depth: int
-    seed: int
-    dataset: str | None
-    train_size: int | None
-    optimizer: str | None
-    lr: float | None
-    params: int | None
-    step: int | None
-    steps: int | None
-    final_train_loss: float | None
-    final_test_loss: float | None
-    best_test_loss: float | None
-    loss: float | None
-    loss_rule: str | None
-    started_at: str | None
-    finished_at: str | None
-    host: str | None
-    pid: int | None
-    rev: int
 
-    @staticmethod
-    def from_summary(row: Mapping[str, Any]) -> RunRow:
-        return RunRow(**{name: row.get(name) for name in RunRow.__dataclass_fields__})
-
-    @property
-    def finished(self) -> bool:
-        return self.status in FINISHED
-
-    def comparison_group(self, across: str) -> tuple[Any, ...]:
-        """Runs that differ only in `across` (depth or width): the same everything else and seed."""
-        other = self.width if across == "depth" else self.depth
-        return (self.experiment, self.arch, self.dataset, self.train_size, self.optimizer, self.lr, self.seed, other)
+def comparison_group(run: RunSummary, across: str) -> tuple[Any, ...]:
+    """Runs that differ only in `across` (depth or width): the same everything else and seed."""
+    other = run.width if across == "depth" else run.depth
+    return (run.experiment, run.arch, run.dataset, run.train_size, run.optimizer, run.lr, run.seed, other)
 
 
 # --------------------------------------------------------------------------- ranking and filtering
@@ -78,13 +45,13 @@ def _missing_last(value: float | None) -> tuple[int, float]:
     return (1, 0.0) if value is None or math.isnan(value) else (0, float(value))
 
 
-def rank_key(run: RunRow, group_by: str) -> tuple[Any, ...]:
+def rank_key(run: RunSummary, group_by: str) -> tuple[Any, ...]:
     """Grouped by width and ranked by depth (or the other way round), then seed, then id."""
     first, second = (run.width, run.depth) if group_by == "width" else (run.depth, run.width)
     return (run.experiment or "", run.arch, first, second, run.seed, run.id)
 
 
-def order_runs(runs: Iterable[RunRow], losses: Mapping[int, float | None], sort: str, group_by: str,
+def order_runs(runs: Iterable[RunSummary], losses: Mapping[int, float | None], sort: str, group_by: str,
                reverse: bool = False) -> list[int]:
     """Run ids in display order. `losses` is the shown test loss of each run (live or final)."""
     keys = {
@@ -98,24 +65,34 @@ def order_runs(runs: Iterable[RunRow], losses: Mapping[int, float | None], sort:
     return [r.id for r in sorted(runs, key=keys[sort], reverse=reverse)]
 
 
-def matches(run: RunRow, badges: str, query: str) -> bool:
+def matches(run: RunSummary, badges: str, query: str) -> bool:
     """Every whitespace-separated term of `query` occurs in the run's label, status, experiment or
     alert badges (case-insensitive); `w64`, `d8`, `running`, `div` all work."""
-    haystack = f"{run.label} {run.status} {run.experiment or ''} {run.arch} {badges}".lower()
+    haystack = f"{run.label} {run.status.value} {run.experiment or ''} {run.arch} {badges}".lower()
     return all(term in haystack for term in query.lower().split())
 
 
-def run_to_show(runs: Iterable[RunRow]) -> int | None:
+def run_to_show(runs: Iterable[RunSummary]) -> int | None:
     """The run worth looking at when the app opens: the most recently started running run, else the
     run that was active last (finished or started), else None (nothing has started: the first row)."""
     runs = list(runs)
-    running = [r for r in runs if r.status == "running"]
+    running = [r for r in runs if r.status is RunStatus.RUNNING]
     if running:
         return max(running, key=lambda r: (r.started_at or "", r.id)).id
     active = [r for r in runs if r.started_at or r.finished_at]
     if active:
         return max(active, key=lambda r: (r.finished_at or r.started_at or "", r.id)).id
     return None
+
+
+def run_to_follow(shown: Sequence[RunSummary], selected: RunSummary | None) -> int | None:
+    """While the selection follows training: the run to select now, or None to keep the selection
+    (`selected`, None when it is not shown). One that still trains is kept, and so is any selection
+    while none of the runs shown trains."""
+    training = any(r.status is RunStatus.RUNNING for r in shown)
+    if selected is not None and (selected.status is RunStatus.RUNNING or not training):
+        return None
+    return run_to_show(shown)
 
 
 # --------------------------------------------------------------------------- the central question
@@ -129,36 +106,40 @@ class Delta:
     worse: bool  # the larger model has the higher loss
 
 
-def size_deltas(runs: Iterable[RunRow], across: str = "depth") -> dict[int, Delta]:
+def size_deltas(runs: Iterable[RunSummary], across: str = "depth") -> dict[int, Delta]:
     """For each finished run, its loss (by the loss rule) against the next shallower (or narrower)
     finished run of its comparison group. Runs without a smaller finished neighbour get none."""
-    groups: dict[tuple[Any, ...], list[RunRow]] = {}
+    groups: dict[tuple[Any, ...], list[RunSummary]] = {}
     for run in runs:
         if run.status in OK and run.loss is not None and math.isfinite(run.loss):
-            groups.setdefault(run.comparison_group(across), []).append(run)
+            groups.setdefault(comparison_group(run, across), []).append(run)
     deltas: dict[int, Delta] = {}
     for members in groups.values():
         members.sort(key=lambda r: (getattr(r, across), r.id))
-        for smaller, larger in zip(members, members[1:]):
+        for smaller, larger in itertools.pairwise(members):
             if getattr(larger, across) > getattr(smaller, across):
-                diff = float(larger.loss) - float(smaller.loss)  # type: ignore[arg-type]
+                diff = _loss(larger) - _loss(smaller)
                 deltas[larger.id] = Delta(diff, diff > 0)
     return deltas
+
+
+def _loss(run: RunSummary) -> float:
+    """The loss of a run that has one (`size_deltas` compares only those)."""
+    return math.nan if run.loss is None else float(run.loss)
 
 
 # --------------------------------------------------------------------------- curves
 
 
 def debiased_ema(values: Sequence[float], beta: float = EMA_BETA) -> list[float]:
-    """Exponential moving average with Adam-style bias correction, so the first points are not
-    dragged towards zero. Non-finite values are skipped (the previous smoothed value repeats)."""
+    """The vocabulary's debiased EMA (the loss rule `smoothed`) along a curve, one value per point.
+    Non-finite values are skipped (the previous smoothed value repeats)."""
+    ema = DebiasedEma(beta)
     out: list[float] = []
-    ema, count = 0.0, 0
     for v in values:
         if math.isfinite(v):
-            ema = beta * ema + (1 - beta) * v
-            count += 1
-        out.append(ema / (1 - beta**count) if count else math.nan)
+            ema.update(v)
+        out.append(ema.value)
     return out
 
 
@@ -247,35 +228,35 @@ class GridCell:
     worse_than_narrower: bool
 
 
-def grid_cells(points: Iterable[Mapping[str, Any]]) -> dict[tuple[int, int], GridCell]:
+def grid_cells(points: Iterable[FinalLoss]) -> dict[tuple[int, int], GridCell]:
     """`final_losses` rows of one experiment -> cells keyed (depth, width). Several rows per size
     (other swept settings) are reduced to the best of them: each size at its best setting."""
-    best: dict[tuple[int, int], Mapping[str, Any]] = {}
+    best: dict[tuple[int, int], FinalLoss] = {}
     for p in points:
-        key = (int(p["depth"]), int(p["width"]))
-        if key not in best or _missing_last(p["mean_loss"]) < _missing_last(best[key]["mean_loss"]):
+        key = (p.depth, p.width)
+        if key not in best or _missing_last(p.mean_loss) < _missing_last(best[key].mean_loss):
             best[key] = p
-    means = {k: p["mean_loss"] for k, p in best.items() if p["mean_loss"] is not None}
+    means = {k: p.mean_loss for k, p in best.items() if p.mean_loss is not None}
     lo, hi = (min(means.values()), max(means.values())) if means else (0.0, 0.0)
     return {k: _cell(k, p, means, lo, hi) for k, p in best.items()}
 
 
-def _cell(key: tuple[int, int], p: Mapping[str, Any], means: Mapping[tuple[int, int], float],
-          lo: float, hi: float) -> GridCell:
+def _cell(key: tuple[int, int], p: FinalLoss, means: dict[tuple[int, int], float], lo: float, hi: float) -> GridCell:
     depth, width = key
     mean = means.get(key)
-    spread = None if p["max_loss"] is None else float(p["max_loss"]) - float(p["min_loss"])
+    spread = None if p.max_loss is None or p.min_loss is None else p.spread
     shallower = _nearest_below(means, depth, lambda d, w: w == width and d < depth, axis=0)
     narrower = _nearest_below(means, width, lambda d, w: d == depth and w < width, axis=1)
     return GridCell(
-        depth, width, mean, spread, int(p["n_seeds"] or 0), int(p["n_diverged"] or 0),
+        depth, width, mean, spread, int(p.n_seeds or 0), int(p.n_diverged or 0),
         shade=None if mean is None else shade(mean, lo, hi),
         worse_than_shallower=mean is not None and shallower is not None and mean > shallower,
         worse_than_narrower=mean is not None and narrower is not None and mean > narrower,
     )  # fmt: skip
 
 
-def _nearest_below(means: Mapping[tuple[int, int], float], at: int, pick: Any, axis: int) -> float | None:
+def _nearest_below(means: dict[tuple[int, int], float], at: int, pick: Callable[[int, int], bool],
+                   axis: int) -> float | None:
     """Mean loss of the nearest smaller neighbour along one axis (0 = depth, 1 = width)."""
     below = [(k[axis], v) for k, v in means.items() if pick(*k)]
     return max(below)[1] if below else None
@@ -309,25 +290,25 @@ def parse_iso(text: str | None) -> float | None:
         return None
 
 
-def status_counts(runs: Iterable[RunRow]) -> dict[str, int]:
-    counts: dict[str, int] = {}
+def status_counts(runs: Iterable[RunSummary]) -> dict[RunStatus, int]:
+    counts: dict[RunStatus, int] = {}
     for run in runs:
         counts[run.status] = counts.get(run.status, 0) + 1
     return counts
 
 
-def eta_seconds(runs: Sequence[RunRow]) -> float | None:
+def eta_seconds(runs: Sequence[RunSummary]) -> float | None:
     """Time left for the queued and running runs: mean wall time of the finished ones, times the
     work left (a running run counts for the fraction of its steps still to go), spread over the
     runs running now. None until one run has finished or while nothing is running."""
     durations = [end - start for r in runs if r.finished
                  for start, end in [(parse_iso(r.started_at), parse_iso(r.finished_at))]
                  if start is not None and end is not None and end >= start]
-    running = [r for r in runs if r.status == "running"]
+    running = [r for r in runs if r.status is RunStatus.RUNNING]
     if not durations or not running:
         return None
     mean = sum(durations) / len(durations)
-    left = sum(1 for r in runs if r.status == "queued")
+    left: float = sum(1 for r in runs if r.status is RunStatus.QUEUED)
     left += sum(1 - min(1.0, (r.step or 0) / r.steps) if r.steps else 1.0 for r in running)
     return mean * left / len(running)
 
@@ -335,7 +316,7 @@ def eta_seconds(runs: Sequence[RunRow]) -> float | None:
 def human_duration(seconds: float | None) -> str:
     if seconds is None or not math.isfinite(seconds):
         return "-"
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     if seconds < 60:
         return f"{seconds}s"
     if seconds < 3600:

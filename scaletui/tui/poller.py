@@ -2,10 +2,12 @@
 
 Why a poller and not a push channel: the app must show a sweep started by another process (a
 headless run in another terminal) exactly like its own, and the database is the one thing both
-share. So every half second a thread worker calls `Poller.poll()`, which asks only for what is new
-since the last poll: runs whose `rev` moved, metrics and layer statistics after a per-run cursor,
-events after the last id, alerts after the last `rev`. What it found travels to the UI thread as
-one frozen `Snapshot`; the poller itself never touches a widget, and the UI never touches SQL.
+share. So every half second a thread worker calls `Poller.poll()`, which asks the `Tracker` (the
+incremental reader the runner's alert monitor uses too) only for what is new since the last poll:
+runs whose `rev` moved, metrics and layer statistics after per-run cursors, events after the last id,
+alerts after the last `rev`. What it found travels to the UI thread as one frozen `Snapshot`; the
+poller itself never touches a widget, and the UI never touches SQL. A poll that fails half-way moves
+no cursor (the tracker puts them back), so the next poll reads the same rows again.
 
 What is read per run is bounded by what is on screen. Every unfinished run that has steps gets its
 latest train loss and new test-loss evaluations (for the runs table): incrementally while it runs,
@@ -13,28 +15,31 @@ and once more when its row changes after it stopped, so an interrupted run shows
 values, not those of the poll before it stopped (a finished run's row has its final values). Whole
 series are read only for the *tracked* runs: the selected run (train and test loss, per-layer
 statistics) and the runs of its group (test loss, drawn faint). A run's series is read again only
-when its row changed (its `rev` moved).
+when its row changed (its `rev` moved), and from the start when the run started again (a resume
+rewrites the steps after its checkpoint).
 
-This module imports no textual (it is plain Python over `scaletui.store.Reader`), so it is unit
+This module imports no textual (it is plain Python over `scaletui.services.tracker`), so it is unit
 tested and benchmarked without an app.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from scaletui.records import LayerStats
-from scaletui.store.errors import StoreError
-from scaletui.store.reader import Reader
-from scaletui.tui.model import FINISHED, RunRow
+from scaletui.core.records import LayerStats
+from scaletui.core.rows import AlertRow, EventRow, FinalLoss, MetricPoint, RunSummary
+from scaletui.core.vocabulary import RunStatus
+from scaletui.services.tracker import LAYERS, READ_ERRORS, Tracker
 
-_START = -(2**62)  # a cursor before any step
 EVENT_BACKLOG = 500  # events read on the first poll (the log shows the latest ones anyway)
+TRAIN, TEST = "train_loss", "test_loss"
+# Whose cursors, in the tracker: each reads the same rows for another purpose.
+LIVE = "live"  # the latest values of unfinished runs (the runs table)
+SERIES = "series"  # whole curves of the tracked runs (the loss pane)
+GRADIENTS = "gradients"  # layer statistics of the selected run (the gradient pane)
 
 
 @dataclass(frozen=True)
@@ -63,8 +68,8 @@ class LiveValues:
     points; `reset` means the test points start from the first evaluation (forget the earlier ones)."""
 
     run_id: int
-    train: tuple[int, float] | None
-    test: tuple[tuple[int, float], ...]
+    train: MetricPoint | None
+    test: tuple[MetricPoint, ...]
     reset: bool = False
 
 
@@ -73,13 +78,13 @@ class Snapshot:
     """Everything one poll found, immutable, handed to the UI thread in one message."""
 
     polled_at: float  # the poller's clock (wall time) when the poll finished
-    runs: tuple[RunRow, ...] = ()
+    runs: tuple[RunSummary, ...] = ()
     live: tuple[LiveValues, ...] = ()
     series: tuple[SeriesUpdate, ...] = ()
     layers: tuple[LayerUpdate, ...] = ()
-    events: tuple[dict[str, Any], ...] = ()
-    alerts: tuple[dict[str, Any], ...] = ()
-    final_losses: tuple[dict[str, Any], ...] | None = None  # None: unchanged since the last snapshot
+    events: tuple[EventRow, ...] = ()
+    alerts: tuple[AlertRow, ...] = ()
+    final_losses: tuple[FinalLoss, ...] | None = None  # None: unchanged since the last snapshot
     experiments: tuple[str, ...] | None = None  # None: unchanged
     tracked: tuple[int | None, frozenset[int]] = (None, frozenset())
     error: str | None = None  # why nothing could be read (e.g. no database yet)
@@ -90,30 +95,15 @@ class Snapshot:
                     or self.final_losses is not None or self.experiments is not None)
 
 
-@dataclass
-class _Cursors:
-    """Where the previous polls stopped reading (poller thread only)."""
-
-    run_rev: int = 0
-    event_id: int = 0
-    alert_rev: int = 0
-    live: dict[tuple[int, str], int] = field(default_factory=dict)
-    series: dict[tuple[int, str], int] = field(default_factory=dict)
-    layers: dict[int, int] = field(default_factory=dict)
-
-
 class Poller:
-    """Incremental reader of one database. `poll()` runs in one thread at a time; `track()` may be
-    called from any thread (it swaps one tuple, which is atomic)."""
+    """Incremental reader of one database for the app. `poll()` runs in one thread at a time; `track()`
+    may be called from any thread (it swaps one tuple, which is atomic)."""
 
     def __init__(self, db_path: str | Path, clock: Callable[[], float] = time.time) -> None:
         self.db_path = Path(db_path)
         self.clock = clock
-        self.reader: Reader | None = None
-        self.cursors = _Cursors()
-        self.running: set[int] = set()  # runs seen running at the last poll that saw their row
+        self.tracker = Tracker(self.db_path, event_backlog=EVENT_BACKLOG)
         self.experiment_names: tuple[str, ...] = ()
-        self._experiment_ids: dict[int, str] = {}
         self._wanted: tuple[int | None, frozenset[int]] = (None, frozenset())
         self._first = True
 
@@ -122,9 +112,7 @@ class Poller:
         self._wanted = (selected, frozenset(group) - {selected} if selected is not None else frozenset())
 
     def close(self) -> None:
-        if self.reader is not None:
-            self.reader.close()
-            self.reader = None
+        self.tracker.close()
 
     # ----------------------------------------------------------------- one poll
 
@@ -132,131 +120,77 @@ class Poller:
         """Read what is new; never raises for a missing or busy database (the snapshot says why)."""
         wanted = self._wanted
         try:
-            reader = self._open()
-            return self._read(reader, wanted)
-        except FileNotFoundError:
-            return Snapshot(self.clock(), tracked=wanted, error=f"{self.db_path}: no database yet (start a sweep)")
-        except (StoreError, sqlite3.Error) as exc:
-            self.close()  # reopen next time: the file may have been replaced or migrated
-            text = str(exc)  # the store's messages name the file already; sqlite3's do not
-            return Snapshot(self.clock(), tracked=wanted,
-                            error=text if text.startswith(str(self.db_path)) else f"{self.db_path}: {text}")
-
-    def _open(self) -> Reader:
-        if self.reader is None:
-            self.reader = Reader(self.db_path)
-        return self.reader
-
-    def _read(self, reader: Reader, wanted: tuple[int | None, frozenset[int]]) -> Snapshot:
-        c = self.cursors
-        c.run_rev, rows = reader.changed_runs_since(c.run_rev)
-        runs = tuple(RunRow.from_summary(row) for row in rows)
-        changed = {run.id for run in runs}
-        live = tuple(self._live(reader, runs))
-        series = tuple(self._series(reader, wanted, changed))
-        layers = tuple(self._layers(reader, wanted[0], changed))
-        events = tuple(self._events(reader))
-        experiments = self._experiments(reader, runs)
-        c.alert_rev, rows = reader.alerts_since(c.alert_rev)
-        alerts = [{**row, "experiment": self._experiment_ids.get(row["experiment_id"])} for row in rows]
-        finals = self._final_losses(reader, runs)
+            with self.tracker.transaction():
+                snapshot = self._read(wanted)
+        except READ_ERRORS as exc:
+            return Snapshot(self.clock(), tracked=wanted, error=self.tracker.describe(exc))
         self._first = False
-        return Snapshot(self.clock(), runs, live, series, layers, events, tuple(alerts), finals, experiments, wanted)
+        if snapshot.experiments is not None:
+            self.experiment_names = snapshot.experiments
+        return snapshot
+
+    def _read(self, wanted: tuple[int | None, frozenset[int]]) -> Snapshot:
+        runs = tuple(self.tracker.changed_runs())
+        changed = {run.id for run in runs}
+        live = tuple(self._live(runs))
+        series = tuple(self._series(wanted, changed))
+        layers = tuple(self._layers(wanted[0], changed))
+        events = tuple(self.tracker.new_events())
+        experiments = self._experiments(runs)
+        alerts = tuple(self.tracker.changed_alerts())
+        finals = self._final_losses(runs)
+        return Snapshot(self.clock(), runs, live, series, layers, events, alerts, finals, experiments, wanted)
 
     # ----------------------------------------------------------------- parts
 
-    def _live(self, reader: Reader, runs: tuple[RunRow, ...]) -> Iterable[LiveValues]:
+    def _live(self, runs: tuple[RunSummary, ...]) -> Iterable[LiveValues]:
         """Latest train loss and new test losses of every unfinished run whose row changed. A run that
-        just stopped is read up to its last record before its cursors are dropped."""
+        just stopped is read up to its last record before its cursors are dropped; read again (its row
+        changed: resumed, or marked stale), it starts over."""
         for run in runs:
             if run.finished or not run.step:  # final values are in the row / nothing recorded yet
-                self._forget_live(run.id)
+                self.tracker.forget(run.id, owner=LIVE)
                 continue
-            restart = self._needs_restart(run)
-            if restart:  # the last train step, every test evaluation
-                self.cursors.live[(run.id, "train_loss")] = run.step - 1
-                self.cursors.live[(run.id, "test_loss")] = _START
-            train = self._new_points(reader, run.id, "train_loss", self.cursors.live)
-            test = self._new_points(reader, run.id, "test_loss", self.cursors.live)
-            yield LiveValues(run.id, train[-1] if train else None, tuple(test), restart)
-            if run.status == "running":
-                self.running.add(run.id)
-            else:
-                self._forget_live(run.id)
+            # From the start: the last train step and every test evaluation.
+            train = self.tracker.points(run.id, TRAIN, owner=LIVE, start=run.step - 1)
+            test = self.tracker.points(run.id, TEST, owner=LIVE)
+            yield LiveValues(run.id, train.items[-1] if train.items else None, test.items, train.reset)
+            if run.status is not RunStatus.RUNNING:
+                self.tracker.forget(run.id, owner=LIVE)
 
-    def _needs_restart(self, run: RunRow) -> bool:
-        """Read from the start: first sight, (re)started since the last poll, or rewound by a resume
-        (which deletes the records after its checkpoint, so the cursors point past the new ones)."""
-        cursor = self.cursors.live.get((run.id, "train_loss"))
-        fresh_start = run.status == "running" and run.id not in self.running
-        return cursor is None or fresh_start or cursor > (run.step or 0)
-
-    def _forget_live(self, run_id: int) -> None:
-        self.running.discard(run_id)
-        for key in ("train_loss", "test_loss"):
-            self.cursors.live.pop((run_id, key), None)
-
-    @staticmethod
-    def _new_points(reader: Reader, run_id: int, key: str, cursors: dict[tuple[int, str], int]) -> list[tuple[int, float]]:
-        points = reader.metrics_since(run_id, key, cursors[(run_id, key)])
-        if points:
-            cursors[(run_id, key)] = points[-1][0]
-        return points
-
-    def _series(self, reader: Reader, wanted: tuple[int | None, frozenset[int]], changed: set[int]
-                ) -> Iterable[SeriesUpdate]:
-        """Whole series for newly tracked runs, new points for tracked runs that changed."""
+    def _series(self, wanted: tuple[int | None, frozenset[int]], changed: set[int]) -> Iterable[SeriesUpdate]:
+        """Whole series for newly tracked (or restarted) runs, new points for tracked runs that changed."""
         selected, group = wanted
-        keys = {(selected, "train_loss"), (selected, "test_loss")} if selected is not None else set()
-        keys |= {(run_id, "test_loss") for run_id in group}
-        for stale in set(self.cursors.series) - keys:
-            del self.cursors.series[stale]
+        keys = {(selected, TRAIN), (selected, TEST)} if selected is not None else set()
+        keys |= {(run_id, TEST) for run_id in group}
+        self.tracker.keep_only(SERIES, keys)
         for run_id, key in sorted(keys):
-            reset = (run_id, key) not in self.cursors.series
-            if not reset and run_id not in changed:
+            if run_id not in changed and self.tracker.reading(run_id, key, owner=SERIES):
                 continue
-            self.cursors.series.setdefault((run_id, key), _START)
-            points = self._new_points(reader, run_id, key, self.cursors.series)
-            if points or reset:
-                yield SeriesUpdate(run_id, key, reset, tuple(p[0] for p in points), tuple(p[1] for p in points))
+            fresh = self.tracker.points(run_id, key, owner=SERIES)
+            if fresh.items or fresh.reset:
+                yield SeriesUpdate(run_id, key, fresh.reset, tuple(p.step for p in fresh.items),
+                                   tuple(p.value for p in fresh.items))
 
-    def _layers(self, reader: Reader, selected: int | None, changed: set[int]) -> Iterable[LayerUpdate]:
-        for stale in set(self.cursors.layers) - {selected}:
-            del self.cursors.layers[stale]
+    def _layers(self, selected: int | None, changed: set[int]) -> Iterable[LayerUpdate]:
+        self.tracker.keep_only(GRADIENTS, set() if selected is None else {(selected, LAYERS)})
         if selected is None:
             return
-        reset = selected not in self.cursors.layers
-        if not reset and selected not in changed:
+        if selected not in changed and self.tracker.reading(selected, LAYERS, owner=GRADIENTS):
             return
-        rows = reader.layer_stats_since(selected, self.cursors.layers.get(selected, _START))
-        if rows:
-            self.cursors.layers[selected] = rows[-1].step
-        else:
-            self.cursors.layers.setdefault(selected, _START)
-        if rows or reset:
-            yield LayerUpdate(selected, reset, tuple(rows))
+        fresh = self.tracker.layer_stats(selected, owner=GRADIENTS)
+        if fresh.items or fresh.reset:
+            yield LayerUpdate(selected, fresh.reset, fresh.items)
 
-    def _events(self, reader: Reader) -> list[dict[str, Any]]:
-        if self._first:  # start near the end: the log shows the latest events, not a whole history
-            newest = reader.events_since(0, limit=1_000_000)[-EVENT_BACKLOG:]
-            self.cursors.event_id = newest[-1]["id"] if newest else 0
-            return newest
-        events = reader.events_since(self.cursors.event_id)
-        if events:
-            self.cursors.event_id = events[-1]["id"]
-        return events
-
-    def _experiments(self, reader: Reader, runs: tuple[RunRow, ...]) -> tuple[str, ...] | None:
+    def _experiments(self, runs: tuple[RunSummary, ...]) -> tuple[str, ...] | None:
+        """Every experiment's name, on the first poll and when a run of an unknown one appears."""
         unknown = {run.experiment for run in runs} - set(self.experiment_names)
         if not self._first and not unknown:
             return None
-        rows = reader.experiments()
-        self.experiment_names = tuple(e["name"] for e in rows)
-        self._experiment_ids = {e["id"]: e["name"] for e in rows}
-        return self.experiment_names
+        return tuple(e.name for e in self.tracker.reader.experiments())
 
-    def _final_losses(self, reader: Reader, runs: tuple[RunRow, ...]) -> tuple[dict[str, Any], ...] | None:
+    def _final_losses(self, runs: tuple[RunSummary, ...]) -> tuple[FinalLoss, ...] | None:
         """Re-read the per-point aggregate only when a run finished (or on the first poll)."""
-        if self._first or any(run.status in FINISHED for run in runs):
-            return tuple(reader.final_losses())
+        if self._first or any(run.finished for run in runs):
+            return tuple(self.tracker.reader.final_losses())
         return None

@@ -1,6 +1,6 @@
-"""What the app knows, kept on the UI thread and changed only by applying a `Snapshot`.
+"""What the app knows of the sweep, kept on the UI thread and changed only by applying a `Snapshot`.
 
-`ViewState.apply` folds one snapshot into the state and returns a `Changes` record saying what
+`SweepState.apply` folds one snapshot into the state and returns a `Changes` record saying what
 moved (which runs, whether the selected run's curves or layers grew, new events, alerts, the grid),
 so each widget redraws only when its inputs changed. Plain Python, no textual: unit tested.
 
@@ -10,15 +10,14 @@ and its group, per-layer series only for the selected run, the latest few hundre
 
 from __future__ import annotations
 
-import json
 import math
 from array import array
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
-from scaletui.tui.model import ALERT_BADGES, RunRow
+from scaletui.core.rows import AlertRow, EventRow, FinalLoss, RunSummary
+from scaletui.tui.model import badge, comparison_group
 from scaletui.tui.poller import LayerUpdate, LiveValues, SeriesUpdate, Snapshot
 
 EVENT_LOG_LINES = 300
@@ -55,28 +54,28 @@ class Changes:
     added: set[int] = field(default_factory=set)  # runs seen for the first time
     series: set[int] = field(default_factory=set)
     layers: bool = False
-    events: list[dict[str, Any]] = field(default_factory=list)
+    events: list[EventRow] = field(default_factory=list)
     alerts: bool = False
     grid: bool = False
     experiments: bool = False
     finished: set[int] = field(default_factory=set)  # runs that just reached a finished status
 
 
-class ViewState:
-    """The app's data, current as of the last applied snapshot."""
+class SweepState:
+    """The app's data, current as of the last applied snapshot (what the user chose to see is `View`)."""
 
     def __init__(self) -> None:
-        self.runs: dict[int, RunRow] = {}
+        self.runs: dict[int, RunSummary] = {}
         self.live_train: dict[int, float] = {}
         self.live_test: dict[int, float] = {}
         self.live_best: dict[int, float] = {}
         self.series: dict[tuple[int, str], Series] = {}
         self.layers_of: int | None = None
         self.layers: dict[int, LayerSeries] = {}
-        self.alerts: dict[int, dict[str, Any]] = {}
+        self.alerts: dict[int, AlertRow] = {}
         self.badges: dict[int, str] = {}
-        self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_LOG_LINES)
-        self.final_losses: tuple[dict[str, Any], ...] = ()
+        self.events: deque[EventRow] = deque(maxlen=EVENT_LOG_LINES)
+        self.final_losses: tuple[FinalLoss, ...] = ()
         self.experiments: tuple[str, ...] = ()
         self.polled_at: float | None = None
         self.error: str | None = None
@@ -120,7 +119,7 @@ class ViewState:
         if live.reset:
             self._forget_live(run_id)
         if live.train is not None:
-            self.live_train[run_id] = live.train[1]
+            self.live_train[run_id] = live.train.value
         for _, value in live.test:
             self.live_test[run_id] = value
             if math.isfinite(value) and value < self.live_best.get(run_id, math.inf):
@@ -157,28 +156,28 @@ class ViewState:
                 layer.nonfinite += row.nonfinite
             changes.layers = True
 
-    def _apply_alerts(self, rows: Iterable[dict[str, Any]]) -> None:
+    def _apply_alerts(self, rows: Iterable[AlertRow]) -> None:
         for row in rows:
-            if row["active"]:
-                self.alerts[row["id"]] = row
+            if row.active:
+                self.alerts[row.id] = row
             else:
-                self.alerts.pop(row["id"], None)
+                self.alerts.pop(row.id, None)
         self.badges = alert_badges(self.alerts.values())
 
     # ----------------------------------------------------------------- derived values
 
-    def train_loss(self, run: RunRow) -> float | None:
+    def train_loss(self, run: RunSummary) -> float | None:
         """Latest train loss: the latest record until the run finishes, the stored final value after."""
         return self.live_train.get(run.id, run.final_train_loss)
 
-    def test_loss(self, run: RunRow) -> float | None:
+    def test_loss(self, run: RunSummary) -> float | None:
         """"The loss of the run" once finished; the latest test evaluation before that (also for a
         stopped run: what the database last recorded)."""
         if run.finished and run.loss is not None:
             return run.loss
         return self.live_test.get(run.id, run.final_test_loss)
 
-    def best_loss(self, run: RunRow) -> float | None:
+    def best_loss(self, run: RunSummary) -> float | None:
         return run.best_test_loss if run.best_test_loss is not None else self.live_best.get(run.id)
 
     def group_of(self, run_id: int, group_by: str) -> list[int]:
@@ -187,26 +186,14 @@ class ViewState:
         if run is None:
             return []
         across = "depth" if group_by == "width" else "width"
-        key = run.comparison_group(across)
-        return [r.id for r in self.runs.values() if r.id != run_id and r.comparison_group(across) == key]
+        key = comparison_group(run, across)
+        return [r.id for r in self.runs.values() if r.id != run_id and comparison_group(r, across) == key]
 
 
-def alert_badges(alerts: Iterable[dict[str, Any]]) -> dict[int, str]:
+def alert_badges(alerts: Iterable[AlertRow]) -> dict[int, str]:
     """Per run, its active alerts as short badges, most severe first."""
-    order = {"critical": 0, "warning": 1, "info": 2}
     per_run: dict[int, list[tuple[int, str]]] = {}
     for a in alerts:
-        if a.get("run_id") is not None:
-            badge = ALERT_BADGES.get(a["kind"], a["kind"][:6].upper())
-            per_run.setdefault(a["run_id"], []).append((order.get(a["severity"], 3), badge))
+        if a.run_id is not None:
+            per_run.setdefault(a.run_id, []).append((a.severity.rank, badge(a.kind)))
     return {run_id: " ".join(b for _, b in sorted(set(items))) for run_id, items in per_run.items()}
-
-
-def evidence_text(alert: dict[str, Any], limit: int = 6) -> str:
-    """The numbers behind an alert, `key=value` with 4 significant digits."""
-    try:
-        evidence = json.loads(alert.get("evidence_json") or "{}")
-    except ValueError:
-        return ""
-    parts = [f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in list(evidence.items())[:limit]]
-    return ", ".join(parts)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from scaletui.core.specs import DataSpec
 from scaletui.engine.data import prepare_dataset
-from scaletui.records import DataSpec
 
 
 @pytest.fixture(autouse=True)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from scaletui.datasets import MNIST1D_TEST, MNIST1D_TRAIN
+from scaletui.core.datasets import MNIST1D_TEST, MNIST1D_TRAIN, DatasetUnavailable
+from scaletui.core.specs import DataSpec
 from scaletui.engine import data as engine_data
 from scaletui.engine.data import (
-    DatasetUnavailable,
     UnsafePickle,
     add_label_noise,
     load_dataset,
@@ -22,7 +22,6 @@ from scaletui.engine.data import (
     resolve_device,
     subset_indices,
 )
-from scaletui.records import DataSpec
 
 CPU = torch.device("cpu")
 
@@ -172,7 +171,7 @@ def test_idx_files_load(tmp_path: Path, name: str, folder: str) -> None:
     raw = load_dataset(DataSpec(dataset=name, normalize="none"), tmp_path, seed=0, device=CPU)
     assert raw.x_train.shape == (30, 1, 28, 28) and raw.x_test.shape == (12, 1, 28, 28)
     assert raw.input_shape == (1, 28, 28)
-    assert 0.0 <= float(raw.x_train.min()) and float(raw.x_train.max()) <= 1.0
+    assert float(raw.x_train.min()) >= 0.0 and float(raw.x_train.max()) <= 1.0
     # Same examples as written, in the fixed subset order.
     idx = subset_indices(30, None).numpy()
     np.testing.assert_allclose(raw.x_train[:, 0].numpy(), arrays["x"][idx] / 255.0, rtol=1e-6)
@@ -210,7 +209,7 @@ def test_idx_file_with_wrong_magic_is_rejected(tmp_path: Path) -> None:
     make_idx_dataset(tmp_path, "MNIST")
     labels = tmp_path / "MNIST" / "raw" / "train-labels-idx1-ubyte"
     labels.write_bytes(struct.pack(">ii", 2051, 30) + bytes(30))  # image magic on a label file
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="not valid idx files"):
         load_dataset(DataSpec(dataset="mnist"), tmp_path, seed=0, device=CPU)
 
 

@@ -11,11 +11,13 @@ from typing import Any
 import pytest
 import torch
 
+from scaletui.core.records import RunOutcome
+from scaletui.core.specs import DataSpec, EarlyStopping, ModelSpec, RunSpec, TrainSpec
+from scaletui.core.vocabulary import EMA_BETA, RunStatus
 from scaletui.engine.checkpoints import list_checkpoints
-from scaletui.engine.loop import EMA_BETA, train_run
+from scaletui.engine.loop import train_run
 from scaletui.engine.optim import lr_at
 from scaletui.engine.sinks import MemorySink
-from scaletui.records import DataSpec, EarlyStopping, ModelSpec, RunOutcome, RunSpec, RunStatus, TrainSpec
 
 
 class StopAfter:

@@ -8,25 +8,23 @@ import pytest
 import torch
 from torch import nn
 
+from scaletui.core.specs import ModelSpec, TrainSpec
+from scaletui.core.vocabulary import Arch, Init, Norm
 from scaletui.engine.models import (
-    ARCHS,
-    INITS,
-    NORMS,
     build_model,
     count_params,
     forward_flops,
     model_info,
     weight_layers,
 )
-from scaletui.records import ModelSpec, TrainSpec
 
 VECTOR = (40,)
 IMAGE = (3, 8, 8)
 
 
-@pytest.mark.parametrize("init", INITS)
-@pytest.mark.parametrize("norm", NORMS)
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("init", Init.choices())
+@pytest.mark.parametrize("norm", Norm.choices())
+@pytest.mark.parametrize("arch", Arch.choices())
 def test_every_model_builds_and_runs(arch: str, norm: str, init: str) -> None:
     torch.manual_seed(0)
     shape = IMAGE if arch == "resnet" else VECTOR

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from scaletui.core.specs import TrainSpec
 from scaletui.engine.optim import build_optimizer, lr_at
-from scaletui.records import TrainSpec
 
 
 def test_constant() -> None:

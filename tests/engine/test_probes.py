@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from scaletui.core.specs import ModelSpec
 from scaletui.engine.models import build_model, weight_layers
 from scaletui.engine.probes import LayerProbe
-from scaletui.records import ModelSpec
 
 
 def _layer_norm(tensors: list[torch.Tensor]) -> float:
@@ -33,12 +33,12 @@ def test_probe_matches_direct_computation(grads_will_change: bool) -> None:
     assert len(out) == probe.num_values == 3 * 6 and all(t.dim() == 0 for t in out)
     stats = probe.layer_stats(7, torch.stack(out).tolist())
     assert [s.name for s in stats] == ["fc1", "fc2", "head"] and [s.layer for s in stats] == [0, 1, 2]
-    for s, (_, m), w0, g in zip(stats, layers, before, grads):
+    for s, (_, m), w0, g in zip(stats, layers, before, grads, strict=True):
         after = [p.detach() for p in m.parameters()]  # weight and bias: a layer owns both
         assert s.step == 7 and s.nonfinite == 0
         assert s.grad_norm == pytest.approx(_layer_norm(g), rel=1e-5)
         assert s.weight_norm == pytest.approx(_layer_norm(after), rel=1e-5)
-        delta = _layer_norm([a - b for a, b in zip(after, w0)])
+        delta = _layer_norm([a - b for a, b in zip(after, w0, strict=True)])
         assert s.update_ratio == pytest.approx(delta / _layer_norm(after), rel=1e-4)
         assert s.update_ratio > 0
 

@@ -9,6 +9,7 @@ no busy timeout), else a separate Python process with plain `sqlite3`. Nobody ma
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sqlite3
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from scaletui.store import Reader
+from tests.conftest import REPO
 from tests.faults.conftest import Sweep, assert_intact, rows, wait_for
 
 pytestmark = pytest.mark.slow
@@ -68,12 +70,12 @@ class AppLikePoller:
     def tick(self) -> None:
         self.rev, changed = self.reader.changed_runs_since(self.rev)
         for run in changed:
-            self.train_steps.setdefault(run["id"], [])
+            self.train_steps.setdefault(run.id, [])
         for run_id, steps in self.train_steps.items():
             after = steps[-1] if steps else -1
             steps += [step for step, _ in self.reader.metrics_since(run_id, "train_loss", after)]
         new_events = self.reader.events_since(self.event_id)
-        self.event_id = max([e["id"] for e in new_events], default=self.event_id)
+        self.event_id = max([e.id for e in new_events], default=self.event_id)
         self.reader.alerts_since(0)
         self.reader.status_counts()
         self.ticks += 1
@@ -109,3 +111,65 @@ def test_writers_poller_and_external_reader_share_the_file(fault_sweep: Callable
     assert {run_id: steps for run_id, steps in poller.train_steps.items()} == {
         run_id: list(range(1, step + 1)) for run_id, step in reported.items()}
     assert_intact(sweep.db)
+
+
+# --------------------------------------------------------------------------- your own loops (the Python API)
+
+OWN_LOOP = """
+import pathlib, sys, time
+import scaletui
+
+db, width, steps, ticks = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), pathlib.Path(sys.argv[4])
+with scaletui.init(db=db, experiment="own", config={"width": width}, loss="cost") as run:
+    for step in range(steps):
+        run.log({"train_loss": 1.0 / (step + 1), "cost": float(width + step)}, step=step)
+        if step % 500 == 499:
+            run.flush()  # a transaction while the other loop writes and the readers read
+            while not (ticks / f"tick-{step // 500}").exists():  # ... and the poller has looked since
+                time.sleep(0.005)
+"""
+OWN_STEPS = 3000
+
+
+def test_two_own_loops_write_while_the_poller_and_sqlite3_read(tmp_path: Path) -> None:
+    db = tmp_path / "own.db"
+    script = tmp_path / "own_loop.py"
+    script.write_text(OWN_LOOP, encoding="utf-8")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    ticks = tmp_path / "ticks"
+    ticks.mkdir()
+    loops = [subprocess.Popen([sys.executable, str(script), str(db), str(width), str(OWN_STEPS), str(ticks)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for width in (8, 16)]
+    try:
+        wait_for(lambda: schema_ready(db) and len(rows(db, "SELECT id FROM runs")) == 2, what="both runs registered")
+        stop = tmp_path / "stop-reading"
+        reader = external_reader(db, stop)
+        poller = AppLikePoller(db)
+        try:
+            while any(loop.poll() is None for loop in loops):
+                poller.tick()
+                (ticks / f"tick-{poller.ticks - 1}").touch()  # the loops go on once the poller has looked
+                time.sleep(0.02)
+            poller.tick()
+        finally:
+            stop.touch()
+        outputs = [loop.communicate(timeout=60) for loop in loops]
+        _, reader_errors = reader.communicate(timeout=60)
+    finally:
+        for loop in loops:
+            if loop.poll() is None:
+                loop.kill()
+                loop.communicate(timeout=30)
+
+    assert [loop.returncode for loop in loops] == [0, 0], outputs
+    assert not any("locked" in (out + err).lower() for out, err in outputs), outputs
+    assert reader.returncode == 0 and reader_errors == "", reader_errors
+    assert poller.ticks > OWN_STEPS // 500
+    counts = rows(db, "SELECT run_id, key, count(*), count(DISTINCT step), max(step) FROM metrics"
+                      " GROUP BY run_id, key ORDER BY run_id, key")
+    assert counts == [(run_id, key, OWN_STEPS, OWN_STEPS, OWN_STEPS - 1) for run_id in (1, 2)
+                      for key in ("cost", "train_loss")]
+    assert poller.train_steps == {1: list(range(OWN_STEPS)), 2: list(range(OWN_STEPS))}
+    assert rows(db, "SELECT width, status, final_test_loss FROM runs ORDER BY width") == [
+        (8, "done", 8.0 + OWN_STEPS - 1), (16, "done", 16.0 + OWN_STEPS - 1)]  # the loss rule: final cost
+    assert_intact(db)

@@ -31,7 +31,7 @@ FAULTS = "raise:RuntimeError:8:1:15;raise:MemoryError:12:2:25"
 
 @pytest.mark.slow
 def test_each_broken_run_gets_its_true_status_and_error(fault_sweep: Callable[..., Sweep]) -> None:
-    width, depth, lr = (list(axis) for axis in zip(*RUNS))
+    width, depth, lr = (list(axis) for axis in zip(*RUNS, strict=True))
     sweep = fault_sweep(
         experiment={"zip": [["model.width", "model.depth", "train.lr"]], "memory_limit_mb": 4},
         model={"width": width, "depth": depth},
@@ -92,8 +92,8 @@ def test_truncated_and_garbage_checkpoints_fall_back_with_a_reason(fault_sweep: 
 
 @pytest.mark.parametrize("arch", ["mlp", "resmlp"])
 def test_the_memory_estimate_counts_weights_gradients_optimizer_state_and_activations(arch: str) -> None:
+    from scaletui.core.specs import ModelSpec
     from scaletui.engine.models import build_model, count_params, training_memory_bytes
-    from scaletui.records import ModelSpec
 
     spec = ModelSpec(arch=arch, width=64, depth=2)
     params = count_params(build_model(spec, (40,), 10))

@@ -26,7 +26,7 @@ from tests.conftest import REPO
 from tests.faults.conftest import Sweep, rows, wait_for
 
 PACKAGE = REPO / "scaletui"
-SQL_CALLS = {"execute", "executemany", "executescript", "query", "_rows", "_tuples"}
+SQL_CALLS = {"execute", "executemany", "executescript", "query", "_rows", "_tuples", "_typed"}
 UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "joblib", "shelve", "marshal", "cloudpickle"}
 
 # (module, function, interpolated expression): why it is safe. Everything else must be constant.
@@ -35,10 +35,21 @@ REVIEWED_SQL_BUILDERS: dict[tuple[str, str, str], str] = {
         "quoted column names from the keys of dicts literal in writer.py; values are parameters",
     ("store/writer.py", "_insert_run", "columns"): "quoted keys of the row dict built in the same function",
     ("store/writer.py", "_insert_run", "marks"): "one `?` per column",
+    ("store/writer.py", "_insert_own_run", "columns"):
+        "quoted keys of _own_row's literal dict, whose hyperparameter keys are checked against HYPERPARAMETERS",
+    ("store/writer.py", "_insert_own_run", "marks"): "one `?` per column",
+    ("store/reader.py", "export_rows", "query"):
+        "a constant SELECT of _EXPORT_SQL with column names from the schema (pragma_table_info), a constant"
+        " WHERE and ORDER BY; the experiment is a `?`",
     ("store/fits.py", "insert_fit", "columns"): "quoted keys of fit_row's literal dict",
     ("store/fits.py", "insert_fit", "marks"): "one `?` per column",
     ("store/reader.py", "alerts", "sql"): "optional WHERE clauses joined from constant strings; values are `?`",
     ("store/reader.py", "fits", "sql"): "optional WHERE clauses joined from constant strings; values are `?`",
+    ("store/reader.py", "read", "sql"): "the inner reader of `_typed` and `final_losses`, executing their `sql`",
+    ("store/reader.py", "final_losses", "sql"): "a constant SELECT plus an optional constant WHERE; values are `?`",
+    ("store/reader.py", "events_since", "_EVENTS + ' ORDER BY id LIMIT ?'"): "two module constants; values are `?`",
+    ("store/reader.py", "events_since", "_EVENTS + ' AND run_id = ? ORDER BY id LIMIT ?'"):
+        "two module constants; values are `?`",
 }
 
 
@@ -241,7 +252,7 @@ def test_a_running_sweep_listens_on_no_port(fault_sweep: Callable[..., Sweep], r
     def workers() -> set[int]:
         try:
             return {pid for (pid,) in rows(sweep.db, "SELECT pid FROM runs WHERE status = 'running'")}
-        except Exception:  # noqa: BLE001 - the file or its schema does not exist yet
+        except Exception:
             return set()
 
     seen: set[int] = set()

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from scaletui.records import DataSpec, ModelSpec, RunSpec, TrainSpec
+from scaletui.core.specs import DataSpec, ModelSpec, RunSpec, TrainSpec
 from scaletui.store import Store
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from scaletui.records import MetricRecord, ModelInfo
+from scaletui.core.records import MetricRecord, ModelInfo
 from scaletui.store import Store, StoreSink
 
 INFO = ModelInfo(params=1000, flops_per_example=2000, layer_names=("fc0", "fc1"), lr=1e-3)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import store_workers
 
-from scaletui.records import MetricRecord, RunSpec
+from scaletui.core.records import MetricRecord
+from scaletui.core.specs import RunSpec
 from scaletui.store import Reader, Store, StoreSink
 
 Spec = Callable[..., RunSpec]

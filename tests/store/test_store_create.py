@@ -133,7 +133,7 @@ def test_two_threads_creating_one_path_at_once_share_one_database(db_path: Path,
     assert os.listdir(db_path.parent) == [db_path.name]  # the loser's temporary database is gone
     with Reader(db_path) as reader:
         assert reader.database_id() == ids["first"]
-        assert sorted(e["name"] for e in reader.experiments()) == ["first", "second"]
+        assert sorted(e.name for e in reader.experiments()) == ["first", "second"]
 
 
 def test_processes_creating_one_path_at_once_share_one_database(db_path: Path) -> None:
@@ -152,4 +152,4 @@ def test_processes_creating_one_path_at_once_share_one_database(db_path: Path) -
     assert os.listdir(db_path.parent) == [db_path.name]
     with Reader(db_path) as reader:
         assert reader.database_id() == reported[0]
-        assert sorted(e["name"] for e in reader.experiments()) == names
+        assert sorted(e.name for e in reader.experiments()) == names

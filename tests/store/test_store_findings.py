@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import math
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from scaletui.records import Alert, FitResult, LossRule
-from scaletui.store import Reader, Store
+import pytest
+
+from scaletui.core.records import Alert, FittedLaw
+from scaletui.core.vocabulary import LossRule
+from scaletui.store import Reader, Store, schema
 from scaletui.store.alerts import alert_row_to_record, alert_subject
-from scaletui.store.fits import FitInputs
-
 from tests.store.conftest import make_spec
 
 
@@ -42,9 +46,9 @@ def test_sync_inserts_updates_and_deactivates(tmp_path: Path) -> None:
             active = reader.alerts("exp")
             everything = reader.alerts("exp", active_only=False)
             cursor, changed = reader.alerts_since(0)
-    assert [(a["kind"], a["step"]) for a in active] == [("plateau", 300)]
-    assert {a["kind"]: a["active"] for a in everything} == {"plateau": 1, "overfitting": 0}
-    assert cursor == max(a["rev"] for a in everything) and len(changed) == 2
+    assert [(a.kind, a.step) for a in active] == [("plateau", 300)]
+    assert {a.kind: a.active for a in everything} == {"plateau": 1, "overfitting": 0}
+    assert cursor == max(a.rev for a in everything) and len(changed) == 2
 
 
 def test_subject_with_no_alerts_left_is_cleared(tmp_path: Path) -> None:
@@ -66,17 +70,102 @@ def test_evidence_round_trips_including_infinity(tmp_path: Path) -> None:
     assert record.evidence == {"ratio": math.inf, "loss": 2.5} and record.run_id == 1
 
 
+@dataclass(frozen=True)
+class StoredFit:
+    """A fit as the store sees it (`scaletui.store.fits.StorableFit`): plain data, no numpy."""
+
+    law: FittedLaw
+    source: str = "exp"
+    x_name: str = "params"
+    form_text: str = "E + A*x^-alpha"
+    n_sizes: int = 4
+    experiment_id: int | None = None
+    loss_rule: str | None = "final"
+    group: str | None = "depth=2"
+    warnings: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)
+    points: dict[str, Sequence[float]] = field(default_factory=dict)
+    heldout: list[dict[str, Any]] = field(default_factory=list)
+
+    def stored_points(self) -> dict[str, Sequence[float]]:
+        return self.points
+
+    def stored_intervals(self) -> dict[str, tuple[float, float]]:
+        return {"alpha": (0.25, 0.35)}
+
+    def stored_scores(self) -> dict[str, dict[str, Any]]:
+        return {"M2": {"heldout_error": 0.01, "chosen": True}, "M4": {"skipped": "too few sizes", "chosen": False}}
+
+    def stored_heldout(self) -> list[dict[str, Any]]:
+        return self.heldout
+
+    def stored_predictions(self) -> list[dict[str, Any]]:
+        return [{"x": 1e7, "value": 0.7, "lo": 0.6, "hi": 0.8}]
+
+
+LAW = FittedLaw("M2", {"E": 0.5, "A": 10.0, "alpha": 0.3}, ("params",), (1e3, 1e6), 4, "log", 0.01, 1e-4)
+
+
 def test_fit_stored_with_inputs_and_queryable_columns(tmp_path: Path) -> None:
     store, exp = _store(tmp_path)
-    result = FitResult("E + A*x^-alpha", "params", {"E": 0.5, "A": 10.0, "alpha": 0.3},
-                       {"alpha": (0.25, 0.35)}, n_points=4, loss=1e-4, heldout_rel_error=0.02)
-    inputs = FitInputs("exp", [1e3, 1e4, 1e5, 1e6], [2.0, 1.5, 1.0, 0.8], exp, "final", "depth=2", [1, 2, 3, 4])
+    fit = StoredFit(LAW, experiment_id=exp, points={"x": [1e3, 1e4, 1e5, 1e6], "loss": [2.0, 1.5, 1.0, 0.8],
+                                                      "run_ids": [1, 2, 3, 4]},
+                    heldout=[{"left_out": 1, "x": [1e6], "rel_error": [0.02]}], warnings=("w",))
     with store:
-        fit_id = store.add_fit(result, inputs)
+        fit_id = store.add_fit(fit)
         with Reader(store.path) as reader:
             (row,) = reader.fits("exp", x="params")
             assert reader.fits("exp", x="width") == []
-    assert row["id"] == fit_id and row["alpha"] == 0.3 and row["B"] is None and row["n_sizes"] == 4
-    assert json.loads(row["intervals_json"]) == {"alpha": [0.25, 0.35]}
-    assert json.loads(row["inputs_json"])["run_ids"] == [1, 2, 3, 4]
-    assert row["heldout_rel_error"] == 0.02 and row["heldout_rel_error_2"] is None
+    assert row.id == fit_id and row.params["alpha"] == 0.3 and "B" not in row.params and row.n_sizes == 4
+    assert row.law == LAW and row.form == "E + A*x^-alpha" and row.n_points == 4
+    assert row.intervals == {"alpha": (0.25, 0.35)}
+    assert row.inputs["run_ids"] == [1, 2, 3, 4]
+    assert row.heldout_rel_error == 0.02 and row.heldout_rel_error_2 is None
+    assert row.heldout == ({"left_out": 1, "x": [1e6], "rel_error": [0.02]},) and row.warnings == ("w",)
+    assert row.scores["M4"]["skipped"] == "too few sizes" and row.predictions[0]["x"] == 1e7
+    with sqlite3.connect(store.path) as conn:  # the headline columns plain SQL reads
+        headline = conn.execute("SELECT alpha, B, form_name FROM fits WHERE id = ?", [fit_id]).fetchone()
+        assert headline == (0.3, None, "M2")
+        # JSON columns hold plain JSON (no NaN or Infinity tokens), so SQLite's json functions read them
+        assert conn.execute("SELECT json_extract(law_json, '$.params.alpha') FROM fits").fetchone() == (0.3,)
+
+
+def test_a_law_with_non_finite_numbers_is_stored_as_valid_json(tmp_path: Path) -> None:
+    store, exp = _store(tmp_path)
+    law = FittedLaw("M1", {"A": 2.0, "alpha": 0.5}, ("x",), (1.0, 8.0), 3, "log", math.inf, math.nan)
+    with store:
+        store.add_fit(StoredFit(law, experiment_id=exp, points={"x": [1.0, 2.0, 8.0], "loss": [2.0, 1.4, 0.7]},
+                                n_sizes=3))
+        with Reader(store.path) as reader:
+            (row,) = reader.fits()
+    assert row.law.delta == math.inf and math.isnan(row.law.objective) and row.objective is None
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("SELECT json_valid(law_json) FROM fits").fetchone() == (1,)
+
+
+def test_a_fit_stored_before_laws_had_a_record_still_reads_as_one(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database of schema v3 (fits without law_json) is migrated by the next writer; its fits keep
+    reading: the law rebuilt from the form text and parameters, the held-out points from options_json."""
+    path = tmp_path / "v3.db"
+    with monkeypatch.context() as old:  # what the release before fit forms created
+        old.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:3])
+        old.setattr(schema, "SCHEMA_VERSION", 3)
+        with Store(path) as store:
+            exp = store.upsert_experiment("exp", None, None, LossRule.FINAL)
+    with sqlite3.connect(path) as conn:
+        assert "law_json" not in {r[1] for r in conn.execute("PRAGMA table_info(fits)")}
+        conn.execute(
+            "INSERT INTO fits (created_at, experiment_id, source, x, form, n_points, n_sizes, E, A, alpha, objective,"
+            " params_json, intervals_json, warnings_json, inputs_json, options_json) VALUES"
+            " ('2025-01-01T00:00:00Z', ?, 'exp', 'params', 'E + A*x^-alpha', 4, 4, 0.5, 10.0, 0.3, 1e-4,"
+            " '{\"E\": 0.5, \"A\": 10.0, \"alpha\": 0.3}', '{}', '[]', '{\"x\": [1000.0, 1000000.0]}',"
+            " '{\"delta\": 0.001, \"heldout\": [{\"left_out\": 1, \"x\": [1000000.0]}]}')", [exp])
+    with Store(path) as store:
+        store.add_fit(StoredFit(LAW, experiment_id=exp, points={"x": [1e3, 1e6], "loss": [2.0, 0.8]}))
+    with Reader(path) as reader:
+        old_row, new_row = reader.fits()
+    assert old_row.law == FittedLaw("M2", {"E": 0.5, "A": 10.0, "alpha": 0.3}, ("params",), (1e3, 1e6), 4, "log",
+                                    1e-3, 1e-4)
+    assert old_row.heldout == ({"left_out": 1, "x": [1e6]},) and old_row.scores == {} and old_row.predictions == ()
+    assert new_row.law == LAW

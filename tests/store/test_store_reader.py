@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
-from scaletui.records import LayerStats, MetricRecord, RunOutcome, RunSpec, RunStatus
+from scaletui.core.records import LayerStats, MetricRecord, RunOutcome
+from scaletui.core.specs import RunSpec
+from scaletui.core.vocabulary import RunStatus
 from scaletui.store import Reader, Store, StoreSink
 
 Spec = Callable[..., RunSpec]
@@ -53,22 +54,22 @@ def test_changed_runs_since_returns_only_changed_runs(store: Store, db_path: Pat
     ids = [run_id for run_id, _ in store.register_runs(experiment, [spec(seed=s) for s in range(3)], False)]
     with Reader(db_path) as reader:
         cursor, rows = reader.changed_runs_since(0)
-        assert sorted(row["id"] for row in rows) == ids
+        assert sorted(row.id for row in rows) == ids
         assert reader.changed_runs_since(cursor) == (cursor, [])
 
         store.mark_running(ids[1], os.getpid(), "here")
         cursor, rows = reader.changed_runs_since(cursor)
-        assert [(row["id"], row["status"]) for row in rows] == [(ids[1], "running")]
+        assert [(row.id, row.status) for row in rows] == [(ids[1], "running")]
 
         with StoreSink(db_path, ids[1]) as sink:  # a flush is a change too (step, heartbeat)
             sink.metrics([MetricRecord(7, "train_loss", 1.0)])
         cursor, rows = reader.changed_runs_since(cursor)
-        assert [(row["id"], row["step"]) for row in rows] == [(ids[1], 7)]
+        assert [(row.id, row.step) for row in rows] == [(ids[1], 7)]
 
         store.finish_run(ids[2], RunOutcome(RunStatus.DONE, 100, final_test_loss=0.5))
         store.mark_interrupted(ids[1], "stop")
         cursor, rows = reader.changed_runs_since(cursor)
-        assert [(row["id"], row["status"]) for row in rows] == [(ids[2], "done"), (ids[1], "interrupted")]
+        assert [(row.id, row.status) for row in rows] == [(ids[2], "done"), (ids[1], "interrupted")]
         assert reader.status_counts() == {"queued": 1, "done": 1, "interrupted": 1}
         assert reader.status_counts("exp") == reader.status_counts()
         assert reader.status_counts("nope") == {}
@@ -81,13 +82,13 @@ def test_events_since_uses_a_cursor_that_survives_deletes(store: Store, db_path:
     store.add_event(None, "sweep", "started sweep")
     with Reader(db_path) as reader:
         events = reader.events_since(0)
-        assert [e["kind"] for e in events] == ["queued", "queued", "sweep"]
-        cursor = events[-1]["id"]
+        assert [e.kind for e in events] == ["queued", "queued", "sweep"]
+        cursor = events[-1].id
         store.register_runs(experiment, specs, fresh=True)  # deletes the runs' events, adds new ones
         new = reader.events_since(cursor)
-        assert [e["kind"] for e in new] == ["queued", "queued"]
-        assert all(e["id"] > cursor for e in new)
-        assert [e["run_id"] for e in reader.events_since(0, run_id=run_id)] == [run_id]
+        assert [e.kind for e in new] == ["queued", "queued"]
+        assert all(e.id > cursor for e in new)
+        assert [e.run_id for e in reader.events_since(0, run_id=run_id)] == [run_id]
 
 
 def test_runs_and_experiments(store: Store, db_path: Path, spec: Spec) -> None:
@@ -96,11 +97,11 @@ def test_runs_and_experiments(store: Store, db_path: Path, spec: Spec) -> None:
     store.register_runs(a, [spec(experiment="a", seed=s) for s in range(2)], fresh=False)
     store.register_runs(b, [spec(experiment="b", width=32)], fresh=False)
     with Reader(db_path) as reader:
-        assert [(e["name"], e["n_runs"], e["loss_rule"]) for e in reader.experiments()] == [
+        assert [(e.name, e.n_runs, e.loss_rule) for e in reader.experiments()] == [
             ("a", 2, "final"), ("b", 1, "best"),
         ]  # fmt: skip
         assert len(reader.runs()) == 3
-        assert [r["width"] for r in reader.runs("b")] == [32]
+        assert [r.width for r in reader.runs("b")] == [32]
         assert reader.run(12345) is None
-        config = reader.run_config(reader.runs("b")[0]["id"])
-        assert config is not None and RunSpec.from_dict(json.loads(config)).model.width == 32
+        spec = reader.run_spec(reader.runs("b")[0].id)
+        assert spec is not None and spec.model.width == 32

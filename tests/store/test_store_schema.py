@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from sqlite_utils import Database
 
-from scaletui.records import RunOutcome, RunSpec, RunStatus
+from scaletui.core.records import RunOutcome
+from scaletui.core.specs import RunSpec
+from scaletui.core.vocabulary import RunStatus
 from scaletui.store import (
     DatabaseNotReady,
     NotAScaletuiDatabase,
@@ -210,11 +212,11 @@ def test_every_database_has_an_id_that_is_stable_across_reopen(tmp_path: Path) -
 
 def test_a_database_of_the_previous_schema_gets_an_id_on_migration(db_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    with monkeypatch.context() as old:  # what the previous release created
-        old.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[: SCHEMA_VERSION - 1])
-        old.setattr(schema, "SCHEMA_VERSION", SCHEMA_VERSION - 1)
+    with monkeypatch.context() as old:  # what the last release without `meta` (schema 2) created
+        old.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:2])
+        old.setattr(schema, "SCHEMA_VERSION", 2)
         with Store(db_path) as store:
-            store.upsert_experiment("kept", None, None, "final")
+            store.db.execute("INSERT INTO experiments (name, loss_rule) VALUES ('kept', 'final')")
     assert "meta" not in {name for kind, name, _ in sqlite_master(db_path) if kind == "table"}
     with pytest.raises(SchemaTooOld):
         Reader(db_path)  # a reader never migrates, so it cannot make the id either
@@ -223,7 +225,7 @@ def test_a_database_of_the_previous_schema_gets_an_id_on_migration(db_path: Path
         made = store.database_id()
     uuid.UUID(made)
     with Reader(db_path) as reader:
-        assert reader.database_id() == made and [e["name"] for e in reader.experiments()] == ["kept"]
+        assert reader.database_id() == made and [e.name for e in reader.experiments()] == ["kept"]
     with Store(db_path) as store:
         assert store.database_id() == made
 

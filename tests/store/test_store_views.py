@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from scaletui.records import LayerStats, LossRule, ModelInfo, RunOutcome, RunSpec, RunStatus
+from scaletui.core.records import LayerStats, ModelInfo, RunOutcome
+from scaletui.core.specs import RunSpec
+from scaletui.core.vocabulary import LossRule, RunStatus
 from scaletui.store import Reader, Store, StoreSink
 
 Spec = Callable[..., RunSpec]
@@ -32,8 +34,8 @@ def test_run_summary_applies_the_experiments_loss_rule(
     with Reader(db_path) as reader:
         row = reader.run(run_id)
     assert row is not None
-    assert (row["loss"], row["loss_rule"], row["experiment"], row["label"]) == (expected, rule.value, "exp", s.label)
-    assert (row["final_test_loss"], row["best_test_loss"], row["smoothed_test_loss"]) == (0.3, 0.1, 0.2)
+    assert (row.loss, row.loss_rule, row.experiment, row.label) == (expected, rule.value, "exp", s.label)
+    assert (row.final_test_loss, row.best_test_loss, row.smoothed_test_loss) == (0.3, 0.1, 0.2)
 
 
 def test_changing_the_rule_changes_the_loss_and_marks_the_runs_changed(store: Store, db_path: Path, spec: Spec) -> None:
@@ -45,7 +47,7 @@ def test_changing_the_rule_changes_the_loss_and_marks_the_runs_changed(store: St
         store.upsert_experiment("exp", None, None, "best")
         cursor2, changed = reader.changed_runs_since(cursor)
     assert cursor2 > cursor
-    assert [(row["id"], row["loss"]) for row in changed] == [(run_id, 0.1)]
+    assert [(row.id, row.loss) for row in changed] == [(run_id, 0.1)]
 
 
 def test_final_losses_aggregates_over_seeds(store: Store, db_path: Path, spec: Spec) -> None:
@@ -63,17 +65,17 @@ def test_final_losses_aggregates_over_seeds(store: Store, db_path: Path, spec: S
         sink.started(ModelInfo(params=100, flops_per_example=200, layer_names=(), lr=1e-3), 0)
 
     with Reader(db_path) as reader:
-        rows = {(row["width"], row["lr"]): row for row in reader.final_losses("exp")}
+        rows = {(row.width, row.hyperparameters["lr"]): row for row in reader.final_losses("exp")}
     assert set(rows) == {(8, 1e-3), (16, 1e-3), (8, 1e-2)}
     w8 = rows[8, 1e-3]
-    assert (w8["n_seeds"], w8["n_diverged"]) == (3, 1)
-    assert w8["mean_loss"] == pytest.approx(3.0)
-    assert (w8["min_loss"], w8["max_loss"]) == (1.0, 6.0)
-    assert w8["params"] == 100.0
-    assert "seed" not in w8 and "device" not in w8
+    assert (w8.n_seeds, w8.n_diverged) == (3, 1)
+    assert w8.mean_loss == pytest.approx(3.0)
+    assert (w8.min_loss, w8.max_loss) == (1.0, 6.0)
+    assert w8.params == 100.0
+    assert "seed" not in w8.hyperparameters and "device" not in w8.hyperparameters
     w16 = rows[16, 1e-3]
-    assert (w16["n_seeds"], w16["n_diverged"], w16["mean_loss"]) == (2, 0, pytest.approx(0.6))
-    assert (rows[8, 1e-2]["n_seeds"], rows[8, 1e-2]["mean_loss"]) == (1, 9.0)
+    assert (w16.n_seeds, w16.n_diverged, w16.mean_loss) == (2, 0, pytest.approx(0.6))
+    assert (rows[8, 1e-2].n_seeds, rows[8, 1e-2].mean_loss) == (1, 9.0)
 
 
 def test_latest_layer_stats_is_the_last_logged_step_per_run(store: Store, db_path: Path, spec: Spec) -> None:

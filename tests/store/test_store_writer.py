@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from scaletui.records import LayerStats, MetricRecord, ModelInfo, RunOutcome, RunSpec, RunStatus
-from scaletui.runner import pid_alive  # the liveness check the runner hands to reap_orphans
+from scaletui.core.records import LayerStats, MetricRecord, ModelInfo, RunOutcome
+from scaletui.core.specs import RunSpec
+from scaletui.core.vocabulary import RunStatus
+from scaletui.services.runner import pid_alive  # the liveness check the runner hands to reap_orphans
 from scaletui.store import Reader, Store, StoreSink, UnknownRun
 
 Spec = Callable[..., RunSpec]
@@ -212,7 +214,7 @@ def test_sink_round_trips_metrics_and_layer_stats_with_nan_and_inf(db_path: Path
         back = reader.layer_stats_since(run_id, -1)
         assert back[1] == layers[1]
         assert math.isnan(back[0].grad_norm) and back[0].update_ratio == math.inf and back[0].nonfinite == 3
-        assert reader.run(run_id)["params"] == INFO.params  # type: ignore[index]
+        assert reader.run(run_id).params == INFO.params  # type: ignore[union-attr]
     # The documented storage: NaN is NULL, infinities are REAL infinities (9e999 in SQL).
     assert query(db_path, "SELECT step FROM metrics WHERE value IS NULL") == [(1,)]
     assert query(db_path, "SELECT step FROM metrics WHERE value = 9e999") == [(2,)]

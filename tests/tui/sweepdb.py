@@ -19,8 +19,9 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from scaletui.records import (Alert, DataSpec, LayerStats, LossRule, MetricRecord, ModelInfo, ModelSpec, RunOutcome,
-                              RunSpec, RunStatus, TrainSpec)
+from scaletui.core.records import Alert, LayerStats, MetricRecord, ModelInfo, RunOutcome
+from scaletui.core.specs import DataSpec, ModelSpec, RunSpec, TrainSpec
+from scaletui.core.vocabulary import LossRule, RunStatus
 from scaletui.store.writer import Store, StoreSink
 
 EXPERIMENT = "tiny"
@@ -46,7 +47,8 @@ def curve(width: int, depth: int, step: int, steps: int) -> float:
 
 def specs(widths: Iterable[int], depths: Iterable[int], seeds: Iterable[int], steps: int,
           experiment: str = EXPERIMENT) -> list[RunSpec]:
-    base = RunSpec(experiment, DataSpec(train_size=512), ModelSpec(), TrainSpec(steps=steps, eval_every=20, log_every=10))
+    train = TrainSpec(steps=steps, eval_every=20, log_every=10)
+    base = RunSpec(experiment, DataSpec(train_size=512), ModelSpec(), train)
     return [replace(base, model=replace(base.model, width=w, depth=d), seed=s)
             for w in widths for d in depths for s in seeds]
 
@@ -77,8 +79,9 @@ def _outcome(spec: RunSpec) -> RunOutcome:
                       final_test_acc=0.8, best_test_loss=test - 0.01, best_step=steps, smoothed_test_loss=test)
 
 
-def build(path: Path, *, widths: tuple[int, ...] = (8, 16), depths: tuple[int, ...] = (1, 2, 4), seeds: tuple[int, ...] = (0,),
-          steps: int = 60, running: int = 1, queued: int = 1, experiment: str = EXPERIMENT) -> dict[str, int]:
+def build(path: Path, *, widths: tuple[int, ...] = (8, 16), depths: tuple[int, ...] = (1, 2, 4),
+          seeds: tuple[int, ...] = (0,), steps: int = 60, running: int = 1, queued: int = 1,
+          experiment: str = EXPERIMENT) -> dict[str, int]:
     """Write the sweep (or add another experiment to the file: use other widths, run keys ignore the
     name); returns {label: run_id}. The last `running` + `queued` runs are unfinished."""
     all_specs = specs(widths, depths, seeds, steps, experiment)

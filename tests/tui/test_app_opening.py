@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from scaletui.tui import app as app_module
+from scaletui.tui import sweep_control
 from scaletui.tui.app import ScaleApp
 from scaletui.tui.widgets.runs_table import RunsTable
 from scaletui.tui.widgets.status_bar import StatusBar
@@ -97,8 +97,9 @@ def test_on_open_a_running_run_is_selected(db: Path) -> None:
     async def go() -> None:
         app = ScaleApp(db, clock=lambda: NOW)
         async with app.run_test(size=(160, 48)) as pilot:
-            await until(pilot, lambda: app.selected is not None and (app.selected, "train_loss") in app.state.series)
-            assert app.selected == 5 and app.query_one(RunsTable).selected_run() == 5  # w16 d2: running
+            await until(pilot, lambda: app.view.selected is not None
+                        and (app.view.selected, "train_loss") in app.state.series)
+            assert app.view.selected == 5 and app.query_one(RunsTable).selected_run() == 5  # w16 d2: running
             assert "mlp w16 d2 s0" in str(app.query_one("#loss-title").render())
 
     asyncio.run(go())
@@ -115,8 +116,8 @@ def test_without_a_running_run_the_latest_one_is_selected(tmp_path: Path) -> Non
     async def go() -> None:
         app = ScaleApp(path, clock=lambda: NOW)
         async with app.run_test(size=(160, 48)) as pilot:
-            await until(pilot, lambda: app.selected is not None and len(table_ids(app)) == 6)
-            assert app.selected == latest
+            await until(pilot, lambda: app.view.selected is not None and len(table_ids(app)) == 6)
+            assert app.view.selected == latest
 
     asyncio.run(go())
 
@@ -129,22 +130,23 @@ def test_the_selection_follows_training_until_the_user_moves(db: Path) -> None:
     async def go() -> None:
         app = ScaleApp(db, clock=lambda: NOW, poll_interval=0.05)
         async with app.run_test(size=(160, 48)) as pilot:
-            await until(pilot, lambda: app.selected == 5)
+            await until(pilot, lambda: app.view.selected == 5)
             _finish(db, 5)
             _start(db, 6, spec)
-            await until(pilot, lambda: app.selected == 6 and app.query_one(RunsTable).selected_run() == 6)
+            await until(pilot, lambda: app.view.selected == 6 and app.query_one(RunsTable).selected_run() == 6)
             await pilot.press("up")
-            await until(pilot, lambda: app.selected == 5)
+            await until(pilot, lambda: app.view.selected == 5)
             _finish(db, 6)
             await until(pilot, lambda: app.state.runs[6].status == "done")
             await pilot.pause(0.2)
-            assert app.selected == 5
+            assert app.view.selected == 5
 
     asyncio.run(go())
 
 
 def _finish(db: Path, run_id: int) -> None:
-    from scaletui.records import RunOutcome, RunStatus
+    from scaletui.core.records import RunOutcome
+    from scaletui.core.vocabulary import RunStatus
     from scaletui.store.writer import Store
 
     with Store(db) as store:
@@ -180,14 +182,14 @@ def test_fresh_reaches_the_first_launch_and_a_later_r_resumes(db: Path, tmp_path
     """Seen: `scaletui run --fresh FILE` in app mode did not wipe: the flag was dropped from the app's
     arguments before the launching thread read them."""
     FakeSweep.commands = []
-    monkeypatch.setattr(app_module.subprocess, "Popen", FakeSweep)
+    monkeypatch.setattr(sweep_control.subprocess, "Popen", FakeSweep)
     sweep_file = tmp_path / "experiments.toml"
 
     async def go() -> None:
         app = ScaleApp(db, sweep_file, clock=lambda: NOW, start=True, run_args=("--workers", "2", "--fresh"))
         async with app.run_test(size=(80, 24)) as pilot:
-            await until(pilot, lambda: len(FakeSweep.commands) == 1 and app.sweep_proc is None
-                        and "exited" in app.sweep_note)
+            await until(pilot, lambda: len(FakeSweep.commands) == 1 and app.sweep.proc is None
+                        and "exited" in app.sweep.note)
             await pilot.press("r")
             await until(pilot, lambda: len(FakeSweep.commands) == 2)
 
@@ -209,8 +211,8 @@ def test_a_first_poll_that_beats_the_screens_own_mount_is_applied_not_dropped(db
         app = ScaleApp(db, clock=lambda: NOW, autopoll=False)
         async with app.run_test(size=(80, 24)) as pilot:
             app.main._is_mounted = False  # as in the app's first moments, when polling starts
-            app.post_message(SnapshotReady(app.poller.poll()))
-            await until(pilot, lambda: app._applied.is_set())
+            app.post_message(SnapshotReady(app.polling.poller.poll()))
+            await until(pilot, lambda: app.polling.applied.is_set())
             app.main._is_mounted = True
             assert len(app.state.runs) == 6
 
@@ -225,8 +227,8 @@ def test_a_poll_that_lands_while_the_app_shuts_down_is_let_go(db: Path) -> None:
         app = ScaleApp(db, clock=lambda: NOW, autopoll=False)
         async with app.run_test(size=(80, 24)) as pilot:
             await app.main.query_one("#views").remove()  # what shutdown does to the widgets
-            app.post_message(SnapshotReady(app.poller.poll()))
-            await until(pilot, lambda: app._applied.is_set())
+            app.post_message(SnapshotReady(app.polling.poller.poll()))
+            await until(pilot, lambda: app.polling.applied.is_set())
             assert app.state.runs == {}
 
     asyncio.run(go())

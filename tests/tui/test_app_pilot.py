@@ -19,9 +19,11 @@ from pathlib import Path
 import pytest
 from textual.widgets import ContentSwitcher, DataTable, Input
 
+from scaletui.core.vocabulary import RunStatus
 from scaletui.store.reader import Reader
-from scaletui.tui.app import ScaleApp, stop_refusal
+from scaletui.tui.app import ScaleApp
 from scaletui.tui.screens.modals import ConfirmScreen, HelpScreen
+from scaletui.tui.sweep_control import stop_refusal
 from scaletui.tui.widgets.grad_pane import LayerLine
 from scaletui.tui.widgets.loss_pane import LossPane
 from scaletui.tui.widgets.runs_table import RunsTable
@@ -55,7 +57,7 @@ def table_ids(app: ScaleApp) -> list[int]:
 
 def loaded(app: ScaleApp) -> Callable[[], bool]:
     """Every row is shown and the selected run's curves are read."""
-    return lambda: len(table_ids(app)) == 6 and (app.selected, "train_loss") in app.state.series
+    return lambda: len(table_ids(app)) == 6 and (app.view.selected, "train_loss") in app.state.series
 
 
 def cell(app: ScaleApp, run_id: int, column: str) -> str:
@@ -67,10 +69,10 @@ def test_selection_drives_the_loss_and_gradient_panes(db: Path) -> None:
         app = ScaleApp(db, clock=lambda: NOW)
         async with app.run_test(size=(160, 48)) as pilot:
             await until(pilot, loaded(app))
-            assert table_ids(app) == [1, 2, 3, 4, 5, 6] and app.selected == 5  # the one training
+            assert table_ids(app) == [1, 2, 3, 4, 5, 6] and app.view.selected == 5  # the one training
             await until(pilot, lambda: len(app.query(LayerLine)) == 3)
             await pilot.press("up", "up")
-            await until(pilot, lambda: app.selected == 3 and len(app.query(LayerLine)) == 5)
+            await until(pilot, lambda: app.view.selected == 3 and len(app.query(LayerLine)) == 5)
             assert "mlp w8 d4 s0" in str(app.query_one("#loss-title").render())
             assert app.state.group_of(3, "width") == [1, 2]
             assert cell(app, 3, "delta").endswith("▲")  # d4 worse than d2 at width 8
@@ -107,7 +109,7 @@ def test_sort_flip_and_filter_from_the_keyboard(db: Path) -> None:
 def count_polls(app: ScaleApp) -> dict[str, int]:
     """Count the app's polls and say whether one is under way (the poll loop runs in a thread)."""
     polls = {"done": 0, "busy": 0}
-    real = app.poller.poll
+    real = app.polling.poller.poll
 
     def counted():  # type: ignore[no-untyped-def]
         polls["busy"] = 1
@@ -117,7 +119,7 @@ def count_polls(app: ScaleApp) -> dict[str, int]:
             polls["done"] += 1
             polls["busy"] = 0
 
-    app.poller.poll = counted  # type: ignore[method-assign]
+    app.polling.poller.poll = counted  # type: ignore[method-assign]
     return polls
 
 
@@ -131,7 +133,7 @@ def test_pause_stops_applying_new_rows_until_resumed(db: Path) -> None:
             await until(pilot, loaded(app))
             await pilot.press("space")
             assert "PAUSED" in str(app.query_one(StatusBar).render())
-            await until(pilot, lambda: not polls["busy"] and app._applied.is_set())  # a poll under way lands
+            await until(pilot, lambda: not polls["busy"] and app.polling.applied.is_set())  # a poll under way lands
             before = polls["done"]
             sweepdb.extend_run(db, 5, spec, 31, 45)
             await pilot.pause(0.5)  # ten poll intervals
@@ -154,9 +156,9 @@ def test_views_panes_help_and_log_and_smoothing_toggles(db: Path) -> None:
             assert app.query_one("#grad-pane").display and not app.query_one(LossPane).display
             await pilot.press("p", "p", "p")
             assert app.query_one(LossPane).display
-            assert app.log_y and "log y" in str(app.query_one("#loss-title").render())  # the default
+            assert app.view.log_y and "log y" in str(app.query_one("#loss-title").render())  # the default
             await pilot.press("l", "e")
-            assert not app.log_y and app.smooth
+            assert not app.view.log_y and app.view.smooth
             assert "linear y + EMA" in str(app.query_one("#loss-title").render())
             await pilot.press("g")
             assert app.query_one(ContentSwitcher).current == "grid"
@@ -178,14 +180,14 @@ def test_start_without_sweep_file_and_stop_run_elsewhere_only_warn(db: Path) -> 
         async with app.run_test(size=(160, 48)) as pilot:
             await until(pilot, loaded(app))
             await pilot.press("r")
-            assert app.sweep_proc is None
-            assert app.selected == 5  # selected on open: it is training, on another host
+            assert app.sweep.proc is None
+            assert app.view.selected == 5  # selected on open: it is training, on another host
             await pilot.press("k")
             assert any("stop it there" in n.message for n in app._notifications)
 
     asyncio.run(go())
     assert stop_refusal(None, None, None) == "no run selected"
-    assert stop_refusal("done", "h", 1) == "the selected run is done, not running"
+    assert stop_refusal(RunStatus.DONE, "h", 1) == "the selected run is done, not running"
 
 
 WRITER = textwrap.dedent("""
@@ -207,7 +209,7 @@ def test_attaches_to_a_database_another_process_is_writing(db: Path) -> None:
         app = ScaleApp(db, clock=lambda: NOW, poll_interval=0.1)
         async with app.run_test(size=(160, 48)) as pilot:
             await until(pilot, loaded(app))
-            assert app.selected == 5  # selected on open: it is training
+            assert app.view.selected == 5  # selected on open: it is training
             writer = subprocess.Popen([sys.executable, "-c", WRITER.format(repo=str(REPO), db=str(db))])
             try:
                 await until(pilot, lambda: cell(app, 5, "step") == "60/60", timeout=30)
@@ -231,25 +233,25 @@ def test_start_stop_one_run_then_the_sweep_from_the_keys(make_sweep: Callable[..
         if not db.exists():
             return {}
         with Reader(db) as reader:
-            return {r["id"]: r["status"] for r in reader.runs()}
+            return {r.id: r.status for r in reader.runs()}
 
     async def go() -> None:
         app = ScaleApp(db, sweep, experiment="tiny", poll_interval=0.2)
         async with app.run_test(size=(160, 48)) as pilot:
             await pilot.press("r")
-            await until(pilot, lambda: app.sweep_proc is not None, timeout=20)
+            await until(pilot, lambda: app.sweep.proc is not None, timeout=20)
             await until(pilot, lambda: list(statuses().values()).count("running") == 2
                         and all(app.state.runs[i].status == "running" for i in statuses()), timeout=120)
-            await until(pilot, lambda: app.selected is not None)
-            victim = app.selected
+            await until(pilot, lambda: app.view.selected is not None)
+            victim = app.view.selected
             await pilot.press("k")
             await until(pilot, lambda: statuses()[victim] == "interrupted", timeout=60)
             other = next(i for i in statuses() if i != victim)
             assert statuses()[other] == "running"
             await pilot.press("X")
-            await until(pilot, lambda: app.sweep_proc is None, timeout=90)
+            await until(pilot, lambda: app.sweep.proc is None, timeout=90)
             assert statuses()[other] == "interrupted"
-            assert "stopped; runs are resumable" in app.sweep_note
+            assert "stopped; runs are resumable" in app.sweep.note
             await until(pilot, lambda: app.state.runs[other].status == "interrupted")
 
     asyncio.run(go())
@@ -269,15 +271,15 @@ def test_quit_while_training_asks_then_stops_cleanly(make_sweep: Callable[..., P
             await pilot.press("q")
             assert isinstance(app.screen, ConfirmScreen)
             await pilot.press("n")
-            assert app.sweep_proc is not None
+            assert app.sweep.proc is not None
             await pilot.press("q", "y")
-            await until(pilot, lambda: app.sweep_proc is None, timeout=90)
+            await until(pilot, lambda: app.sweep.proc is None, timeout=90)
         return app
 
     app = asyncio.run(go())
     assert app.return_value == 0
     with Reader(db) as reader:
-        assert [r["status"] for r in reader.runs()] == ["interrupted"]
+        assert [r.status for r in reader.runs()] == [RunStatus.INTERRUPTED]
     assert os.path.exists(tmp_path / "checkpoints")
 
 

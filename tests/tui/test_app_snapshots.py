@@ -100,7 +100,7 @@ def test_fit_view_80x24(snap_compare, app: ScaleApp, monkeypatch: pytest.MonkeyP
     async def fitted(pilot) -> None:  # type: ignore[no-untyped-def]
         await settled(pilot)
         await pilot.press("f")
-        await until(pilot, lambda: bool(app.query(fit_pane.FitPane)) and bool(app.query_one(fit_pane.FitPane).reports),
+        await until(pilot, lambda: bool(app.query(fit_pane.FitPane)) and app.query_one(fit_pane.FitPane).complete,
                     timeout=60)
         await pilot.pause(0.2)
 

@@ -92,7 +92,7 @@ async def _keys_refit_with_new_choices(law_db: Path) -> None:
         pane.focus()
         await pilot.press("x")  # params -> width
         await settle(pilot, pane)
-        assert pane.choice.x == "width" and "L(width)" in status(pane)
+        assert pane.choice.x == "width" and "x = width" in status(pane)
         await pilot.press("g")  # one curve per depth; params = 100 w^2 d, so alpha in width doubles
         await settle(pilot, pane)
         assert [cell(pane, i, "curve") for i in range(2)] == ["depth=1", "depth=2"]
@@ -101,9 +101,32 @@ async def _keys_refit_with_new_choices(law_db: Path) -> None:
         await pilot.press("l")  # the experiment's rule -> final, stated
         await settle(pilot, pane)
         assert "loss = final test loss" in status(pane)
-        await pilot.press("f")  # the pure power law has no E
+        assert cell(pane, 0, "form") == "M2" and "held-out error" in status(pane)  # auto picks the true law
+        await pilot.press("f")  # auto -> the pure power law forced, which has no E
         await settle(pilot, pane)
-        assert cell(pane, 0, "E") == "-" and "A*x^-alpha" in status(pane)
+        assert cell(pane, 0, "E") == "-" and "L = A x^-alpha, x = width (M1, forced)" in status(pane)
+
+
+def test_the_curve_comes_first_and_its_band_follows(law_db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a key the law is shown without waiting for its bootstrap; the intervals and band follow."""
+    seen: list[tuple[bool, bool]] = []
+    real = FitPane.on_fit_pane_fitted
+
+    def spy(self: FitPane, message: FitPane.Fitted) -> None:
+        seen.append((message.complete, all(r.band is not None for r in message.reports)))
+        real(self, message)
+
+    monkeypatch.setattr(FitPane, "on_fit_pane_fitted", spy)
+    asyncio.run(_curve_first(law_db))
+    assert seen[:2] == [(False, False), (True, True)]
+
+
+async def _curve_first(law_db: Path) -> None:
+    app = Host(law_db, "law")
+    async with app.run_test(size=(140, 45)) as pilot:
+        pane = app.query_one(FitPane)
+        await settle(pilot, pane)
+        assert pane.complete and "[" in cell(pane, 0, "alpha")  # the interval arrived with the bootstrap
 
 
 def test_unknown_experiment_is_one_visible_line(law_db: Path) -> None:
@@ -142,7 +165,7 @@ async def _ui_answers_keys_while_a_fit_is_running(law_db: Path, gate: threading.
         await pilot.pause()
         assert status(pane).startswith("fitting") and any(w.group == "fit" and not w.is_finished for w in app.workers)
         await pilot.press("f")  # handled at once, although the first fit has not returned
-        assert pane.choice.form.value == "A*x^-alpha" and status(pane).startswith("fitting L(params) = A*x^-alpha")
+        assert pane.choice.form == "M1" and status(pane).startswith("fitting L(params), form M1")
         gate.set()
         await settle(pilot, pane)
         assert cell(pane, 0, "E") == "-"  # the answer shown is the newest question's

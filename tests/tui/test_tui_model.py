@@ -13,23 +13,27 @@ from pathlib import Path
 
 import pytest
 
-from scaletui.records import ModelInfo
+from scaletui.core.records import ModelInfo
+from scaletui.core.vocabulary import AlertKind, RunStatus, Severity
 from scaletui.store.writer import Store, StoreSink
-from scaletui.tui.model import (RunRow, bucket_max, debiased_ema, downsample_minmax, eta_seconds, grid_cells,
-                                human_duration, matches, order_runs, robust_y_range, run_to_show, shade, size_deltas)
+from scaletui.tui.model import (
+    bucket_max,
+    debiased_ema,
+    downsample_minmax,
+    eta_seconds,
+    grid_cells,
+    human_duration,
+    matches,
+    order_runs,
+    robust_y_range,
+    run_to_show,
+    shade,
+    size_deltas,
+)
 from scaletui.tui.poller import Poller
-from scaletui.tui.state import ViewState, alert_badges
+from scaletui.tui.state import SweepState, alert_badges
 from tests.tui import sweepdb
-
-
-def run(id: int, width: int, depth: int, loss: float | None = None, status: str = "done", seed: int = 0,  # noqa: A002
-        **kw: object) -> RunRow:
-    base = dict(id=id, experiment="x", label=f"mlp w{width} d{depth} s{seed}", status=status, arch="mlp", width=width,
-                depth=depth, seed=seed, dataset="mnist1d", train_size=None, optimizer="adam", lr=1e-3, params=width * depth,
-                step=10, steps=10, final_train_loss=loss, final_test_loss=loss, best_test_loss=loss, loss=loss,
-                loss_rule="final", started_at=None, finished_at=None, host=None, pid=None, rev=id)
-    base.update(kw)
-    return RunRow(**base)  # type: ignore[arg-type]
+from tests.tui.rows import alert, point, run
 
 
 def test_rank_groups_by_width_then_depth_and_flips() -> None:
@@ -47,7 +51,7 @@ def test_sort_by_loss_puts_missing_last_and_reverses() -> None:
 
 def test_delta_against_next_shallower_run_marks_deeper_worse() -> None:
     runs = [run(1, 8, 1, 1.0), run(2, 8, 2, 0.8), run(3, 8, 4, 0.9), run(4, 16, 1, 0.7),
-            run(5, 8, 2, 0.1, seed=1), run(6, 8, 8, None, status="running")]
+            run(5, 8, 2, 0.1, seed=1), run(6, 8, 8, None, status=RunStatus.RUNNING)]
     deltas = size_deltas(runs, "depth")
     assert deltas[2].value == pytest.approx(-0.2) and not deltas[2].worse
     assert deltas[3].value == pytest.approx(0.1) and deltas[3].worse  # d4 vs d2, same width and seed
@@ -57,7 +61,7 @@ def test_delta_against_next_shallower_run_marks_deeper_worse() -> None:
 
 
 def test_filter_terms_all_match() -> None:
-    r = run(1, 64, 8, status="running")
+    r = run(1, 64, 8, status=RunStatus.RUNNING)
     assert matches(r, "DIV", "w64 run")
     assert matches(r, "DIV", "div")
     assert not matches(r, "", "w64 done")
@@ -97,11 +101,6 @@ def test_bucket_max_shows_gradient_spikes() -> None:
     assert len(bucket_max(values, 50)) == 50
 
 
-def point(depth: int, width: int, mean: float | None, lo: float | None = None, hi: float | None = None) -> dict:
-    return {"depth": depth, "width": width, "mean_loss": mean, "min_loss": lo if lo is not None else mean,
-            "max_loss": hi if hi is not None else mean, "n_seeds": 2, "n_diverged": 0}
-
-
 def test_grid_shades_best_to_worst_and_marks_where_bigger_was_worse() -> None:
     cells = grid_cells([point(1, 8, 1.0, 0.9, 1.1), point(2, 8, 1.2), point(1, 16, 0.8), point(2, 16, 0.9)])
     assert cells[(1, 16)].shade == 0.0 and cells[(2, 8)].shade == 1.0
@@ -119,8 +118,8 @@ def test_grid_takes_each_size_at_its_best_setting() -> None:
 
 def test_eta_from_finished_durations_and_work_left() -> None:
     done = run(1, 8, 1, 1.0, started_at="2026-01-01T00:00:00.000Z", finished_at="2026-01-01T00:01:40.000Z")
-    running = run(2, 8, 2, None, status="running", step=50, steps=100)
-    queued = run(3, 8, 4, None, status="queued")
+    running = run(2, 8, 2, None, status=RunStatus.RUNNING, step=50, steps=100)
+    queued = run(3, 8, 4, None, status=RunStatus.QUEUED)
     assert eta_seconds([done, running, queued]) == pytest.approx(150.0)  # (1 + 0.5) x 100 s over 1 running
     assert eta_seconds([done]) is None
     assert human_duration(150) == "2m30s" and human_duration(7300) == "2h01m"
@@ -129,11 +128,11 @@ def test_eta_from_finished_durations_and_work_left() -> None:
 def test_the_run_shown_first_is_a_running_one_else_the_latest() -> None:
     early = "2026-01-01T10:00:00.000Z"
     late = "2026-01-01T11:00:00.000Z"
-    queued = run(1, 8, 1, None, status="queued")
+    queued = run(1, 8, 1, None, status=RunStatus.QUEUED)
     done_early = run(2, 8, 2, 1.0, started_at=early, finished_at=early)
     done_late = run(3, 8, 4, 1.0, started_at=early, finished_at=late)
-    running_early = run(4, 16, 1, None, status="running", started_at=early)
-    running_late = run(5, 16, 2, None, status="running", started_at=late)
+    running_early = run(4, 16, 1, None, status=RunStatus.RUNNING, started_at=early)
+    running_late = run(5, 16, 2, None, status=RunStatus.RUNNING, started_at=late)
     assert run_to_show([queued, done_early, done_late, running_early, running_late]) == 5
     assert run_to_show([queued, done_early, running_early]) == 4
     assert run_to_show([queued, done_late, done_early]) == 3
@@ -143,20 +142,20 @@ def test_the_run_shown_first_is_a_running_one_else_the_latest() -> None:
 def test_y_range_leaves_out_the_first_steps_when_they_squash_the_rest() -> None:
     steps = list(range(0, 1001, 10))
     loss = [2.3 if s == 0 else 1.0 - s / 2000 for s in steps]  # the step-0 loss towers over the curve
-    lo, hi = robust_y_range(list(zip(steps, loss)))  # type: ignore[misc]
+    lo, hi = robust_y_range(list(zip(steps, loss, strict=True)))  # type: ignore[misc]
     assert lo <= 0.5 and 0.5 - lo < 0.05  # the minimum stays in view
     assert 0.975 <= hi < 1.05  # the top is the curve after its first 5% of steps (0.975), plus a margin
     flat = [(s, 1.0 - s / 2000) for s in steps]  # nothing towers: the whole range is shown
     assert robust_y_range(flat) is None
-    spike = [(s, 5.0 if s == 900 else v) for s, v in zip(steps, loss)]  # a late spike must stay visible
+    spike = [(s, 5.0 if s == 900 else v) for s, v in zip(steps, loss, strict=True)]  # a late spike must stay visible
     assert robust_y_range(spike) is None
     assert robust_y_range([(0, 2.3), (1, 1.0)]) is None  # too few points to judge
 
 
 def test_alert_badges_most_severe_first() -> None:
-    alerts = [{"run_id": 3, "kind": "plateau", "severity": "info"},
-              {"run_id": 3, "kind": "divergence", "severity": "critical"},
-              {"run_id": None, "kind": "non_monotonic", "severity": "warning"}]
+    alerts = [alert(1, 3, AlertKind.PLATEAU, Severity.INFO),
+              alert(2, 3, AlertKind.DIVERGENCE, Severity.CRITICAL),
+              alert(3, None, AlertKind.NON_MONOTONIC, Severity.WARNING)]
     assert alert_badges(alerts) == {3: "DIV PLAT"}
 
 
@@ -195,7 +194,7 @@ def test_poll_reads_only_new_rows_of_tracked_and_running_runs(db: Path) -> None:
     assert [r.id for r in second.runs] == [running_id]
     train = next(u for u in second.series if u.run_id == running_id and u.key == "train_loss")
     assert not train.reset and train.steps == tuple(range(31, 41))
-    assert [u for u in second.series if u.key == "test_loss" and u.run_id == running_id][0].steps == (40,)
+    assert next(u for u in second.series if u.key == "test_loss" and u.run_id == running_id).steps == (40,)
     assert second.live[0].train == (40, pytest.approx(sweepdb.curve(16, 2, 40, 60)))
     assert {row.step for row in second.layers[0].rows} == {40}
     assert not any(u.run_id == labels["mlp w16 d1 s0"] for u in second.series)  # unchanged: not re-read
@@ -209,7 +208,7 @@ def test_missing_database_is_reported_not_raised(tmp_path: Path) -> None:
 
 def test_state_applies_snapshots_and_switches_tracked_runs(db: Path) -> None:
     poller = Poller(db)
-    state = ViewState()
+    state = SweepState()
     poller.track(1, [2, 3])
     changes = state.apply(poller.poll())
     assert changes.added == set(state.runs) and changes.grid and changes.alerts
@@ -222,7 +221,7 @@ def test_state_applies_snapshots_and_switches_tracked_runs(db: Path) -> None:
     assert state.test_loss(running) == pytest.approx(sweepdb.curve(16, 2, 20, 60) + 0.05)  # latest evaluation
     assert state.test_loss(state.runs[1]) == state.runs[1].loss  # finished: the loss rule's value
     assert state.group_of(1, "width") == [2, 3] and state.group_of(1, "depth") == [4]
-    finished = replace(running, status="done", loss=1.0, rev=999)
+    finished = replace(running, status=RunStatus.DONE, loss=1.0, rev=999)
     from scaletui.tui.poller import Snapshot
 
     assert state.apply(Snapshot(0.0, runs=(finished,), tracked=(4, frozenset()))).finished == {5}
@@ -245,7 +244,7 @@ def test_the_app_and_its_first_frame_never_import_torch() -> None:
 def test_a_run_that_stops_shows_the_databases_latest_values(db: Path) -> None:
     """Seen: 1.3924 at step 3200 shown for an interrupted run while the database had 1.4049 at 3400."""
     spec = sweepdb.specs((16,), (2,), (0,), 60)[0]
-    poller, state = Poller(db), ViewState()
+    poller, state = Poller(db), SweepState()
     state.apply(poller.poll())  # run 5 is running at step 30
     sweepdb.extend_run(db, 5, spec, 31, 45)  # its last flush, then it is stopped: both land between two polls
     with Store(db) as store:
@@ -253,7 +252,7 @@ def test_a_run_that_stops_shows_the_databases_latest_values(db: Path) -> None:
     state.apply(poller.poll())
     for view in (state, _fresh_view(db)):  # the app that watched it stop, and one opened afterwards
         run5 = view.runs[5]
-        assert run5.status == "interrupted"
+        assert run5.status is RunStatus.INTERRUPTED
         assert view.train_loss(run5) == pytest.approx(sweepdb.curve(16, 2, 45, 60))
         assert view.test_loss(run5) == pytest.approx(sweepdb.curve(16, 2, 40, 60) + 0.05)
     poller.close()
@@ -262,7 +261,7 @@ def test_a_run_that_stops_shows_the_databases_latest_values(db: Path) -> None:
 def test_a_resumed_run_reads_its_rewritten_steps(db: Path) -> None:
     """A resume deletes the records after the checkpoint and writes them again: the poller starts over."""
     spec = sweepdb.specs((16,), (2,), (0,), 60)[0]
-    poller, state = Poller(db), ViewState()
+    poller, state = Poller(db), SweepState()
     sweepdb.extend_run(db, 5, spec, 31, 45)
     state.apply(poller.poll())
     with Store(db) as store:  # interrupted and resumed from its step-20 checkpoint between two polls
@@ -277,8 +276,8 @@ def test_a_resumed_run_reads_its_rewritten_steps(db: Path) -> None:
     poller.close()
 
 
-def _fresh_view(db: Path) -> ViewState:
-    poller, state = Poller(db), ViewState()
+def _fresh_view(db: Path) -> SweepState:
+    poller, state = Poller(db), SweepState()
     state.apply(poller.poll())
     poller.close()
     return state
@@ -302,3 +301,51 @@ def test_the_notice_says_why_runs_are_hidden_and_how_to_show_them() -> None:
     assert notice_text(shown(visible=0, query="w999", missing="small")) == (
         "experiment 'small' is not in this database; showing all (n: next experiment); "
         "no run matches the filter 'w999' (/ edits it, esc clears it)")
+
+
+def test_a_selected_run_that_resumes_draws_its_rewritten_curve_and_layers(db: Path) -> None:
+    """A resume deletes the steps after its checkpoint and writes them again. Seen in review: the
+    selected run's curve kept the deleted steps, and the rewritten ones (behind its cursor) never came."""
+    spec = sweepdb.specs((16,), (2,), (0,), 60)[0]
+    poller, state = Poller(db), SweepState()
+    poller.track(5, [])
+    sweepdb.extend_run(db, 5, spec, 31, 45)
+    state.apply(poller.poll())
+    assert list(state.series[(5, "train_loss")].steps) == list(range(46))
+    with Store(db) as store:  # interrupted and resumed from its step-20 checkpoint between two polls
+        store.mark_interrupted(5, "stopped by the test")
+        store.mark_running(5, pid=4_000_005, host="gpu-box-elsewhere")
+    with StoreSink(db, 5) as sink:
+        sink.started(ModelInfo(sweepdb.params_of(16, 2), 1, tuple(sweepdb.layer_names(2)), 1e-3), 20)
+    sweepdb.extend_run(db, 5, spec, 21, 25)
+    state.apply(poller.poll())
+    assert list(state.series[(5, "train_loss")].steps) == list(range(26))
+    assert list(state.series[(5, "test_loss")].steps) == [0, 20]
+    assert [list(layer.steps) for layer in state.layers.values()] == [[0, 10, 20]] * 3
+    poller.close()
+
+
+def test_a_poll_that_fails_half_way_reads_the_same_rows_next_time(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen in review: a poll that failed after reading the changed runs (the file busy, or replaced)
+    had moved the runs cursor past them already, so those runs were not shown until they changed."""
+    import sqlite3
+
+    from scaletui.store.reader import Reader
+
+    real = Reader.metrics_since
+    calls = []
+
+    def fails_once(self: Reader, *args: object, **kwargs: object) -> object:
+        calls.append(args)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Reader, "metrics_since", fails_once)
+    poller = Poller(db)
+    failed = poller.poll()
+    assert failed.error == f"{db}: disk I/O error" and failed.empty
+    again = poller.poll()
+    assert len(again.runs) == 6 and again.experiments == ("tiny",) and len(again.alerts) == 2
+    assert [live.run_id for live in again.live] == [5] and again.live[0].reset
+    poller.close()

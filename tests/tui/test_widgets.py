@@ -12,7 +12,8 @@ from textual.app import App, ComposeResult
 from textual.widget import Widget
 from textual.widgets import Label, Sparkline
 
-from scaletui.tui.state import LayerSeries, ViewState
+from scaletui.core.vocabulary import RunStatus
+from scaletui.tui.state import LayerSeries, SweepState
 from scaletui.tui.widgets.grad_pane import GradPane, LayerLine
 
 
@@ -27,9 +28,9 @@ class Host(App[None]):
         yield self.widget
 
 
-def layers(n: int) -> ViewState:
+def layers(n: int) -> SweepState:
     """A state whose selected run has `n` layers, each with a falling gradient norm."""
-    state = ViewState()
+    state = SweepState()
     for i in range(n):
         grad = array("d", [1.0 / (1 + j) for j in range(50)])
         state.layers[i] = LayerSeries(f"layer{i}", array("q", range(50)), grad, array("d", [2.0] * 50))
@@ -60,13 +61,13 @@ def test_gradient_lines_are_never_blank_when_a_run_with_more_layers_is_selected(
     asyncio.run(go())
 
 
-def loss_state(steps: int) -> ViewState:
+def loss_state(steps: int) -> SweepState:
     """One running run whose train loss starts at 2.3 and is below 1 after its first 5% of steps."""
     from scaletui.tui.state import Series
-    from tests.tui.test_tui_model import run
+    from tests.tui.rows import run
 
-    state = ViewState()
-    state.runs[1] = run(1, 64, 2, None, status="running")
+    state = SweepState()
+    state.runs[1] = run(1, 64, 2, None, status=RunStatus.RUNNING)
     train = Series()
     train.extend(range(steps), [0.5 + 1.8 * 0.5 ** (s / (steps / 100)) for s in range(steps)])
     state.series[(1, "train_loss")] = train

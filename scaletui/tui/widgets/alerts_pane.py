@@ -6,41 +6,53 @@ Rows are keyed by alert id and follow the `alerts` table: an alert that later ev
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
-from scaletui.tui.state import evidence_text
+from scaletui.core.rows import AlertRow
+from scaletui.core.vocabulary import Severity
 
-SEVERITY_STYLE = {"critical": "bold white on red", "warning": "bold yellow", "info": "cyan"}
-_SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+SEVERITY_STYLE: dict[Severity, str] = {Severity.CRITICAL: "bold white on red", Severity.WARNING: "bold yellow",
+                                       Severity.INFO: "cyan"}
 COLUMNS = (("severity", "sev"), ("subject", "subject"), ("kind", "kind"), ("step", "step"), ("message", "message"))
 
 
-def alert_cells(a: dict[str, Any]) -> tuple[object, ...]:
-    severity = Text(a["severity"], style=SEVERITY_STYLE.get(a["severity"], ""))
-    step = "-" if a.get("step") is None else str(a["step"])
-    return (severity, a["subject"], a["kind"], step, a["message"])
+def alert_cells(a: AlertRow) -> tuple[object, ...]:
+    severity = Text(a.severity.value, style=SEVERITY_STYLE.get(a.severity, ""))
+    step = "-" if a.step is None else str(a.step)
+    return (severity, a.subject, a.kind, step, a.message)
 
 
-def alert_detail(a: dict[str, Any]) -> str:
+def evidence_text(alert: AlertRow, limit: int = 6) -> str:
+    """The numbers behind an alert, `key=value` with 4 significant digits."""
+    return ", ".join(f"{k}={v:.4g}" for k, v in list(alert.evidence.items())[:limit])
+
+
+def alert_detail(a: AlertRow) -> str:
     evidence = evidence_text(a)
-    lines = [f"{a['kind']} on {a['subject']}: {a['message']}"]
-    if a.get("suggestion"):
-        lines.append(f"try: {a['suggestion']}")
+    lines = [f"{a.kind} on {a.subject}: {a.message}"]
+    if a.suggestion:
+        lines.append(f"try: {a.suggestion}")
     if evidence:
         lines.append(f"evidence: {evidence}")
     return "\n".join(lines)
 
 
+def _order(cells: tuple[Text, str]) -> tuple[int, int]:
+    """Most severe first, then by step (the table sorts by its severity and step cells)."""
+    severity, step = cells
+    return (Severity(severity.plain).rank, int(step) if step != "-" else 0)
+
+
 class AlertsPane(Widget):
-    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:  # noqa: A002
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self._shown: dict[int, tuple[object, ...]] = {}
-        self._alerts: dict[int, dict[str, Any]] = {}
+        self._alerts: dict[int, AlertRow] = {}
 
     def compose(self) -> ComposeResult:
         yield Static("alerts: none active", id="alerts-title", markup=False)
@@ -50,16 +62,16 @@ class AlertsPane(Widget):
         yield table
         yield Static("", id="alert-detail", markup=False)
 
-    def show(self, alerts: dict[int, dict[str, Any]], experiment: str | None) -> None:
+    def show(self, alerts: Mapping[int, AlertRow], experiment: str | None) -> None:
         table = self.query_one("#alerts-table", DataTable)
-        wanted = {i: a for i, a in alerts.items() if experiment is None or _experiment_of(a) in (None, experiment)}
+        wanted = {i: a for i, a in alerts.items() if experiment is None or a.experiment in (None, experiment)}
         for gone in set(self._shown) - set(wanted):
             table.remove_row(str(gone))
             del self._shown[gone]
         for alert_id, a in wanted.items():
             self._show_row(table, alert_id, alert_cells(a))
         self._alerts = wanted
-        table.sort("severity", "step", key=lambda cells: (_SEVERITY_ORDER.get(cells[0].plain, 3), int(cells[1]) if cells[1] != "-" else 0))
+        table.sort("severity", "step", key=_order)
         n = len(wanted)
         self.query_one("#alerts-title", Static).update(f"alerts: {n} active" if n else "alerts: none active")
         self._show_detail()
@@ -69,7 +81,7 @@ class AlertsPane(Widget):
         if old is None:
             table.add_row(*cells, key=str(alert_id))
         elif old != cells:
-            for (key, _), before, after in zip(COLUMNS, old, cells):
+            for (key, _), before, after in zip(COLUMNS, old, cells, strict=True):
                 if before != after:
                     table.update_cell(str(alert_id), key, after, update_width=True)
         self._shown[alert_id] = cells
@@ -89,6 +101,3 @@ class AlertsPane(Widget):
             event.stop()
             self._show_detail()
 
-
-def _experiment_of(a: dict[str, Any]) -> str | None:
-    return a.get("experiment")

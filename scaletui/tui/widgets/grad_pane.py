@@ -21,7 +21,7 @@ from textual.widget import Widget
 from textual.widgets import Label, Sparkline, Static
 
 from scaletui.tui.model import bucket_max
-from scaletui.tui.state import LayerSeries, ViewState
+from scaletui.tui.state import LayerSeries, SweepState
 
 SPARK_POINTS = 120  # bounded input for a sparkline, whatever the length of the run
 
@@ -37,7 +37,7 @@ def grad_ratio(layers: dict[int, LayerSeries]) -> float | None:
     return a / b if b > 0 and math.isfinite(a) and math.isfinite(b) else None
 
 
-def header_text(state: ViewState) -> str:
+def header_text(state: SweepState) -> str:
     layers = state.layers
     if not layers:
         return "gradients: no layer statistics yet"
@@ -88,21 +88,21 @@ class LayerLine(Horizontal):
 class GradPane(Widget):
     """Header plus one LayerLine per layer of the selected run."""
 
-    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:  # noqa: A002
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
 
     def compose(self) -> ComposeResult:
         yield Static("gradients: no run selected", id="grad-header")
         yield VerticalScroll(id="grad-lines")
 
-    def show(self, state: ViewState) -> None:
+    def show(self, state: SweepState) -> None:
         self.query_one("#grad-header", Static).update(header_text(state))
         box = self.query_one("#grad-lines", VerticalScroll)
         lines = list(box.query(LayerLine))
         wanted = sorted(state.layers)
         for extra in lines[len(wanted):]:
             extra.remove()
-        for line, layer in zip(lines, wanted):
+        for line, layer in zip(lines, wanted, strict=False):
             line.show(layer, state.layers[layer])
         if len(lines) < len(wanted):
             box.mount_all([LayerLine(layer, state.layers[layer]) for layer in wanted[len(lines):]])

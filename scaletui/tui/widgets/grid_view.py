@@ -7,15 +7,18 @@ consistently better, and every exception is worth a look.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Sequence
 
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.widget import Widget
 from textual.widgets import DataTable, Static
 
+from scaletui.core.rows import FinalLoss
+from scaletui.core.vocabulary import LossRule
 from scaletui.tui.model import GridCell, grid_cells, shade_color
+from scaletui.tui.state import SweepState
+from scaletui.tui.view import View
 
 LEGEND = "shade: green best .. red worst   ▼d worse than shallower   ◀w worse than narrower   ±: seed spread"
 
@@ -31,14 +34,24 @@ def cell_text(cell: GridCell | None) -> Text:
 
 
 class GridView(Widget, can_focus=False):
-    """Title, the grid table and a legend, for the current experiment."""
+    """Title, the grid table and a legend, for the current experiment. It changes only when a run
+    finishes or the experiment changes (`stale`), and is drawn only while it is shown."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.stale = True
 
     def compose(self) -> ComposeResult:
         yield Static("grid: no finished runs yet", id="grid-title", markup=False)
         yield DataTable(id="grid-table", cursor_type="cell", zebra_stripes=False)
         yield Static(LEGEND, id="grid-legend", markup=False)
 
-    def show(self, points: list[Mapping[str, Any]], experiment: str | None) -> None:
+    def draw(self, state: SweepState, view: View) -> None:
+        """The grid of the experiment shown (or the newest)."""
+        experiment = view.fit_experiment(state.experiments)
+        self.show([p for p in state.final_losses if experiment is None or p.experiment == experiment], experiment)
+
+    def show(self, points: Sequence[FinalLoss], experiment: str | None) -> None:
         """The grid is small (sizes, not runs) and changes only when a run finishes: redraw it."""
         cells = grid_cells(points)
         table = self.query_one("#grid-table", DataTable)
@@ -50,7 +63,9 @@ class GridView(Widget, can_focus=False):
             table.add_column(f"w{w}", key=str(w))
         for d in depths:
             table.add_row(f"d{d}", *(cell_text(cells.get((d, w))) for w in widths), key=str(d))
-        rule = points[0]["loss_rule"] if points else "final"
+        rule = points[0].loss_rule if points else LossRule.FINAL
         worse = sum(c.worse_than_shallower or c.worse_than_narrower for c in cells.values())
-        title = f"{experiment or 'all experiments'}: {rule} test loss, mean over seeds; {worse} cell(s) where bigger was worse"
+        title = (f"{experiment or 'all experiments'}: {rule.label}, mean over seeds; "
+                 f"{worse} cell(s) where bigger was worse")
         self.query_one("#grid-title", Static).update(title if cells else "grid: no finished runs yet")
+        self.stale = False

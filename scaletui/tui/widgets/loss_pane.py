@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from textual.app import ComposeResult
 from textual.events import Resize
@@ -25,7 +26,8 @@ from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
 from scaletui.tui.model import EARLY_FRACTION, debiased_ema, downsample_minmax, log10_safe, robust_y_range
-from scaletui.tui.state import Series, ViewState
+from scaletui.tui.poller import TEST, TRAIN
+from scaletui.tui.state import Series, SweepState
 
 FAINT = "gray"
 MAX_GROUP_CURVES = 8  # beyond this the faint curves are noise, not context
@@ -36,9 +38,9 @@ class LossPane(Widget):
     whenever its size changes (the buckets and the ticks depend on it): a pane that was hidden or not
     yet laid out when a run was selected is drawn at its real size as soon as it has one."""
 
-    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:  # noqa: A002
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
-        self._shown: tuple[ViewState, int | None, tuple[int, ...], bool, bool] | None = None
+        self._shown: tuple[SweepState, int | None, tuple[int, ...], bool, bool] | None = None
         self.drawn_at = Size(0, 0)  # the plot's size at the last draw
 
     def compose(self) -> ComposeResult:
@@ -53,7 +55,7 @@ class LossPane(Widget):
             state, run_id, group, log_y, smooth = self._shown
             self.show(state, run_id, group, log_y=log_y, smooth=smooth)
 
-    def show(self, state: ViewState, run_id: int | None, group: Sequence[int], *, log_y: bool, smooth: bool) -> None:
+    def show(self, state: SweepState, run_id: int | None, group: Sequence[int], *, log_y: bool, smooth: bool) -> None:
         self._shown = (state, run_id, tuple(group), log_y, smooth)
         plot = self.query_one(PlotextPlot)
         self.drawn_at = plot.size
@@ -66,7 +68,7 @@ class LossPane(Widget):
             plot.refresh()
             return
         buckets = max(20, 2 * max(plot.size.width - 10, 10))  # ~2 buckets per column of the plot area
-        curves = _curves(state, run_id, group, buckets, log_y, smooth)  # type: ignore[arg-type]
+        curves = _curves(state, run.id, group, buckets, log_y, smooth)
         y_range = robust_y_range([p for c in curves for p in c.points])
         for curve in curves:
             _draw(plt, curve, y_range)
@@ -89,18 +91,18 @@ class Curve:
     label: str | None = None
 
 
-def _curves(state: ViewState, run_id: int, group: Sequence[int], buckets: int, log_y: bool, smooth: bool
+def _curves(state: SweepState, run_id: int, group: Sequence[int], buckets: int, log_y: bool, smooth: bool
             ) -> list[Curve]:
     """Back to front: the group's test losses (faint), train, its EMA, test. Empty series are left out."""
-    curves = [Curve(_points(state.series.get((other, "test_loss")), buckets, log_y), FAINT, "dot")
+    curves = [Curve(_points(state.series.get((other, TEST)), buckets, log_y), FAINT, "dot")
               for other in list(group)[:MAX_GROUP_CURVES]]
-    train = state.series.get((run_id, "train_loss"))
+    train = state.series.get((run_id, TRAIN))
     curves.append(Curve(_points(train, buckets, log_y), "blue" if smooth else "blue+", "braille", "train"))
     if smooth and train is not None and len(train.values):
         smoothed = Series()
         smoothed.extend(train.steps, debiased_ema(train.values))
         curves.append(Curve(_points(smoothed, buckets, log_y), "cyan+", "braille", "train EMA"))
-    curves.append(Curve(_points(state.series.get((run_id, "test_loss")), buckets, log_y), "orange+", "braille", "test"))
+    curves.append(Curve(_points(state.series.get((run_id, TEST)), buckets, log_y), "orange+", "braille", "test"))
     return [c for c in curves if c.points]
 
 
@@ -110,15 +112,15 @@ def _points(series: Series | None, buckets: int, log_y: bool) -> list[tuple[floa
         return []
     steps, values = downsample_minmax(series.steps, series.values, buckets)
     ys = log10_safe(values) if log_y else [v if math.isfinite(v) else math.nan for v in values]
-    return [(float(x), y) for x, y in zip(steps, ys) if not math.isnan(y)]
+    return [(float(x), y) for x, y in zip(steps, ys, strict=True) if not math.isnan(y)]
 
 
-def _draw(plt: object, curve: Curve, y_range: tuple[float, float] | None) -> None:
+def _draw(plt: Any, curve: Curve, y_range: tuple[float, float] | None) -> None:
     """Plot one curve. A curve with no point inside the y-range gets no legend entry: plotext cannot
     draw the legend of a series it clipped away (early on, the test loss is one point at step 0)."""
     inside = y_range is None or any(y_range[0] <= y <= y_range[1] for _, y in curve.points)
-    xs, ys = zip(*curve.points)
-    plt.plot(list(xs), list(ys), color=curve.color, marker=curve.marker,  # type: ignore[attr-defined]
+    xs, ys = zip(*curve.points, strict=True)
+    plt.plot(list(xs), list(ys), color=curve.color, marker=curve.marker,
              label=curve.label if inside else None)
 
 
@@ -128,13 +130,13 @@ def y_tick_count(rows: int) -> int:
     return max(2, min(5, (rows - 4) // 2 + 1))
 
 
-def _axes(plt: object, ys: list[float], log_y: bool, y_range: tuple[float, float] | None, n_ticks: int) -> None:
+def _axes(plt: Any, ys: list[float], log_y: bool, y_range: tuple[float, float] | None, n_ticks: int) -> None:
     """Label the axes and apply the y-range (in log y: `n_ticks` ticks labelled in loss units)."""
-    plt.xlabel("step")  # type: ignore[attr-defined]
+    plt.xlabel("step")
     if y_range is not None:
-        plt.ylim(*y_range)  # type: ignore[attr-defined]
+        plt.ylim(*y_range)
     if log_y and ys:
         lo, hi = y_range or (min(ys), max(ys))
         ticks = [lo + (hi - lo) * i / (n_ticks - 1) for i in range(n_ticks)] if hi > lo else [lo]
-        plt.yticks(ticks, [f"{10**t:.3g}" for t in ticks])  # type: ignore[attr-defined]
-        plt.ylabel("loss (log)")  # type: ignore[attr-defined]
+        plt.yticks(ticks, [f"{10**t:.3g}" for t in ticks])
+        plt.ylabel("loss (log)")

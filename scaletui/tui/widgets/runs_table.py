@@ -10,41 +10,35 @@ rows, not five hundred.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from rich.text import Text
 from textual.widgets import DataTable
+from textual.widgets.data_table import ColumnKey
 
-from scaletui.tui.model import Delta, RunRow, fmt_count, fmt_loss, matches, order_runs, size_deltas
-from scaletui.tui.state import ViewState
+from scaletui.core.rows import RunSummary
+from scaletui.core.vocabulary import LossRule, RunStatus
+from scaletui.tui.model import Delta, fmt_count, fmt_loss, matches, order_runs, size_deltas
+from scaletui.tui.state import SweepState
+from scaletui.tui.view import View
 
-STATUS_STYLE = {
-    "running": "bold cyan", "done": "green", "early_stopped": "green", "queued": "dim",
-    "diverged": "bold red", "failed": "bold red", "interrupted": "yellow", "stale": "yellow",
+STATUS_STYLE: dict[RunStatus, str] = {
+    RunStatus.RUNNING: "bold cyan", RunStatus.DONE: "green", RunStatus.EARLY_STOPPED: "green",
+    RunStatus.QUEUED: "dim", RunStatus.DIVERGED: "bold red", RunStatus.FAILED: "bold red",
+    RunStatus.INTERRUPTED: "yellow", RunStatus.STALE: "yellow",
 }  # fmt: skip
-STATUS_SHORT = {"running": "run", "early_stopped": "early", "diverged": "diverg", "interrupted": "intr"}
+STATUS_SHORT: dict[RunStatus, str] = {RunStatus.RUNNING: "run", RunStatus.EARLY_STOPPED: "early",
+                                      RunStatus.DIVERGED: "diverg", RunStatus.INTERRUPTED: "intr"}
+#: (text, style) of each status's cell, made once: the table redraws every row's cells on every tick.
+STATUS_CELL: dict[RunStatus, tuple[str, str]] = {
+    s: (STATUS_SHORT.get(s, s.value), STATUS_STYLE.get(s, "")) for s in RunStatus
+}
+MIXED = "mixed"  # the test column's label when the runs shown use different loss rules
 
 
-@dataclass(frozen=True)
-class TableView:
-    """How the table is ordered and filtered (changed by keys)."""
-
-    group_by: str = "width"  # width: grouped by width, ranked by depth; depth: the other way round
-    sort: str = "rank"
-    reverse: bool = False
-    query: str = ""
-    experiment: str | None = None  # None: every experiment in the database
-
-    @property
-    def across(self) -> str:
-        """The axis runs are ranked along within a group: deltas compare along it."""
-        return "depth" if self.group_by == "width" else "width"
-
-
-def columns(loss_rule: str | None, across: str) -> list[tuple[str, str]]:
-    """(key, label); the test column names the loss rule, the delta column the axis it compares along.
-    Most telling first: at 80 columns `best` and `params` are the ones that scroll off."""
-    rule = loss_rule or "final"
+def columns(loss_rule: LossRule | str | None, across: str) -> list[tuple[str, str]]:
+    """(key, label); the test column names the loss rule (or MIXED), the delta column the axis it
+    compares along. Most telling first: at 80 columns `best` and `params` are the ones that scroll off."""
+    rule = loss_rule or LossRule.FINAL
     return [
         ("id", "id"), ("width", "w"), ("depth", "d"), ("seed", "s"), ("status", "status"),
         ("step", "step"), ("train", "train"), ("test", f"test {rule}"), ("delta", f"Δ {across}"),
@@ -59,9 +53,10 @@ def _delta_cell(delta: Delta | None) -> Text:
     return Text(f"{delta.value:+.3f}{mark}", style="bold red" if delta.worse else "green")
 
 
-def row_cells(run: RunRow, state: ViewState, delta: Delta | None) -> tuple[object, ...]:
+def row_cells(run: RunSummary, state: SweepState, delta: Delta | None) -> tuple[object, ...]:
     step = f"{fmt_count(run.step or 0)}/{fmt_count(run.steps)}" if run.steps else fmt_count(run.step or 0)
-    status = Text(STATUS_SHORT.get(run.status, run.status), style=STATUS_STYLE.get(run.status, ""))
+    text, style = STATUS_CELL[run.status]
+    status = Text(text, style=style)
     badges = state.badges.get(run.id, "")
     return (
         run.id, run.width, run.depth, run.seed, status, step, fmt_loss(state.train_loss(run)),
@@ -73,12 +68,11 @@ def row_cells(run: RunRow, state: ViewState, delta: Delta | None) -> tuple[objec
 class RunsTable(DataTable[object]):
     """The sweep's runs; the cursor row is the selected run."""
 
-    def __init__(self, *, id: str | None = None) -> None:  # noqa: A002
+    def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id, cursor_type="row", zebra_stripes=True)
-        self.view = TableView()
         self._shown: dict[int, tuple[object, ...]] = {}
         self._order: list[int] = []
-        self._header: tuple[str | None, str] | None = None
+        self._header: tuple[LossRule | str | None, str] | None = None
 
     def run_ids(self) -> list[int]:
         """The runs shown, in display order."""
@@ -90,7 +84,7 @@ class RunsTable(DataTable[object]):
         key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
         return int(key) if key is not None else None
 
-    def sync(self, state: ViewState, view: TableView) -> None:
+    def sync(self, state: SweepState, view: View) -> None:
         """Make the rows match the state: add, update changed cells, remove hidden, re-sort."""
         self._ensure_columns(state, view)
         runs = [r for r in state.runs.values() if view.experiment is None or r.experiment == view.experiment]
@@ -104,10 +98,10 @@ class RunsTable(DataTable[object]):
         losses = {r.id: state.test_loss(r) for r in visible}
         self._reorder(order_runs(visible, losses, view.sort, view.group_by, view.reverse))
 
-    def _ensure_columns(self, state: ViewState, view: TableView) -> None:
+    def _ensure_columns(self, state: SweepState, view: View) -> None:
         """Columns are added once; only the labels naming the loss rule and the delta axis change."""
         rules = {r.loss_rule for r in state.runs.values() if view.experiment in (None, r.experiment)}
-        rule = rules.pop() if len(rules) == 1 else ("mixed" if rules else None)
+        rule = rules.pop() if len(rules) == 1 else (MIXED if rules else None)
         header = (rule, view.across)
         if header == self._header:
             return
@@ -116,18 +110,18 @@ class RunsTable(DataTable[object]):
                 self.add_column(label, key=key)
         else:
             for key, label in columns(rule, view.across):
-                self.columns[key].label = Text(label)  # type: ignore[index]
+                self.columns[ColumnKey(key)].label = Text(label)
             self.refresh()
         self._header = header
 
-    def _show(self, run: RunRow, cells: tuple[object, ...]) -> None:
+    def _show(self, run: RunSummary, cells: tuple[object, ...]) -> None:
         old = self._shown.get(run.id)
         if old == cells:
             return
         if old is None:
             self.add_row(*cells, key=str(run.id))
         else:
-            for (key, _), before, after in zip(columns(None, "depth"), old, cells):
+            for (key, _), before, after in zip(columns(None, "depth"), old, cells, strict=True):
                 if before != after:
                     self.update_cell(str(run.id), key, after, update_width=True)
         self._shown[run.id] = cells

@@ -14,12 +14,16 @@ from pathlib import Path
 from rich.text import Text
 from textual.widgets import Static
 
-from scaletui.tui.model import FINISHED, RunRow, eta_seconds, human_duration, status_counts
+from scaletui.core.rows import RunSummary
+from scaletui.core.vocabulary import FINISHED, STOPPED, RunStatus
+from scaletui.tui.model import eta_seconds, human_duration, status_counts
+from scaletui.tui.state import SweepState
+from scaletui.tui.view import View
 
 
 @dataclass(frozen=True)
 class StatusLine:
-    runs: tuple[RunRow, ...]
+    runs: tuple[RunSummary, ...]
     db_path: Path
     polled_at: float | None
     now: float
@@ -56,11 +60,24 @@ def notice_text(shown: Shown) -> str | None:
     return "; ".join(reasons) or None
 
 
+def status_line(state: SweepState, view: View, *, db_path: Path, now: float, paused: bool, sweep: str,
+                start_hint: str, visible: int) -> StatusLine:
+    """The status line of the runs in the experiment shown, `visible` of them through the filter. Why
+    runs are hidden is said once the database has been read (an error says why it was not)."""
+    runs = tuple(r for r in state.runs.values() if view.experiment in (None, r.experiment))
+    notice = None
+    if state.polled_at is not None and not state.error:
+        notice = notice_text(Shown(len(state.runs), len(runs), visible, view.experiment,
+                                   view.missing_experiment(state.experiments), view.query, start_hint))
+    return StatusLine(runs, db_path, state.polled_at, now, paused, sweep, state.error, notice)
+
+
 def status_text(s: StatusLine) -> str:
     counts = status_counts(s.runs)
     done = sum(n for status, n in counts.items() if status in FINISHED)
-    trouble = sum(counts.get(k, 0) for k in ("failed", "interrupted", "stale"))
-    parts = [f"done {done}/{len(s.runs)}", f"running {counts.get('running', 0)}", f"queued {counts.get('queued', 0)}"]
+    trouble = sum(n for status, n in counts.items() if status in STOPPED)
+    running, queued = counts.get(RunStatus.RUNNING, 0), counts.get(RunStatus.QUEUED, 0)
+    parts = [f"done {done}/{len(s.runs)}", f"running {running}", f"queued {queued}"]
     if trouble:
         parts.append(f"stopped {trouble}")
     parts.append(f"ETA {human_duration(eta_seconds(s.runs))}")

@@ -89,8 +89,8 @@ def _hold_schema() -> None:
 
 
 def _hold_step(step: int) -> None:
-    from scaletui import runner
     from scaletui.engine import models
+    from scaletui.services import runner
 
     stops: list[Any] = []  # the worker's stop signal, caught as the worker makes it
     real_init = runner._WorkerStop.__init__
