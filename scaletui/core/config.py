@@ -9,11 +9,21 @@ axes. `experiment.zip` names groups of axes that advance together instead
 (for example depth and dropout, so dropout shrinks as depth grows). `train.seeds`
 is always an axis. `[diagnostics]` sets the detectors' thresholds (never axes).
 
+Sweeps that launch your code: `train.entrypoint = "train.py:main"` (a file, relative to the sweep
+file's folder) or `"package.module:main"` names a function the runner calls with each run's config
+and a run handle. Such a sweep keeps the shared keys (the `experiment` table, `train.seeds`,
+`train.steps`, `train.lr`, `train.batch_size`, `model.width`, `model.depth`), validated as always,
+and a `[user]` table of free keys passed through unchecked (a list there is an axis like any other);
+every built-in-only key is an error. The target is checked statically here (the file or module
+exists, and defines the function), without running any of the user's code.
+
 This module is torch-free: `scaletui run --dry-run` and the app import it.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import itertools
 import math
 import sys
@@ -29,6 +39,7 @@ from scaletui.core.vocabulary import (
     DEFAULT_CHECKPOINT_DIR,
     DEFAULT_DATA_DIR,
     DEFAULT_DB,
+    DEFAULT_LOSS_METRIC,
     DEFAULT_SWEEP_FILE,
     Arch,
     BatchRuns,
@@ -150,6 +161,8 @@ EXPERIMENT_KEYS: dict[str, Key] = {
     "memory_limit_mb": Key(optional(positive_number), False, axis=False),  # per run; false = no limit
     "zip": Key(lambda v: None, [], axis=False),  # checked by _check_zip
     "batch_runs": Key(optional(batch_runs_value), BatchRuns.AUTO.value, axis=False),  # false: every run alone
+    "loss": Key(text, DEFAULT_LOSS_METRIC, axis=False),  # the metric that is "the loss" (entrypoint sweeps)
+    "higher_is_better": Key(boolean, False, axis=False),  # of `loss` (entrypoint sweeps)
 }
 DATA_KEYS: dict[str, Key] = {
     "dataset": Key(one_of(tuple(DATASETS)), DataSpec().dataset),
@@ -201,6 +214,31 @@ SECTIONS: dict[str, dict[str, Key]] = {
 
 
 @dataclass(frozen=True)
+class Entrypoint:
+    """`train.entrypoint`: the user's function a sweep's runs call (see services/entrypoint.py)."""
+
+    target: str  # as written: "path/to/train.py:main" or "package.module:main"
+    folder: Path  # the sweep file's folder: a path target is relative to it, and a module is looked for there too
+
+    @property
+    def module(self) -> str:
+        return self.target.rsplit(":", 1)[0]
+
+    @property
+    def function(self) -> str:
+        return self.target.rsplit(":", 1)[1]
+
+    @property
+    def is_path(self) -> bool:
+        """A file path ("train.py", "sub/train.py") rather than a dotted module name."""
+        return self.module.endswith(".py") or "/" in self.module or "\\" in self.module
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self.module
+
+
+@dataclass(frozen=True)
 class Sweep:
     """A validated sweep: where it goes, how it runs, and every resolved run."""
 
@@ -218,6 +256,11 @@ class Sweep:
     thresholds: Thresholds = field(default_factory=Thresholds)  # the detectors' numbers ([diagnostics])
     memory_limit_mb: float | None = None  # a run estimated to need more fails as out of memory
     batch_runs: bool = True  # train same-shape runs as one batched model (experiment.batch_runs)
+    entrypoint: Entrypoint | None = None  # train.entrypoint: the runs call the user's function
+    entry_configs: tuple[dict[str, Any], ...] = ()  # with an entrypoint: each run's config, as `runs`
+    user_axes: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # `user.<key>` -> values, in file order
+    loss_metric: str = DEFAULT_LOSS_METRIC  # experiment.loss
+    higher_is_better: bool = False  # experiment.higher_is_better
 
     @property
     def datasets(self) -> tuple[DataSpec, ...]:
@@ -260,22 +303,30 @@ def build_sweep(
 ) -> Sweep:
     err = _Errors(source.name)
     thresholds = _thresholds(doc.get("diagnostics", {}), err)
-    sections = _split_sections({k: v for k, v in doc.items() if k != "diagnostics"}, err)
+    entrypoint = _entrypoint(doc, source, err)
+    user = _user_table(doc, entrypoint, err)
+    sections = _split_sections(_without_own_keys(doc), err)
     exp = sections["experiment"]
     if exp.get("name") is None:
         raise err.at("experiment.name", "is required (a name for this sweep)")
+    if entrypoint is not None:
+        _check_entrypoint_keys(sections, err)
+    else:
+        _check_builtin_loss(exp, err)
     grid = _collect_axes(sections, err)
+    grid.update(_collect_user_axes(user, err))
     zips = _check_zip(exp.get("zip", []), grid, err)
     max_runs = exp.get("max_runs", MAX_RUNS_DEFAULT)
     _check_grid_size(grid, zips, max_runs, err)
     data_dir = Path(exp.get("data_dir", EXPERIMENT_KEYS["data_dir"].default))
-    runs = tuple(
-        _resolve_run(exp["name"], point, err, data_dir) for point in _expand(grid, zips)
-    )
-    if check_data:
+    points = list(_expand(grid, zips))
+    runs = tuple(_resolve_run(exp["name"], point, err, data_dir, builtin=entrypoint is None) for point in points)
+    entry_configs = tuple(_entry_config(point, sections) for point in points) if entrypoint else ()
+    if check_data and entrypoint is None:
         _check_datasets_offline(runs, data_dir, err)
     workers = workers_override or exp.get("workers") or _default_workers()
     threads = exp.get("threads_per_worker") or max(1, _cpu_count() // workers)
+    axes = {k: tuple(v) for k, v in grid.items() if len(v) > 1 or k == "train.seeds"}
     return Sweep(
         name=exp["name"],
         source=source,
@@ -286,12 +337,190 @@ def build_sweep(
         workers=workers,
         threads_per_worker=threads,
         loss_rule=LossRule(exp.get("loss_rule", EXPERIMENT_KEYS["loss_rule"].default)),
-        axes={k: tuple(v) for k, v in grid.items() if len(v) > 1 or k == "train.seeds"},
+        axes={k: v for k, v in axes.items() if not k.startswith(USER_PREFIX)},
         runs=runs,
         thresholds=thresholds,
         memory_limit_mb=exp.get("memory_limit_mb") or None,
-        batch_runs=exp.get("batch_runs", EXPERIMENT_KEYS["batch_runs"].default) is not False,
+        batch_runs=entrypoint is None and exp.get("batch_runs", EXPERIMENT_KEYS["batch_runs"].default) is not False,
+        entrypoint=entrypoint,
+        entry_configs=entry_configs,
+        user_axes={k: v for k, v in axes.items() if k.startswith(USER_PREFIX)},
+        loss_metric=exp.get("loss", DEFAULT_LOSS_METRIC),
+        higher_is_better=exp.get("higher_is_better", False),
     )
+
+
+# ---------------------------------------------------------------------------
+# Sweeps that launch your code: train.entrypoint and [user]
+# ---------------------------------------------------------------------------
+USER_PREFIX = "user."
+#: The keys an entrypoint sweep shares with built-in ones, and the config key each reaches the function as.
+ENTRYPOINT_SHARED: dict[str, str] = {
+    "train.seeds": "seed", "train.steps": "steps", "train.lr": "lr", "train.batch_size": "batch_size",
+    "model.width": "width", "model.depth": "depth",
+}  # fmt: skip
+#: Experiment keys only the built-in loop uses: an error with an entrypoint, so nobody thinks they apply.
+BUILTIN_ONLY_EXPERIMENT_KEYS = ("data_dir", "memory_limit_mb", "batch_runs")
+
+
+def _without_own_keys(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The document without what `_split_sections` does not check: [diagnostics], [user], train.entrypoint."""
+    out = {k: v for k, v in doc.items() if k not in ("diagnostics", "user")}
+    if isinstance(out.get("train"), dict) and "entrypoint" in out["train"]:
+        out["train"] = {k: v for k, v in out["train"].items() if k != "entrypoint"}
+    return out
+
+
+def _entrypoint(doc: Mapping[str, Any], source: Path, err: _Errors) -> Entrypoint | None:
+    """`train.entrypoint`, checked: the form, then that the file or module exists and defines the function."""
+    train = doc.get("train")
+    if not isinstance(train, dict) or "entrypoint" not in train:
+        return None
+    target = train["entrypoint"]
+    example = '"train.py:main" or "package.module:main"'
+    if not isinstance(target, str) or target.count(":") < 1:
+        raise err.value("train.entrypoint", f"must be {example}", target)
+    module, function = target.rsplit(":", 1)
+    if not module.strip() or not function.isidentifier():
+        raise err.value("train.entrypoint", f"must be {example} (a function name after the colon)", target)
+    entry = Entrypoint(target, source.resolve().parent)
+    problem = _entry_path_problem(entry) if entry.is_path else _entry_module_problem(entry)
+    if problem:
+        raise err.at("train.entrypoint", problem)
+    return entry
+
+
+def _entry_path_problem(entry: Entrypoint) -> str | None:
+    if not entry.path.is_file():
+        return f"file not found: {entry.path}"
+    return _defines_problem(entry.path, entry.function)
+
+
+def _entry_module_problem(entry: Entrypoint) -> str | None:
+    """Find the module (from the sweep file's folder, then sys.path) without running it."""
+    if not all(part.isidentifier() for part in entry.module.split(".")):
+        return f"{entry.module!r} is neither a .py file nor a module name (package.module)"
+    added = str(entry.folder) not in sys.path
+    if added:
+        sys.path.insert(0, str(entry.folder))
+    try:
+        found = importlib.util.find_spec(entry.module)
+    except Exception as e:  # a parent package that fails to import, or is not a package
+        return f"cannot find module {entry.module!r}: {type(e).__name__}: {_first_line(e)}"
+    finally:
+        if added:
+            sys.path.remove(str(entry.folder))
+    if found is None:
+        return f"no module named {entry.module!r} (looked in {entry.folder} and on sys.path)"
+    origin = Path(found.origin) if found.origin and found.origin.endswith(".py") else None
+    return _defines_problem(origin, entry.function) if origin is not None else None
+
+
+def _defines_problem(path: Path, function: str) -> str | None:
+    """None when the file's top level defines or imports `function` (read, never run)."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except (OSError, UnicodeDecodeError) as e:
+        return f"cannot read {path}: {e}"
+    except SyntaxError as e:
+        return f"{path}: line {e.lineno}: {e.msg}"
+    return None if function in _top_level_names(tree) else f"{path} defines no function {function!r}"
+
+
+def _top_level_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _user_table(doc: Mapping[str, Any], entrypoint: Entrypoint | None, err: _Errors) -> dict[str, Any]:
+    if "user" not in doc:
+        return {}
+    if entrypoint is None:
+        raise err.at("user", "only applies with train.entrypoint (your function gets these keys)")
+    body = doc["user"]
+    if not isinstance(body, dict):
+        raise err.at("user", "must be a table, e.g. [user]")
+    return dict(body)
+
+
+def _check_entrypoint_keys(sections: dict[str, dict[str, Any]], err: _Errors) -> None:
+    """Only shared keys with an entrypoint: a built-in-only key would silently do nothing."""
+    for key in BUILTIN_ONLY_EXPERIMENT_KEYS:
+        if key in sections["experiment"]:
+            raise err.at(f"experiment.{key}", "does not apply with train.entrypoint (only the built-in loop uses it)")
+    for section in ("data", "model", "train", "train.early_stopping"):
+        for key in sections[section]:
+            if f"{section}.{key}" not in ENTRYPOINT_SHARED:
+                shared = ", ".join(ENTRYPOINT_SHARED)
+                raise err.at(f"{section}.{key}", f"does not apply with train.entrypoint (shared keys: {shared}; "
+                                                 "put your own settings in [user])")
+    if "steps" not in sections["train"]:
+        raise err.at("train.steps", "is required (how many steps each run trains; your function gets config['steps'])")
+
+
+def _check_builtin_loss(exp: dict[str, Any], err: _Errors) -> None:
+    """The built-in loop's loss is test_loss, lower is better: the keys that say otherwise need an entrypoint."""
+    if exp.get("loss", DEFAULT_LOSS_METRIC) != DEFAULT_LOSS_METRIC:
+        raise err.value("experiment.loss", f"applies with train.entrypoint only (built-in runs' loss is "
+                                           f"{DEFAULT_LOSS_METRIC})", exp["loss"])
+    if exp.get("higher_is_better", False) is not False:
+        raise err.at("experiment.higher_is_better", f"applies with train.entrypoint only (built-in runs' "
+                                                    f"{DEFAULT_LOSS_METRIC} is lower-is-better)")
+
+
+def _collect_user_axes(user: dict[str, Any], err: _Errors) -> dict[str, list[Any]]:
+    """`[user]` keys as candidate values: unchecked, except that each must be storable as the run's config."""
+    grid: dict[str, list[Any]] = {}
+    for key, value in user.items():
+        dotted = USER_PREFIX + key
+        if key in ENTRYPOINT_SHARED.values():
+            shared = next(k for k, v in ENTRYPOINT_SHARED.items() if v == key)
+            raise err.at(dotted, f"is a shared key: set {shared} instead")
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise err.at(dotted, "empty list: an axis needs at least one value")
+        for v in values:
+            _check_value(dotted, _config_value, v, err)
+        if len(set(map(_hashable, values))) != len(values):
+            raise err.value(dotted, "has repeated values", value)
+        grid[dotted] = values
+    return grid
+
+
+def _config_value(v: Any) -> str | None:
+    """A value a run's config can hold exactly (JSON): no dates, no NaN or infinity."""
+    if isinstance(v, dict):
+        return next((p for p in map(_config_value, v.values()) if p), None)
+    if isinstance(v, list):
+        return next((p for p in map(_config_value, v) if p), None)
+    if isinstance(v, float) and not math.isfinite(v):
+        return "must be a finite number (a config value identifies the run)"
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return None
+    return "must be a number, string, boolean, list or table (dates and times are not config values)"
+
+
+def _entry_config(point: dict[str, Any], sections: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The config an entrypoint run's function gets: seed and steps, the shared keys the file sets, and
+    the [user] keys, by their plain names."""
+    given = {f"{section}.{key}" for section in ("model", "train") for key in sections[section]}
+    config = {name: point[dotted] for dotted, name in ENTRYPOINT_SHARED.items()
+              if dotted in given or dotted in ("train.seeds", "train.steps")}
+    config.update({k.removeprefix(USER_PREFIX): v for k, v in point.items() if k.startswith(USER_PREFIX)})
+    return config
 
 
 def sweep_db(path: Path | str = DEFAULT_SWEEP_FILE) -> Path | None:
@@ -495,7 +724,10 @@ def _check_grid_size(grid: dict[str, list[Any]], zips: list[list[str]], max_runs
 # ---------------------------------------------------------------------------
 # One point of the grid -> one RunSpec
 # ---------------------------------------------------------------------------
-def _resolve_run(experiment: str, point: dict[str, Any], err: _Errors, data_dir: Path) -> RunSpec:
+def _resolve_run(experiment: str, point: dict[str, Any], err: _Errors, data_dir: Path, *,
+                 builtin: bool = True) -> RunSpec:
+    """The point's RunSpec; for an entrypoint sweep (`builtin` False) it only carries the shared keys
+    (the runner orders runs by its size), so the built-in loop's cross-key checks do not apply."""
     def section(prefix: str) -> dict[str, Any]:
         return {k.split(".")[-1]: v for k, v in point.items() if k.rsplit(".", 1)[0] == prefix}
 
@@ -511,7 +743,8 @@ def _resolve_run(experiment: str, point: dict[str, Any], err: _Errors, data_dir:
     )
     train_values["grad_clip"] = train_values["grad_clip"] or None
     train = TrainSpec(early_stopping=EarlyStopping(**es_values), **train_values)
-    _check_run(data, model, train, err)
+    if builtin:
+        _check_run(data, model, train, err)
     return RunSpec(experiment=experiment, data=data, model=model, train=train, seed=seed)
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 from scaletui.core.records import Alert, LayerStats, MetricRecord, RunOutcome
 from scaletui.core.rows import ExperimentLoss
+from scaletui.core.thresholds import Thresholds
 from scaletui.core.vocabulary import AlertKind, DebiasedEma, RunStatus
 from scaletui.store.alerts import alert_subject
 from scaletui.store.reader import Reader
@@ -205,8 +206,10 @@ class RunDiagnoser:
     loop's `train_loss`, else the experiment's loss metric when lower is better (a `cost` logged every
     step: its NaN or blow-up is a divergence too)."""
 
-    def __init__(self, store: Store, experiment_id: int, run_id: int, loss: ExperimentLoss, facts: RunFacts) -> None:
+    def __init__(self, store: Store, experiment_id: int, run_id: int, loss: ExperimentLoss, facts: RunFacts,
+                 thresholds: Thresholds | None = None) -> None:
         self.store, self.experiment_id, self.run_id, self.facts = store, experiment_id, run_id, facts
+        self.thresholds = thresholds  # a sweep's [diagnostics]; None: the documented defaults
         self._stand_in = loss.metric if loss.metric not in _DIAGNOSED and not loss.higher_is_better else None
         self._values: dict[str, dict[int, float]] = {}
         self._layers: dict[tuple[int, int], LayerStats] = {}
@@ -256,7 +259,7 @@ class RunDiagnoser:
         f = self.facts
         series = series_from_records(records, self._layers.values(), run_id=self.run_id, width=f.width,
                                      depth=f.depth, params=f.params, lr=f.lr)
-        alerts = diagnose_run(series)
+        alerts = diagnose_run(series, self.thresholds)
         if math.isnan(f.lr):  # no lr in the config: a rate cannot be suggested, only the direction
             alerts = [replace(a, suggestion="lower the learning rate (or clip gradients)")
                       if a.kind == AlertKind.DIVERGENCE else a for a in alerts]

@@ -31,10 +31,11 @@ import time
 import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from scaletui.core.records import LayerStats, MetricRecord, StopSignal
 from scaletui.core.rows import ExperimentLoss
+from scaletui.core.thresholds import Thresholds
 from scaletui.services.own_records import RecordWriter, RunDiagnoser, RunFacts, RunStorageError
 from scaletui.store.reader import Reader
 from scaletui.store.writer import SIZE_COLUMNS, Store
@@ -74,12 +75,16 @@ class RunClosed(RuntimeError):
     """The run handle was used after its run ended."""
 
 
+_Handle = TypeVar("_Handle", bound="RunHandle")
+
+
 class RunHandle:
     """One run of your own loop, already registered and running; see the module docstring."""
 
     def __init__(self, store: Store, run_id: int, *, experiment: str, experiment_id: int, key: str, label: str,
                  config: Mapping[str, Any], loss: ExperimentLoss, last_step: int | None,
-                 stop: StopSignal | None = None, checkpoint_dir: Path | None = None) -> None:
+                 stop: StopSignal | None = None, checkpoint_dir: Path | None = None,
+                 thresholds: Thresholds | None = None) -> None:
         self.store, self.id, self.key, self.label = store, run_id, key, label
         self.experiment, self.experiment_id, self.loss = experiment, experiment_id, loss
         self.config: Mapping[str, Any] = dict(config)
@@ -87,7 +92,7 @@ class RunHandle:
         self.checkpoint_dir = checkpoint_dir
         self._stop = stop
         self._facts = _facts(config)
-        diagnoser = RunDiagnoser(store, experiment_id, run_id, loss, self._facts)
+        diagnoser = RunDiagnoser(store, experiment_id, run_id, loss, self._facts, thresholds)
         self._writer = RecordWriter(store.path, run_id, diagnoser=diagnoser)
         self._step: int | None = None  # the last step logged through this handle
         self._keys_ok: set[str] = set()
@@ -97,8 +102,8 @@ class RunHandle:
         self._closed = False
 
     @classmethod
-    def attach(cls, db_path: str | Path, run_id: int, *, stop: StopSignal | None = None,
-               checkpoint_dir: Path | None = None) -> RunHandle:
+    def attach(cls: type[_Handle], db_path: str | Path, run_id: int, *, stop: StopSignal | None = None,
+               checkpoint_dir: Path | None = None, thresholds: Thresholds | None = None) -> _Handle:
         """A handle on a run someone else registered and marked running (the runner, for an entrypoint):
         it writes the run's records and sizes, and changes nothing about its status."""
         with Reader(db_path) as reader:
@@ -110,7 +115,7 @@ class RunHandle:
         loss = ExperimentLoss(experiment.loss_metric, experiment.higher_is_better, experiment.loss_rule)
         return cls(Store(db_path), run_id, experiment=experiment.name, experiment_id=experiment.id, key=row.key,
                    label=row.label, config=config, loss=loss, last_step=row.step, stop=stop,
-                   checkpoint_dir=checkpoint_dir)
+                   checkpoint_dir=checkpoint_dir, thresholds=thresholds)
 
     # ----------------------------------------------------------------- what a loop calls
 

@@ -26,6 +26,11 @@ Robustness choices, each because of a way real sweeps die:
 - the app stops one run of a bundle with a request file naming it, then SIGUSR1
   (services/stop_requests.py); the bundle's other runs go on.
 
+A sweep with `train.entrypoint` trains the user's function instead of the built-in loop
+(services/entrypoint.py): its runs are registered as runs of one's own loop (the Python API's rows),
+are never bundled, and each calls the function in a worker with its config and a run handle whose
+`should_stop` follows the same stop signal as a built-in run's.
+
 A checkpoint belongs to one run of one database: runs of the same sweep file in two
 databases (`--db`) share `experiment.checkpoint_dir`, so each database's checkpoints
 live under `<checkpoint_dir>/<database id>/<run key>`, `--fresh` deletes only those,
@@ -47,12 +52,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from scaletui.core.config import Sweep
 from scaletui.core.records import LayerStats, MetricRecord, ModelInfo, RunOutcome
 from scaletui.core.specs import RunSpec
 from scaletui.core.vocabulary import RunEventKind, RunStatus
+
+if TYPE_CHECKING:
+    from scaletui.services.entrypoint import EntryRun
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +76,7 @@ class Task:
     run_id: int
     spec: RunSpec
     others: tuple[tuple[int, RunSpec], ...] = ()
+    entry: EntryRun | None = None  # a run of a `train.entrypoint` sweep (never bundled: `others` is empty)
 
     @property
     def members(self) -> tuple[tuple[int, RunSpec], ...]:
@@ -152,7 +161,8 @@ def run_sweep(
 
     `on_plan(to_run, total)` is called once the database says how many of the sweep's runs still
     need training (the rest finished earlier), before any starts: front ends count progress with it."""
-    prepare_datasets(sweep)  # may raise DatasetUnavailable before the database is touched
+    if sweep.entrypoint is None:
+        prepare_datasets(sweep)  # may raise DatasetUnavailable before the database is touched
     from scaletui.store.writer import Store
 
     with Store(sweep.db) as store:
@@ -162,14 +172,11 @@ def run_sweep(
                 f"{sweep.db}: runs of {sweep.name!r} are still running in another process; "
                 "stop it before starting over with --fresh"
             )
-        experiment_id = store.upsert_experiment(
-            sweep.name, str(sweep.source), sweep.toml_text, sweep.loss_rule.value
-        )
-        todo = store.register_runs(experiment_id, sweep.runs, fresh)
+        experiment_id, tasks = _register(store, sweep, fresh)
         database_id = store.database_id()
     if fresh:
-        for spec in sweep.runs:
-            shutil.rmtree(checkpoint_dir_for(sweep.checkpoint_dir, database_id, spec), ignore_errors=True)
+        for folder in _checkpoint_folders(sweep, database_id, tasks):
+            shutil.rmtree(folder, ignore_errors=True)
     result = SweepResult()
 
     storage_failures: list[str] = []  # a worker found the database unwritable: the sweep stops
@@ -181,7 +188,8 @@ def run_sweep(
             result.statuses[event.run_id] = event.status
         on_event(event)
 
-    tasks = longest_first(plan_tasks(todo, sweep.workers, sweep.batch_runs))
+    todo = [member for task in tasks for member in task.members]
+    tasks = longest_first(tasks)
     on_plan(len(todo), len(sweep.runs))
     executor = executor or LocalProcessExecutor(sweep.workers, worker_config(sweep, database_id))
     from scaletui.services.monitor import SweepMonitor
@@ -196,6 +204,31 @@ def run_sweep(
     for run_id, _ in todo:
         result.statuses.setdefault(run_id, RunStatus.INTERRUPTED)
     return result
+
+
+def _register(store: Any, sweep: Sweep, fresh: bool) -> tuple[int, list[Task]]:
+    """Register the sweep's runs; return the experiment's id and the tasks still to train."""
+    if sweep.entrypoint is not None:
+        from scaletui.services.entrypoint import LossConflict, register_entry_runs
+
+        try:
+            experiment_id, entries = register_entry_runs(store, sweep, fresh)
+        except LossConflict as e:
+            raise SweepBusy(str(e)) from None  # front ends report it as one line, like a busy sweep
+        return experiment_id, [Task(run_id, spec, entry=entry) for run_id, spec, entry in entries]
+    experiment_id = store.upsert_experiment(sweep.name, str(sweep.source), sweep.toml_text, sweep.loss_rule.value)
+    todo = store.register_runs(experiment_id, sweep.runs, fresh)
+    return experiment_id, plan_tasks(todo, sweep.workers, sweep.batch_runs)
+
+
+def _checkpoint_folders(sweep: Sweep, database_id: str, tasks: Sequence[Task]) -> list[Path]:
+    """What `--fresh` deletes: every run's checkpoint folder. An entrypoint run's is named by its own
+    key, known once it is registered; with `--fresh` every run of the sweep is a task."""
+    if sweep.entrypoint is None:
+        return [checkpoint_dir_for(sweep.checkpoint_dir, database_id, spec) for spec in sweep.runs]
+    from scaletui.services.entrypoint import checkpoint_folder
+
+    return [checkpoint_folder(sweep.checkpoint_dir, database_id, task.entry.key) for task in tasks if task.entry]
 
 
 # ---------------------------------------------------------------------------
@@ -629,6 +662,8 @@ def run_task(task: Task, config: WorkerConfig, conn: Connection, stop: _WorkerSt
     run, as each ends); an exception fails the runs it interrupted, never the worker."""
     from scaletui.store.writer import Store
 
+    if task.entry is not None:
+        return [_run_entry(task, task.entry, config, conn, stop)]
     store = Store(config.db)
     if task.others:
         return _run_bundle(task, config, conn, stop, store)
@@ -685,6 +720,33 @@ def _run_bundle(task: Task, config: WorkerConfig, conn: Connection, stop: _Worke
             outcomes[i] = outcome
             _report_finished(conn, runs[i][0], runs[i][1], outcome)
     return [outcomes[i] for i in range(len(runs))]
+
+
+def _run_entry(task: Task, entry: EntryRun, config: WorkerConfig, conn: Connection, stop: _WorkerStop) -> RunOutcome:
+    """Call the user's function on one run (services/entrypoint.py) and tell the runner how it goes."""
+    from scaletui.services.entrypoint import checkpoint_folder, run_entry, start_run
+
+    steps = task.spec.train.steps
+    clock = {"at": time.monotonic(), "step": 0}
+
+    def progress(step: int, loss: float | None) -> None:
+        now = time.monotonic()
+        rate = (step - clock["step"]) / max(now - clock["at"], 1e-9)
+        clock.update(at=now, step=step)
+        if loss is not None:  # progress lines show a loss; a step without one waits for the next
+            _send(conn, RunEvent(RunEventKind.PROGRESS, task.run_id, entry.label, step=step, steps=steps,
+                                 train_loss=loss, steps_per_s=rate))
+
+    folder = checkpoint_folder(config.checkpoint_dir, config.database_id, entry.key)
+    handle = start_run(config.db, task.run_id, stop, folder, progress, entry.thresholds)
+    resumed = handle.last_step or 0
+    clock["step"] = resumed
+    _send(conn, RunEvent(RunEventKind.STARTED, task.run_id, entry.label, step=resumed, steps=steps,
+                         resumed_from=resumed))
+    outcome = run_entry(handle, entry.entrypoint)
+    _send(conn, RunEvent(RunEventKind.FINISHED, task.run_id, entry.label, step=outcome.step, steps=steps,
+                         status=outcome.status, error=outcome.error, train_loss=outcome.final_train_loss))
+    return outcome
 
 
 def _start_sink(run_id: int, spec: RunSpec, config: WorkerConfig, conn: Connection, store: Any) -> ReportingSink:
