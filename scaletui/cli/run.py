@@ -227,7 +227,8 @@ def print_summary(sweep: Sweep) -> None:
         specs = {r.id: reader.run_spec(r.id) for r in rows}
     out = console()
     out.print(_runs_table(sweep, rows, alert_badges(alerts)))
-    out.print(f"mean +- sd over seeds of the {sweep.loss_rule.label}, per size:", markup=False, highlight=False)
+    label = sweep.loss_rule.label_for(sweep.loss_metric)
+    out.print(f"mean +- sd over seeds of the {label}, per size:", markup=False, highlight=False)
     out.print(_size_means_table(sweep, rows, specs))
     print_group_alerts(alerts)
 
@@ -235,7 +236,8 @@ def print_summary(sweep: Sweep) -> None:
 def _runs_table(sweep: Sweep, rows: list[RunSummary], badges: dict[int, str]) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"{sweep.name}: loss = {sweep.loss_rule.label}", box=None)
+    label = sweep.loss_rule.label_for(sweep.loss_metric)
+    table = Table(title=f"{sweep.name}: loss = {label}", box=None)
     for column in (
         "width",
         "depth",
@@ -243,7 +245,7 @@ def _runs_table(sweep: Sweep, rows: list[RunSummary], badges: dict[int, str]) ->
         "status",
         "params",
         "step",
-        sweep.loss_rule.label,
+        label,
         "best",
         "test acc",
         "alerts",
@@ -283,13 +285,22 @@ def size_means(
     groups: dict[tuple[Any, ...], list[float]] = {}
     for r in rows:
         spec = specs.get(r.id)
-        if spec is None:
-            continue
-        key = (spec.model.width, spec.model.depth, *(axis_value(spec, a) for a in _other_axes(sweep)))
+        if spec is not None:
+            key = (spec.model.width, spec.model.depth, *(axis_value(spec, a) for a in _other_axes(sweep)))
+        else:  # a run of one's own code (train.entrypoint): its size and axes are columns of its row
+            key = (r.width, r.depth, *(_row_axis_value(r, a) for a in _other_axes(sweep)))
         losses = groups.setdefault(key, [])
         if r.ok and r.loss is not None:
             losses.append(r.loss)
     return groups
+
+
+def _row_axis_value(row: RunSummary, axis: str) -> Any:
+    """An axis value of a run without a built-in spec, from the hyperparameter columns of its row."""
+    from dataclasses import fields
+
+    column = axis.split(".")[-1]
+    return getattr(row, column) if column in {f.name for f in fields(row)} else None
 
 
 def _size_means_table(sweep: Sweep, rows: list[RunSummary], specs: dict[int, RunSpec | None]) -> Any:
@@ -304,5 +315,6 @@ def _size_means_table(sweep: Sweep, rows: list[RunSummary], specs: dict[int, Run
     for key, losses in size_means(sweep, rows, specs).items():
         mean = fmt(fmean(losses)) if losses else "-"
         sd = fmt(stdev(losses)) if len(losses) > 1 else "-"
-        table.add_row(*(f"{v:g}" if isinstance(v, float) else str(v) for v in key), str(len(losses)), mean, sd)
+        cells = ("-" if v is None else f"{v:g}" if isinstance(v, float) else str(v) for v in key)
+        table.add_row(*cells, str(len(losses)), mean, sd)
     return table

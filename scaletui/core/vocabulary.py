@@ -91,7 +91,12 @@ class LossRule(Choice):
 
     @property
     def label(self) -> str:
-        return f"{self.value} test loss"
+        return self.label_for(DEFAULT_LOSS_METRIC)
+
+    def label_for(self, metric: str) -> str:
+        """This rule applied to an experiment's loss metric: "final test loss", or "final cost" for a
+        sweep of one's own code whose loss is `cost`."""
+        return f"{self.value} {metric.replace('_', ' ')}"
 
     @property
     def column(self) -> str:
