@@ -258,6 +258,8 @@ def test_a_sweep_that_restates_an_experiments_loss_differently_is_refused(tmp_pa
 
 def test_finished_runs_are_skipped_and_fresh_starts_every_run_over(tmp_path: Path) -> None:
     path, db = sweep_file(tmp_path, gains=[1.0]), tmp_path / "runs.db"
+    plan = run_cli("run", "--dry-run", str(path), "--db", str(db), timeout=60)
+    planned = {line.split()[1] for line in plan.stdout.splitlines() if line.split()[:1] in (["1"], ["2"], ["3"], ["4"])}
     first = run_cli("run", "--headless", str(path), "--db", str(db), timeout=120)
     assert first.returncode == 0, first.stdout + first.stderr
     # The summary names the experiment's own loss and has a mean per size, from the runs' own columns.
@@ -265,6 +267,7 @@ def test_finished_runs_are_skipped_and_fresh_starts_every_run_over(tmp_path: Pat
     means = first.stdout.split("mean +- sd over seeds of the final cost, per size:")[1].splitlines()
     assert [line.split()[:3] for line in means if line.split()[:1] in (["4"], ["8"])] == [["4", "-", "2"],
                                                                                        ["8", "-", "2"]]
+    assert planned == {key for (key,) in rows(db, "SELECT key FROM runs")}  # the dry run names the real rows
     ids = rows(db, "SELECT id FROM runs ORDER BY id")
     again = run_cli("run", "--headless", str(path), "--db", str(db), timeout=120)
     assert again.returncode == 0 and "training 0 of 4 runs (4 finished earlier)" in again.stdout

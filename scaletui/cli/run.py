@@ -201,9 +201,12 @@ def print_dry_run(sweep: Sweep) -> None:
     from scaletui.core.config import axis_value, unavailable_datasets
 
     out = console()
-    axes = ", ".join(f"{k} ({len(v)})" for k, v in sweep.axes.items())
+    axes = ", ".join(f"{k} ({len(v)})" for k, v in {**sweep.axes, **sweep.user_axes}.items())
     out.print(f"{sweep.source}: {sweep.name}: {len(sweep.runs)} runs over {axes}")
     out.print(f"database {sweep.db}, {sweep.workers} workers x {sweep.threads_per_worker} threads")
+    if sweep.entrypoint is not None:
+        out.print(_entrypoint_plan(sweep))
+        return
     table = Table("#", "key", *sweep.axes, "steps", box=None)
     for i, spec in enumerate(sweep.runs, 1):
         values = [
@@ -214,6 +217,22 @@ def print_dry_run(sweep: Sweep) -> None:
     out.print(table)
     for problem in unavailable_datasets(sweep.runs, sweep.data_dir):
         click.echo(f"warning: {sweep.source.name}: data.dataset: {problem}; a real run needs it", err=True)
+
+
+def _entrypoint_plan(sweep: Sweep) -> Any:
+    """One row per run of an entrypoint sweep: the key its row will have and the config its function
+    gets, column by column (the varying keys, [user] ones included)."""
+    from rich.table import Table
+
+    from scaletui.services.own_records import canonical_config, own_run_key
+
+    configs = [canonical_config(c) for c in sweep.entry_configs]
+    names = [k for k in configs[0] if len({repr(c.get(k)) for c in configs}) > 1] if configs else []
+    table = Table("#", "key", *names, "steps", box=None)
+    for i, config in enumerate(configs, 1):
+        values = [f"{v:g}" if isinstance(v, float) else str(v) for v in (config.get(k) for k in names)]
+        table.add_row(str(i), own_run_key(sweep.name, config), *values, str(config.get("steps")))
+    return table
 
 
 def print_summary(sweep: Sweep) -> None:
