@@ -250,6 +250,15 @@ class Reader:
         rows = self._tuples("SELECT DISTINCT key FROM metrics WHERE run_id = ? ORDER BY key", [run_id])
         return [row[0] for row in rows]
 
+    def metric_keys_since(self, run_id: int, after_step: int) -> list[tuple[str, int]]:
+        """(key, its last step) of each metric a run recorded with step > after_step: the names a
+        reader learns incrementally (a range of the primary key, not a scan of the run's rows)."""
+        rows = self._tuples(
+            "SELECT key, MAX(step) FROM metrics WHERE run_id = ? AND step > ? GROUP BY key ORDER BY key",
+            [run_id, after_step],
+        )
+        return [(key, int(step)) for key, step in rows]
+
     def layer_stats_since(self, run_id: int, after_step: int) -> list[LayerStats]:
         """Per-layer statistics with step > after_step, in (step, layer) order."""
         rows = self._tuples(

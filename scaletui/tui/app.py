@@ -72,8 +72,9 @@ class ScaleApp(App[int]):
     CSS_PATH = "scaletui.tcss"
     TITLE = "scaletui"
 
-    # The footer shows the first keys that fit (most used first; at 80 columns: q to /); the rest are
-    # show=False and listed, with every other key, by the help screen (`?`), which reads the tooltips.
+    # The footer shows the first keys that fit (most used first; at 80 columns: q to /; wider: m and v
+    # too); the rest are show=False and listed, with every other key, by the help screen (`?`), which
+    # reads the tooltips.
     BINDINGS = [
         Binding("q", "quit_app", "quit", tooltip="quit (while this app's sweep trains: asks, stops it cleanly, "
                 "so its runs become interrupted, waits, then quits)"),
@@ -86,6 +87,14 @@ class ScaleApp(App[int]):
         Binding("l", "toggle_log", "log y", tooltip="loss plot: log or linear y (log at start)"),
         Binding("slash", "filter", "filter", tooltip="filter runs, every term must match (w64 d8 running div); "
                 "enter keeps the filter, esc clears it"),
+        Binding("m", "toggle_mark", "mark",
+                tooltip="mark the selected run (or unmark it): marked runs are compared in the loss plot"),
+        Binding("v", "next_metric", "metric",
+                tooltip="next metric compared for the marked runs: train_loss, test_loss, then any logged"),
+        Binding("M", "toggle_group_marks", "mark group", show=False,
+                tooltip="mark the selected run's group (its width, or depth with t); again: unmark it"),
+        Binding("u", "clear_marks", "unmark all", show=False,
+                tooltip="unmark every run (back to the selected run's loss)"),
         Binding("e", "toggle_smooth", "EMA", show=False, tooltip="loss plot: debiased-EMA smoothing of the train loss"),
         Binding("space", "toggle_pause", "pause", show=False, tooltip="pause or resume live updates"),
         Binding("n", "next_experiment", "experiment", show=False, tooltip="next experiment (or all of them)"),
@@ -121,7 +130,7 @@ class ScaleApp(App[int]):
 
     def compose(self) -> ComposeResult:
         with ContentSwitcher(initial="dashboard", id="views"):
-            yield Dashboard(self.state, self.view, self.polling.track, id="dashboard")
+            yield Dashboard(self.state, self.view, self.polling.track, self.polling.compare, id="dashboard")
             yield GridView(id="grid")
             yield FitView(self.db_path, id="fit")
         yield Input(id="filter", placeholder="filter runs: e.g. w64 d8 running div (enter keeps, esc clears)")
@@ -302,6 +311,33 @@ class ScaleApp(App[int]):
     def action_toggle_smooth(self) -> None:
         self.view.smooth = not self.view.smooth
         self.dashboard.show_loss()
+
+    # ----------------------------------------------------------------- keys: runs compared side by side
+
+    def _comparing(self) -> None:
+        """Marks are drawn in the loss pane: show it (under 100 columns one detail pane is shown)."""
+        if self.switcher.current != "dashboard":
+            self.action_show_view("dashboard")
+        while self.view.pane != "loss" and self.view.marks:
+            self.dashboard.next_pane()
+
+    def action_toggle_mark(self) -> None:
+        self.dashboard.toggle_mark()
+        self._comparing()
+
+    def action_toggle_group_marks(self) -> None:
+        self.dashboard.toggle_group_marks()
+        self._comparing()
+
+    def action_clear_marks(self) -> None:
+        self.dashboard.clear_marks()
+
+    def action_next_metric(self) -> None:
+        metric = self.dashboard.next_metric()
+        if metric is None:
+            self.notify("mark runs first (m, or M for a group): v cycles the metric compared", timeout=3)
+        else:
+            self.notify(f"compared: {metric}", timeout=2)
 
     def action_toggle_pause(self) -> None:
         self.polling.toggle_pause()

@@ -57,6 +57,11 @@ class PollLoop:
         self.poller.track(selected, group)
         self.poll_now()
 
+    def compare(self, runs: Iterable[int], metric: str | None) -> None:
+        """Read `metric` and the metric names of the marked `runs` from the next poll on, which comes now."""
+        self.poller.compare(runs, metric)
+        self.poll_now()
+
     def toggle_pause(self) -> None:
         self.paused = not self.paused
         if not self.paused:

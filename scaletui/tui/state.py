@@ -4,8 +4,9 @@
 moved (which runs, whether the selected run's curves or layers grew, new events, alerts, the grid),
 so each widget redraws only when its inputs changed. Plain Python, no textual: unit tested.
 
-Memory is bounded by what is tracked: whole loss series (compact `array`s) only for the selected run
-and its group, per-layer series only for the selected run, the latest few hundred events.
+Memory is bounded by what is tracked: whole series (compact `array`s) only for the selected run and its
+group and for the one metric of the compared (marked) runs, per-layer series only for the selected run,
+the latest few hundred events.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 
 from scaletui.core.rows import AlertRow, EventRow, FinalLoss, RunSummary
 from scaletui.tui.model import badge, comparison_group
-from scaletui.tui.poller import LayerUpdate, LiveValues, SeriesUpdate, Snapshot
+from scaletui.tui.poller import LayerUpdate, LiveValues, SeriesUpdate, Snapshot, series_keys
 
 EVENT_LOG_LINES = 300
 
@@ -59,6 +60,7 @@ class Changes:
     grid: bool = False
     experiments: bool = False
     finished: set[int] = field(default_factory=set)  # runs that just reached a finished status
+    metric_keys: bool = False  # a compared run logged a metric not seen before
 
 
 class SweepState:
@@ -70,6 +72,7 @@ class SweepState:
         self.live_test: dict[int, float] = {}
         self.live_best: dict[int, float] = {}
         self.series: dict[tuple[int, str], Series] = {}
+        self.metric_keys: dict[int, frozenset[str]] = {}  # of the compared runs: the metrics they logged
         self.layers_of: int | None = None
         self.layers: dict[int, LayerSeries] = {}
         self.alerts: dict[int, AlertRow] = {}
@@ -90,6 +93,7 @@ class SweepState:
             self._apply_live(live)
             changes.runs.add(live.run_id)
         self._apply_series(snap, changes)
+        self._apply_metric_keys(snap, changes)
         self._apply_layers(snap.layers, changes)
         self.events.extend(snap.events)
         changes.events = list(snap.events)
@@ -130,13 +134,20 @@ class SweepState:
             values.pop(run_id, None)
 
     def _apply_series(self, snap: Snapshot, changes: Changes) -> None:
-        selected, group = snap.tracked
-        keep = {selected} | set(group)
-        for stale in [k for k in self.series if k[0] not in keep]:
+        kept = series_keys(snap.tracked, snap.compared)  # the others are no longer read: dropped
+        for stale in [k for k in self.series if k not in kept]:
             del self.series[stale]
         for update in snap.series:
             self._extend_series(update)
             changes.series.add(update.run_id)
+
+    def _apply_metric_keys(self, snap: Snapshot, changes: Changes) -> None:
+        marked = snap.compared[0]
+        for stale in [run_id for run_id in self.metric_keys if run_id not in marked]:
+            del self.metric_keys[stale]
+        for run_id, keys in snap.metric_keys:
+            self.metric_keys[run_id] = keys
+            changes.metric_keys = True
 
     def _extend_series(self, update: SeriesUpdate) -> None:
         key = (update.run_id, update.key)
@@ -179,6 +190,10 @@ class SweepState:
 
     def best_loss(self, run: RunSummary) -> float | None:
         return run.best_test_loss if run.best_test_loss is not None else self.live_best.get(run.id)
+
+    def compared_metrics(self, run_ids: Iterable[int]) -> set[str]:
+        """The metrics any of `run_ids` logged (as far as the compared runs' names were read)."""
+        return {key for run_id in run_ids for key in self.metric_keys.get(run_id, ())}
 
     def group_of(self, run_id: int, group_by: str) -> list[int]:
         """The other runs drawn faint next to `run_id`: its comparison group along the ranked axis."""

@@ -9,9 +9,10 @@ next) are unit tested.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 
+from scaletui.tui.compare import free_slot, next_metric
 from scaletui.tui.model import SORT_KEYS
 
 DETAIL_PANES = ("loss", "grad", "alerts", "events")  # under 100 columns one is shown, `p` cycles
@@ -42,6 +43,9 @@ class View:
     # the loss plot
     log_y: bool = True  # on a linear axis the first steps' loss squashes the rest of the curve
     smooth: bool = False
+    # runs compared side by side: marked run -> its colour slot (kept while others come and go)
+    marks: dict[int, int] = field(default_factory=dict)
+    metric: str | None = None  # the metric compared; None until the user picks one with `v`
 
     @staticmethod
     def preferring(experiment: str | None) -> View:
@@ -61,6 +65,29 @@ class View:
 
     def next_pane(self) -> None:
         self.pane = _after(DETAIL_PANES, self.pane)
+
+    def toggle_mark(self, run_id: int) -> None:
+        """`m`: mark the run (it gets the lowest free colour), or unmark it."""
+        if self.marks.pop(run_id, None) is None:
+            self.marks[run_id] = free_slot(self.marks.values())
+
+    def toggle_marks(self, run_ids: Iterable[int]) -> None:
+        """`M`: mark every one of `run_ids` (a group); if all are marked already, unmark them."""
+        run_ids = list(run_ids)
+        if all(run_id in self.marks for run_id in run_ids):
+            for run_id in run_ids:
+                del self.marks[run_id]
+            return
+        for run_id in run_ids:
+            if run_id not in self.marks:
+                self.marks[run_id] = free_slot(self.marks.values())
+
+    def clear_marks(self) -> None:
+        self.marks.clear()
+
+    def next_metric(self, present: Collection[str], shown: str | None) -> None:
+        """`v`: the metric after the one `shown`, among those the compared runs logged."""
+        self.metric = next_metric(present, shown)
 
     def next_experiment(self, names: Sequence[str]) -> None:
         """`n`: all experiments, then each in turn; the user's choice replaces the preference."""

@@ -5,7 +5,8 @@ frozen at the same instant, and the database path is relative. Update after an i
 with `pytest tests/tui/test_app_snapshots.py --snapshot-update` and look at the SVGs (they are text).
 
 80x24 is a first-class size: the dashboard, each detail pane that has its own layout, the grid, the
-fit view, the help, and the states where a filter hides every run each have a snapshot there.
+fit view, the help, runs compared side by side, and the states where a filter hides every run each
+have a snapshot there.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 from scaletui.tui import fit_pane
 from scaletui.tui.app import ScaleApp
 from scaletui.tui.widgets.grad_pane import LayerLine
+from scaletui.tui.widgets.loss_pane import LossPane
 from tests.tui import sweepdb
 from tests.tui.test_app_pilot import NOW, loaded, until
 
@@ -105,3 +107,15 @@ def test_fit_view_80x24(snap_compare, app: ScaleApp, monkeypatch: pytest.MonkeyP
         await pilot.pause(0.2)
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=fitted)
+
+
+def test_compared_runs_80x24(snap_compare, app: ScaleApp) -> None:  # type: ignore[no-untyped-def]
+    """Runs 4 and 3 marked (`m`): their test losses overlaid, the legend under the title, marks in the table."""
+
+    async def compared(pilot) -> None:  # type: ignore[no-untyped-def]
+        await settled(pilot)
+        await pilot.press("up", "m", "up", "m")
+        await until(pilot, lambda: sorted(c.run_id or 0 for c in app.query_one(LossPane).curves) == [3, 4])
+        await pilot.pause(0.2)
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=compared)

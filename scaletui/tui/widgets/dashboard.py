@@ -3,9 +3,10 @@ alerts, events).
 
 This region owns what follows from the selection: which run is selected (the one training, until the
 user moves the cursor), asking the poller for its curves (`track`), and which pane redraws when an
-applied snapshot changed its inputs. What the user chose (order, filter, experiment, pane, plot
-options) is the app's `View`, the data is the app's `SweepState`; the dashboard reads both and writes
-only the selection.
+applied snapshot changed its inputs. It also keeps the poller reading what the marked runs need (their
+compared metric and their metric names, `compare`) and draws them side by side in the loss pane. What
+the user chose (order, filter, experiment, pane, plot options, marks) is the app's `View`, the data is
+the app's `SweepState`; the dashboard reads both and writes only the selection and the marks.
 """
 
 from __future__ import annotations
@@ -16,26 +17,31 @@ from textual.app import ComposeResult
 from textual.containers import Container
 from textual.widgets import DataTable
 
-from scaletui.tui.model import run_to_follow
+from scaletui.tui.compare import shown_metric
+from scaletui.tui.model import rank_key, run_to_follow
 from scaletui.tui.state import Changes, SweepState
 from scaletui.tui.view import View
 from scaletui.tui.widgets.alerts_pane import AlertsPane
 from scaletui.tui.widgets.events_pane import EventsPane
 from scaletui.tui.widgets.grad_pane import GradPane
-from scaletui.tui.widgets.loss_pane import LossPane
+from scaletui.tui.widgets.loss_pane import Comparison, LossPane
 from scaletui.tui.widgets.runs_table import RunsTable
 
 Track = Callable[[int | None, Iterable[int]], None]  # read these runs' curves from now on
+Compare = Callable[[Iterable[int], str | None], None]  # read this metric (and the metric names) of these runs
 
 
 class Dashboard(Container):
     """The runs table beside (wide) or above (narrow: one at a time, `-pane-NAME`) the detail panes."""
 
-    def __init__(self, state: SweepState, view: View, track: Track, *, id: str | None = None) -> None:
+    def __init__(self, state: SweepState, view: View, track: Track, compare: Compare, *,
+                 id: str | None = None) -> None:
         super().__init__(id=id, classes=f"-pane-{view.pane}")
         self.state = state
         self.view = view
         self.track = track
+        self.compare = compare
+        self.compared: tuple[frozenset[int], str | None] = (frozenset(), None)  # what the poller was asked for
 
     def compose(self) -> ComposeResult:
         yield RunsTable(id="runs-table")
@@ -75,7 +81,9 @@ class Dashboard(Container):
             self.sync_table()
         selected = self.view.selected
         self.follow_training()
-        if self.view.selected == selected and selected in changes.series:
+        if changes.metric_keys:
+            self.sync_compared()  # the first metric names of a marked run decide the metric shown
+        if self._loss_inputs_changed(changes, selected):
             self.show_loss()
         if changes.layers:
             self.grad_pane.show(self.state)
@@ -90,10 +98,72 @@ class Dashboard(Container):
     def show_alerts(self) -> None:
         self.alerts_pane.show(self.state.alerts, self.view.experiment)
 
+    def _loss_inputs_changed(self, changes: Changes, selected: int | None) -> bool:
+        if self.view.marks:
+            return changes.metric_keys or bool(changes.series & set(self.view.marks))
+        return self.view.selected == selected and selected in changes.series
+
     def show_loss(self) -> None:
         view = self.view
         group = self.state.group_of(view.selected, view.group_by) if view.selected is not None else []
-        self.loss_pane.show(self.state, view.selected, group, log_y=view.log_y, smooth=view.smooth)
+        self.loss_pane.show(self.state, view.selected, group, log_y=view.log_y, smooth=view.smooth,
+                            comparison=self.comparison())
+
+    # ----------------------------------------------------------------- runs compared side by side
+
+    def shown_metric(self) -> str | None:
+        """The metric compared: the user's choice, else the best default of those the marked runs logged."""
+        return shown_metric(self.state.compared_metrics(self.view.marks), self.view.metric)
+
+    def comparison(self) -> Comparison | None:
+        marks = self.view.marks
+        if not marks:
+            return None
+        return Comparison(tuple(sorted(marks.items(), key=lambda item: item[1])), self.shown_metric())
+
+    def sync_compared(self) -> None:
+        """Ask the poller for the marked runs and their metric (from the next poll, which comes at once),
+        if that changed: marks, the user's metric, or the metric names that decide the default one."""
+        wanted = (frozenset(self.view.marks), self.shown_metric() if self.view.marks else None)
+        if wanted != self.compared:
+            self.compared = wanted
+            self.compare(*wanted)
+
+    def marks_changed(self) -> None:
+        self.sync_table()  # the mark in each run's id cell
+        self.sync_compared()
+        self.show_loss()
+
+    def toggle_mark(self) -> None:
+        """Mark the selected run (or unmark it)."""
+        if self.view.selected is not None:
+            self.view.toggle_mark(self.view.selected)
+            self.marks_changed()
+
+    def toggle_group_marks(self) -> None:
+        """Mark the selected run's group as the table groups it (same width, or same depth), among the runs
+        shown; unmark it when all of it is marked."""
+        run = self.state.runs.get(self.view.selected) if self.view.selected is not None else None
+        if run is None:
+            return
+        group = rank_key(run, self.view.group_by)[:3]  # experiment, arch, width (or depth)
+        shown = [self.state.runs[i] for i in self.table.run_ids() if i in self.state.runs]
+        self.view.toggle_marks(r.id for r in shown if rank_key(r, self.view.group_by)[:3] == group)
+        self.marks_changed()
+
+    def clear_marks(self) -> None:
+        self.view.clear_marks()
+        self.marks_changed()
+
+    def next_metric(self) -> str | None:
+        """The next metric the marked runs logged; returns it (None: nothing marked or logged)."""
+        present = self.state.compared_metrics(self.view.marks)
+        if not self.view.marks or not present:
+            return None
+        self.view.next_metric(present, self.shown_metric())
+        self.sync_compared()
+        self.show_loss()
+        return self.view.metric
 
     def next_pane(self) -> None:
         """Under 100 columns: show the next detail pane."""

@@ -10,6 +10,7 @@ rows, not five hundred.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from rich.text import Text
 from textual.widgets import DataTable
@@ -17,6 +18,7 @@ from textual.widgets.data_table import ColumnKey
 
 from scaletui.core.rows import RunSummary
 from scaletui.core.vocabulary import LossRule, RunStatus
+from scaletui.tui.compare import rich_color
 from scaletui.tui.model import Delta, fmt_count, fmt_loss, matches, order_runs, size_deltas
 from scaletui.tui.state import SweepState
 from scaletui.tui.view import View
@@ -53,13 +55,37 @@ def _delta_cell(delta: Delta | None) -> Text:
     return Text(f"{delta.value:+.3f}{mark}", style="bold red" if delta.worse else "green")
 
 
-def row_cells(run: RunSummary, state: SweepState, delta: Delta | None) -> tuple[object, ...]:
+@dataclass(frozen=True)
+class MarkedId:
+    """A marked run's id cell: the id, then a dot in the colour of its curve in the loss pane. It keeps
+    the id, because the table sorts its rows by this column's values (`RunsTable._reorder`)."""
+
+    run_id: int
+    color: str
+
+    def __rich__(self) -> Text:
+        return Text.assemble(str(self.run_id), (" ●", self.color))
+
+    def __str__(self) -> str:
+        return f"{self.run_id} ●"
+
+
+def _id_cell(run_id: int, mark: int | None) -> int | MarkedId:
+    return run_id if mark is None else MarkedId(run_id, rich_color(mark))
+
+
+def _run_id(cell: int | MarkedId) -> int:
+    return cell.run_id if isinstance(cell, MarkedId) else cell
+
+
+def row_cells(run: RunSummary, state: SweepState, delta: Delta | None, mark: int | None = None) -> tuple[object, ...]:
+    """The cells of a run's row; `mark`: its colour slot when it is marked for comparison."""
     step = f"{fmt_count(run.step or 0)}/{fmt_count(run.steps)}" if run.steps else fmt_count(run.step or 0)
     text, style = STATUS_CELL[run.status]
     status = Text(text, style=style)
     badges = state.badges.get(run.id, "")
     return (
-        run.id, run.width, run.depth, run.seed, status, step, fmt_loss(state.train_loss(run)),
+        _id_cell(run.id, mark), run.width, run.depth, run.seed, status, step, fmt_loss(state.train_loss(run)),
         fmt_loss(state.test_loss(run)), _delta_cell(delta), Text(badges, style="bold yellow") if badges else "",
         fmt_loss(state.best_loss(run)), fmt_count(run.params),
     )  # fmt: skip
@@ -91,7 +117,7 @@ class RunsTable(DataTable[object]):
         deltas = size_deltas(runs, view.across)
         visible = [r for r in runs if not view.query or matches(r, state.badges.get(r.id, ""), view.query)]
         for run in visible:
-            self._show(run, row_cells(run, state, deltas.get(run.id)))
+            self._show(run, row_cells(run, state, deltas.get(run.id), view.marks.get(run.id)))
         for gone in set(self._shown) - {r.id for r in visible}:
             self.remove_row(str(gone))
             del self._shown[gone]
@@ -132,6 +158,6 @@ class RunsTable(DataTable[object]):
         selected = self.selected_run()
         rank: Mapping[int, int] = {run_id: i for i, run_id in enumerate(order)}
         self._order = list(order)
-        self.sort("id", key=lambda run_id: rank.get(run_id, len(rank)))
+        self.sort("id", key=lambda cell: rank.get(_run_id(cell), len(rank)))
         if selected is not None and selected in rank:
             self.move_cursor(row=self.get_row_index(str(selected)), scroll=True)
