@@ -8,11 +8,12 @@ be in a known place waits for that line (never for time), then acts.
 from __future__ import annotations
 
 import os
-import selectors
+import queue
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -74,7 +75,7 @@ def procs() -> Iterator[list[subprocess.Popen[str]]]:
     for proc in started:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate(timeout=30)
+            proc.wait(timeout=30)
 
 
 def command(script: Path, db: Path, mode: str, *, resume: bool = False, start_at: int = 0,
@@ -93,25 +94,53 @@ def finish(*args: Any, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command(*args, **kw), capture_output=True, text=True, timeout=120, env=ENV)
 
 
+_LINES: dict[int, queue.Queue[str | None]] = {}  # per process: its stdout lines, None at the end
+
+
+def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str | None]:
+    """Every stdout line of `proc`, read by one thread. Not select() on the pipe plus readline(): two lines
+    that arrive together are both buffered by the first readline(), and the pipe never signals again."""
+    if proc.pid not in _LINES:
+        lines: queue.Queue[str | None] = queue.Queue()
+        stream = proc.stdout
+        assert stream is not None
+
+        def pump() -> None:
+            for line in stream:
+                lines.put(line.strip())
+            lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        _LINES[proc.pid] = lines
+    return _LINES[proc.pid]
+
+
+def end(proc: subprocess.Popen[str], timeout: float) -> str:
+    """Wait for the process to exit and return its stderr (its stdout belongs to the `_lines` thread:
+    `communicate()` would read it from a second thread)."""
+    proc.wait(timeout=timeout)
+    assert proc.stderr is not None
+    return proc.stderr.read()
+
+
 def wait_for_line(proc: subprocess.Popen[str], wanted: str, timeout: float = 120) -> list[str]:
     """Read stdout until a line equal to `wanted`; the lines read. Fails if the process ends first."""
-    assert proc.stdout is not None
-    seen: list[str] = []
+    lines, seen = _lines(proc), []
     deadline = time.monotonic() + timeout
-    with selectors.DefaultSelector() as selector:
-        selector.register(proc.stdout, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not selector.select(timeout=1):
-                continue
-            line = proc.stdout.readline()
-            if not line:
-                pytest.fail(f"the script ended before {wanted!r}: {seen} {proc.communicate()[1]}")
-            seen.append(line.strip())
-            if seen[-1] == wanted:
-                return seen
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        if line is None:
+            pytest.fail(f"the script ended before {wanted!r}: {seen} {end(proc, 30)}")
+        seen.append(line)
+        if line == wanted:
+            return seen
     proc.send_signal(signal.SIGUSR2)
+    time.sleep(1)  # let faulthandler write every thread's stack before the kill
     proc.kill()
-    pytest.fail(f"timed out waiting for {wanted!r}; saw {seen}; stacks:\n{proc.communicate()[1]}")
+    pytest.fail(f"timed out waiting for {wanted!r}; saw {seen}; stacks:\n{end(proc, 30)}")
 
 
 def metric_steps(db: Path, key: str) -> list[int]:
@@ -146,7 +175,7 @@ def test_a_signal_interrupts_the_run_and_resume_continues_it(script: Path, tmp_p
     procs.append(proc)
     wait_for_line(proc, "flushed 99")
     proc.send_signal(signum)
-    _, stderr = proc.communicate(timeout=120)
+    stderr = end(proc, 120)
     assert proc.returncode in codes, stderr
     if signum == signal.SIGTERM:
         assert "Traceback" not in stderr  # a clean exit, as a service manager expects
@@ -167,7 +196,7 @@ def test_kill_9_keeps_every_flushed_row_once_reaping_interrupts_and_resume_repla
     procs.append(proc)
     wait_for_line(proc, "flushed 299")
     proc.kill()
-    proc.communicate(timeout=60)
+    end(proc, 60)
 
     for key in ("loss", "other"):
         stored = metric_steps(db, key)
@@ -196,7 +225,7 @@ def test_an_init_on_the_database_reaps_a_killed_scripts_run(script: Path, tmp_pa
     procs.append(proc)
     wait_for_line(proc, "flushed 99")
     proc.kill()
-    proc.communicate(timeout=60)
+    end(proc, 60)
     code = (f"import scaletui\nwith scaletui.init(db={str(db)!r}, experiment='proc', config={{'width': 9}},"
             " loss='loss') as run:\n    run.log({'loss': 1.0}, step=0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
