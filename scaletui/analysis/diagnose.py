@@ -684,6 +684,7 @@ class _Size:
     spread: float  # max - min over seeds (0 with one seed)
     seeds: int
     run_ids: tuple[tuple[int, int], ...]  # (seed, run_id)
+    sd: float  # sample standard deviation over seeds (0 with one seed)
 
 
 def _groups(rows: Sequence[GroupRow]) -> list[tuple[str, str, int, list[_Size]]]:
@@ -706,7 +707,8 @@ def _groups(rows: Sequence[GroupRow]) -> list[tuple[str, str, int, list[_Size]]]
 def _size(value: int, rows: list[GroupRow]) -> _Size:
     losses = np.array([r.loss for r in rows])
     ids = tuple((r.seed, r.run_id) for r in rows if r.run_id is not None)
-    return _Size(value, float(losses.mean()), float(losses.max() - losses.min()), len(rows), ids)
+    sd = float(losses.std(ddof=1)) if len(losses) > 1 else 0.0
+    return _Size(value, float(losses.mean()), float(losses.max() - losses.min()), len(rows), ids, sd)
 
 
 def _as_rows(table: GroupTable) -> list[GroupRow]:
@@ -766,16 +768,26 @@ def _non_monotonic_alert(axis: str, fixed: str, fixed_value: int, small: _Size, 
     )
 
 
+def seed_noise(a: _Size, b: _Size) -> float:
+    """Two standard errors of the difference of two sizes' mean losses over seeds: a gap smaller than
+    this is not told apart from seed luck (about 95%). Not the seeds' range: the range grows with the
+    number of seeds while the means it judges get more certain, so 16 seeds would raise more alarms
+    than 4. A size with one seed borrows the other's spread."""
+    sd_a = a.sd if a.seeds > 1 else b.sd
+    sd_b = b.sd if b.seeds > 1 else a.sd
+    return 2.0 * math.sqrt(sd_a**2 / a.seeds + sd_b**2 / b.seeds)
+
+
 def detect_seed_sensitivity(table: GroupTable, th: Thresholds) -> list[Alert]:
-    """In a group, adjacent sizes whose loss gap is smaller than seed_spread_factor x the seed spread of
-    either: the trend between them cannot be trusted. One alert per group, naming the worst pair."""
+    """In a group, adjacent sizes whose loss gap is smaller than seed_spread_factor x their seed noise
+    (`seed_noise`): the trend between them cannot be trusted. One alert per group, naming the worst pair."""
     alerts = []
     for axis, fixed, fixed_value, sizes in _groups(_as_rows(table)):
         pairs = [(a, b) for a, b in pairwise(sizes) if max(a.seeds, b.seeds) >= 2]
         flagged = [
-            (max(a.spread, b.spread) / max(abs(b.mean - a.mean), 1e-300), a, b)
+            (seed_noise(a, b) / max(abs(b.mean - a.mean), 1e-300), a, b)
             for a, b in pairs
-            if max(a.spread, b.spread) > th.seed_spread_factor * abs(b.mean - a.mean)
+            if seed_noise(a, b) > th.seed_spread_factor * abs(b.mean - a.mean)
         ]
         if flagged:
             alerts.append(
@@ -788,14 +800,15 @@ def _seed_alert(
     axis: str, fixed: str, fixed_value: int, worst: tuple[float, _Size, _Size], n_flagged: int, n_pairs: int
 ) -> Alert:
     _, a, b = worst
-    spread = max(a.spread, b.spread)
+    noise = seed_noise(a, b)
     message = (
-        f"{fixed} {fixed_value}: seeds spread {spread:.3g} but {axis} {a.value} -> {b.value} changes the "
-        f"loss by only {abs(b.mean - a.mean):.3g} ({n_flagged} of {n_pairs} adjacent pairs like this)"
+        f"{fixed} {fixed_value}: {axis} {a.value} -> {b.value} changes the mean loss by only "
+        f"{abs(b.mean - a.mean):.3g}, within the seed noise {noise:.3g} (2 standard errors over "
+        f"{a.seeds} and {b.seeds} seeds; {n_flagged} of {n_pairs} adjacent pairs like this)"
     )
     fix = "run more seeds (an unlucky seed once faked a whole depth trend) or space the sizes further apart"
     evidence = _pair_evidence(axis, fixed, fixed_value, a, b)
-    evidence.update({"pairs_flagged": n_flagged, "pairs": n_pairs})
+    evidence.update({"pairs_flagged": n_flagged, "pairs": n_pairs, "seed_noise": noise})
     return Alert(
         AlertKind.SEED_SENSITIVITY, Severity.WARNING, None, message, fix, {k: float(v) for k, v in evidence.items()}
     )

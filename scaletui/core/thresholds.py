@@ -49,7 +49,8 @@ class Thresholds:
     overfit_test_rise: float = 0.1  # ... the test loss is 10% above its best ... (and train still falling)
     # group level
     monotonic_tolerance: float = 0.01  # larger model worse by more than 1% of the loss (and the seed spread)
-    seed_spread_factor: float = 1.0  # seed spread above this x the gap between adjacent sizes
+    # seed noise (2 standard errors of the gap between two sizes' mean losses) above this x the gap
+    seed_spread_factor: float = 1.0
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -398,6 +398,18 @@ def test_worse_within_the_seed_spread_is_seed_sensitivity_not_non_monotonic() ->
     assert alert.evidence["spread_small"] == pytest.approx(0.2)
 
 
+def test_seed_sensitivity_judges_the_gap_by_the_means_uncertainty_not_the_seeds_range() -> None:
+    """16 seeds spread over 0.052 but their means are 0.03 apart: 2 standard errors of the gap are
+    0.012, a real trend (the default sweep's case). The same gap and spread with 2 seeds is not."""
+    many = rows({(64, 1): list(0.53 + np.linspace(-0.026, 0.026, 16)),
+                 (64, 2): list(0.50 + np.linspace(-0.026, 0.026, 16))})
+    assert diagnose_group(many, TH) == []
+    few = rows({(64, 1): [0.504, 0.556], (64, 2): [0.474, 0.526]})
+    [alert] = diagnose_group(few, TH)
+    assert alert.kind == "seed_sensitivity" and alert.evidence["seed_noise"] == pytest.approx(2 * 0.052 / 2**0.5)
+    assert "within the seed noise 0.0735" in alert.message
+
+
 def test_group_thresholds_are_respected() -> None:
     table = [(64, 1, 0, 1.0), (64, 2, 0, 1.005)]  # 0.5% worse
     assert diagnose_group(table, TH) == []
