@@ -134,7 +134,7 @@ async def _fitted_table(pilot, app: ScaleApp) -> DataTable:  # type: ignore[no-u
 
 
 def test_the_runs_tables_last_column_fits_at_160x48(tmp_path: Path) -> None:
-    """The default sweep's shape: 64 runs (so the table scrolls vertically), 2000 steps, two training."""
+    """A 4 x 4 x 4 sweep of 64 runs (so the table scrolls vertically), 2000 steps, two training."""
     path = tmp_path / "sweep.db"
     sweepdb.build(path, widths=(16, 32, 64, 128), depths=(1, 2, 4, 6), seeds=(0, 1, 2, 3), running=2, queued=10)
     with sqlite3.connect(path) as conn:
