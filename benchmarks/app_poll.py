@@ -1,25 +1,36 @@
-"""How long one poll-and-apply tick of the app takes on a big database, and how much memory the app needs.
+"""How fast the app redraws after a poll on a big database (frame time), and how much memory it needs.
 
 The database: 500 runs x 20,000 steps (train loss every step, test loss every 100 steps, per-layer
 statistics every 25 steps; 490 finished, 5 running, 5 queued), about 10.6 million metric rows and
 1.6 million layer rows. It is built once with direct batched inserts and cached under /tmp (one file per
 schema version: a newer scaletui builds its own).
 
-The measurement runs in a child process (so its peak RSS is the app's, not the builder's): the app
-at 160x48 with its poll loop off; the benchmark itself plays the poll thread. Each tick appends 50
-steps to each of the 5 running runs through StoreSink (as their workers would; not timed), then
-times `Poller.poll()` (the worker thread's part) and `ScaleApp.apply_snapshot()` (the UI thread's
-part), and separately the redraw that follows. Goals: tick (poll + apply) < 25 ms median, peak < 300 MB.
+Each terminal size is measured in its own child process (so its peak RSS is the app's, not the
+builder's): the real app, headless (`App.run_test`), with its poll loop off; the benchmark plays the
+poll thread. The user has selected a running run, so its curves and layers grow on every tick. Each
+tick appends 50 steps to each of the 5 running runs through StoreSink (as their workers would; not
+timed), times `Poller.poll()` (the worker thread's part), then posts the snapshot as the poll loop does
+(`SnapshotReady`) and times the frame: from posting it to the end of the last paint it set off (the
+screen's compositor rendering the dirty regions and writing them to the driver), with the process's CPU
+time over the same span. `apply` is `ScaleApp.apply_snapshot` inside the frame (state and widgets; the
+paint comes after). Goals: frame median < 50 ms at 160x48; tick (poll + apply) < 25 ms; peak < 300 MB.
 
-    .venv/bin/python benchmarks/app_poll.py [--ticks 40] [--rebuild]
+`--baseline DIR` measures another checkout of scaletui (for example the commit before a change) the
+same way in the same run, alternating with this one per size. `--profile PATH` writes a cProfile of the
+frames per size (slower frames; for finding hot spots, not for the numbers).
+
+    .venv/bin/python benchmarks/app_poll.py [--ticks 40] [--sizes 80x24,160x48] [--baseline DIR]
+        [--profile PATH] [--rebuild]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import math
+import os
 import resource
 import sqlite3
 import statistics
@@ -28,9 +39,12 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+# The checkout measured: this one, or (in a child measuring a baseline) the one after --code.
+CODE = Path(sys.argv[sys.argv.index("--code") + 1]) if "--code" in sys.argv else REPO
+sys.path.insert(0, str(CODE))
 
 from scaletui.core.records import LayerStats, MetricRecord  # noqa: E402
 from scaletui.core.specs import DataSpec, ModelSpec, RunSpec, TrainSpec  # noqa: E402
@@ -109,14 +123,59 @@ def append(db: Path, run_id: int, depth: int, first: int) -> None:
                           for s in steps if s % LOG_EVERY == 0 for layer in range(depth + 1)])
 
 
-async def measure(db: Path, ticks: int) -> dict[str, float]:
+class FrameClock:
+    """When the main screen last finished painting: its `_compositor_refresh` (the compositor's render of
+    the dirty regions and the write to the terminal driver) is wrapped, so the end of every real paint is
+    seen, whether the screen's update timer or a layout triggered it."""
+
+    def __init__(self, screen: Any) -> None:
+        self.paints = 0
+        self.last_end = 0.0
+        self.last_cpu = 0.0
+        paint = screen._compositor_refresh
+
+        def timed_paint() -> None:
+            paint()
+            self.paints += 1
+            self.last_end, self.last_cpu = time.perf_counter(), time.process_time()
+
+        screen._compositor_refresh = timed_paint
+
+
+def timed_apply(app: Any) -> list[float]:
+    """Times every `apply_snapshot` of `app` (the message handler calls it through the instance)."""
+    durations: list[float] = []
+    apply = app.apply_snapshot
+
+    def timed(snapshot: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return apply(snapshot)
+        finally:
+            durations.append(time.perf_counter() - t0)
+
+    app.apply_snapshot = timed
+    return durations
+
+
+async def settle(app: Any, pilot: Any) -> None:
+    """Until the posted snapshot was applied and everything it set off (layout, resizes, the paints after
+    them) is done: `pilot.pause` waits for the screen's queued messages and for the process to go idle."""
+    while not app.polling.applied.is_set():
+        await asyncio.sleep(0.001)
+    await pilot.pause()
+    await pilot.pause()
+
+
+async def measure(db: Path, ticks: int, size: tuple[int, int], profile: Path | None) -> dict[str, Any]:
     from scaletui.tui.app import ScaleApp
+    from scaletui.tui.messages import SnapshotReady
 
     app = ScaleApp(db, autopoll=False)
     with sqlite3.connect(db) as conn:
         running = conn.execute("SELECT id, depth, step FROM runs WHERE status = ? ORDER BY id",
                                [RunStatus.RUNNING.value]).fetchall()
-    async with app.run_test(size=(160, 48)) as pilot:
+    async with app.run_test(size=size) as pilot:
         t0 = time.perf_counter()
         first = app.polling.poller.poll()
         app.apply_snapshot(first)
@@ -124,42 +183,69 @@ async def measure(db: Path, ticks: int) -> dict[str, float]:
         if first.error:  # measuring an app that shows an error line would measure nothing
             raise SystemExit(f"benchmark: {first.error}")
         await pilot.pause()
-        app.main.query_one("RunsTable").move_cursor(row=app.main.query_one("RunsTable").get_row_index(str(running[0][0])))
+        table = app.main.query_one("RunsTable")
+        table.move_cursor(row=table.get_row_index(str(running[0][0])))  # the user selects a running run
         await pilot.pause()
         app.apply_snapshot(app.polling.poller.poll())  # the selected running run's whole series (once per selection)
         await pilot.pause()
-        polls, applies, renders = [], [], []
+        clock = FrameClock(app.main)
+        applies = timed_apply(app)
+        profiler = cProfile.Profile() if profile else None
+        polls, frames, cpus, paints = [], [], [], []
         step = {run_id: s + 1 for run_id, _, s in running}
         for _ in range(ticks):
             for run_id, depth, _ in running:
                 append(db, run_id, depth, step[run_id])
                 step[run_id] += APPEND
             t0 = time.perf_counter()
-            snap = app.polling.poller.poll()
-            t1 = time.perf_counter()
-            app.apply_snapshot(snap)
-            t2 = time.perf_counter()
-            await pilot.pause()
-            t3 = time.perf_counter()
-            polls.append(t1 - t0)
-            applies.append(t2 - t1)
-            renders.append(t3 - t2)
+            snap = app.polling.poller.poll()  # the poll thread's part (off the UI thread in the app)
+            polls.append(time.perf_counter() - t0)
+            await pilot.pause()  # nothing pending before the snapshot arrives
+            painted = clock.paints
+            app.polling.applied.clear()
+            if profiler:
+                profiler.enable()
+            arrived, cpu0 = time.perf_counter(), time.process_time()
+            app.post_message(SnapshotReady(snap))  # as the poll loop delivers it
+            await settle(app, pilot)
+            if profiler:
+                profiler.disable()
+            if clock.paints == painted:  # nothing changed on screen: the frame is the handler alone
+                raise SystemExit("benchmark: a tick with five running runs advanced painted nothing")
+            frames.append(clock.last_end - arrived)
+            cpus.append(clock.last_cpu - cpu0)
+            paints.append(clock.paints - painted)
+    if profiler and profile:
+        profiler.dump_stats(profile)
     ticks_s = [p + a for p, a in zip(polls, applies, strict=True)]
-    return {"first_load_ms": first_load * 1e3, "poll_ms": statistics.median(polls) * 1e3,
-            "apply_ms": statistics.median(applies) * 1e3, "tick_ms": statistics.median(ticks_s) * 1e3,
-            "tick_p90_ms": sorted(ticks_s)[int(0.9 * len(ticks_s))] * 1e3,
-            "render_ms": statistics.median(renders) * 1e3,
+    return {"size": f"{size[0]}x{size[1]}", "first_load_ms": first_load * 1e3,
+            "poll_ms": statistics.median(polls) * 1e3, "apply_ms": statistics.median(applies) * 1e3,
+            "tick_ms": statistics.median(ticks_s) * 1e3, "frame_ms": statistics.median(frames) * 1e3,
+            "frame_p90_ms": _p90(frames) * 1e3, "frame_cpu_ms": statistics.median(cpus) * 1e3,
+            "paints": statistics.median(paints),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _p90(values: list[float]) -> float:
+    return sorted(values)[int(0.9 * len(values))]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ticks", type=int, default=40)
+    parser.add_argument("--sizes", default="80x24,160x48", help="terminal sizes, comma-separated")
+    parser.add_argument("--profile", type=Path, help="write a cProfile of the frames to PATH.SIZE.prof")
+    parser.add_argument("--baseline", type=Path, help="another scaletui checkout, measured alternately in this run")
     parser.add_argument("--rebuild", action="store_true")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--code", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    sizes = [tuple(int(n) for n in s.split("x")) for s in args.sizes.split(",")]
     if args.child:
-        print(json.dumps(asyncio.run(measure(args.child, args.ticks))))
+        width, height = sizes[0]
+        tag = "baseline." if CODE != REPO else ""
+        profile = args.profile.with_suffix(f".{tag}{width}x{height}.prof") if args.profile else None
+        print(json.dumps(asyncio.run(measure(args.child, args.ticks, (width, height), profile))))
         return
     if args.rebuild or not CACHE.exists():
         t0 = time.perf_counter()
@@ -168,10 +254,18 @@ def main() -> None:
     work = CACHE.with_name("app_poll_work.db")  # the ticks append rows: measure on a copy
     work.unlink(missing_ok=True)
     _copy(CACHE, work)
-    out = subprocess.run([sys.executable, __file__, "--child", str(work), "--ticks", str(args.ticks)],
-                         capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    _print(result)
+    print(f"{N_RUNS} runs x {STEPS:,} steps, {N_RUNNING} running runs appending {APPEND} steps per tick, "
+          f"{args.ticks} ticks per size; load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    trees = [("baseline " + str(args.baseline), args.baseline.resolve())] if args.baseline else []
+    trees.append(("this checkout", REPO))
+    for width, height in sizes:
+        for name, tree in trees:
+            extra = ["--profile", str(args.profile)] if args.profile else []
+            out = subprocess.run([sys.executable, __file__, "--child", str(work), "--ticks", str(args.ticks),
+                                  "--sizes", f"{width}x{height}", "--code", str(tree), *extra],
+                                 capture_output=True, text=True, check=True)
+            _print(json.loads(out.stdout.strip().splitlines()[-1]), name if args.baseline else "")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -179,18 +273,20 @@ def _copy(src: Path, dst: Path) -> None:
         source.backup(target)
 
 
-def _print(r: dict[str, float]) -> None:
-    goal = {"tick_ms": 25.0, "peak_rss_mb": 300.0}
-    print(f"{N_RUNS} runs x {STEPS:,} steps, {N_RUNNING} running runs appending {APPEND} steps per tick")
-    print(f"{'measure':<34}{'value':>10}  goal")
+def _print(r: dict[str, Any], tree: str) -> None:
+    goal = {"frame_ms": 50.0, "tick_ms": 25.0, "peak_rss_mb": 300.0}
+    print(f"at {r['size']}" + (f", {tree}" if tree else "") + ":")
     rows = [("first load (poll + apply, once)", "first_load_ms", "ms"),
             ("poll (worker thread), median", "poll_ms", "ms"),
             ("apply (UI thread), median", "apply_ms", "ms"), ("tick = poll + apply, median", "tick_ms", "ms"),
-            ("tick, 90th percentile", "tick_p90_ms", "ms"), ("redraw after a tick, median", "render_ms", "ms"),
+            ("frame: snapshot to painted, median", "frame_ms", "ms"),
+            ("frame, 90th percentile", "frame_p90_ms", "ms"),
+            ("frame CPU time (process), median", "frame_cpu_ms", "ms"),
+            ("paints per frame, median", "paints", ""),
             ("peak RSS of the app process", "peak_rss_mb", "MB")]
     for label, key, unit in rows:
         target = f"< {goal[key]:g} {unit}" if key in goal else ""
-        print(f"{label:<34}{r[key]:>8.1f} {unit}  {target}")
+        print(f"  {label:<36}{r[key]:>8.1f} {unit:<2}  {target}")
 
 
 if __name__ == "__main__":

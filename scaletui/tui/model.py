@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
+
 from scaletui.core.rows import FinalLoss, RunSummary
 from scaletui.core.vocabulary import EMA_BETA, OK, AlertKind, DebiasedEma, RunStatus
 
@@ -144,29 +146,31 @@ def debiased_ema(values: Sequence[float], beta: float = EMA_BETA) -> list[float]
 
 
 def downsample_minmax(steps: Sequence[int], values: Sequence[float], buckets: int) -> tuple[list[int], list[float]]:
-    """At most ~2 points per bucket: each bucket's minimum and maximum, in step order, so a
-    spike (or a dip) anywhere in the bucket survives. Short series come back unchanged."""
+    """At most ~2 points per bucket: each bucket's minimum and maximum (the first of equal ones), in
+    step order, so a spike (or a dip) anywhere in the bucket survives; every non-finite value is kept.
+    Short series come back unchanged. Vectorised: the selected run's curve (tens of thousands of points)
+    is downsampled on every poll that extends it."""
     n = len(values)
     if buckets <= 0 or n <= 2 * buckets:
         return list(steps), list(values)
-    out_steps: list[int] = []
-    out_values: list[float] = []
-    for b in range(buckets):
-        lo, hi = b * n // buckets, (b + 1) * n // buckets
-        _keep_extremes(steps, values, lo, hi, out_steps, out_values)
-    return out_steps, out_values
+    v = np.asarray(values, dtype=float)
+    starts = np.arange(buckets) * n // buckets
+    bucket = np.repeat(np.arange(buckets), np.diff(np.append(starts, n)))
+    finite = np.isfinite(v)
+    lows = np.minimum.reduceat(np.where(finite, v, np.inf), starts)
+    highs = np.maximum.reduceat(np.where(finite, v, -np.inf), starts)
+    keep = np.concatenate([_first_per_bucket(finite & (v == lows[bucket]), bucket),
+                           _first_per_bucket(finite & (v == highs[bucket]), bucket), np.flatnonzero(~finite)])
+    kept = np.unique(keep)
+    s = np.asarray(steps)
+    return [int(x) for x in s[kept]], [float(y) for y in v[kept]]
 
 
-def _keep_extremes(steps: Sequence[int], values: Sequence[float], lo: int, hi: int,
-                   out_steps: list[int], out_values: list[float]) -> None:
-    """Append the min and max of values[lo:hi] (NaN-safe: a non-finite value counts as extreme)."""
-    finite = [i for i in range(lo, hi) if math.isfinite(values[i])]
-    extremes = {i for i in range(lo, hi) if not math.isfinite(values[i])}
-    if finite:
-        extremes |= {min(finite, key=values.__getitem__), max(finite, key=values.__getitem__)}
-    for i in sorted(extremes):
-        out_steps.append(steps[i])
-        out_values.append(values[i])
+def _first_per_bucket(hits: np.ndarray, bucket: np.ndarray) -> np.ndarray:
+    """Index of the first hit in each bucket that has one."""
+    at = np.flatnonzero(hits)
+    _, first = np.unique(bucket[at], return_index=True)
+    return at[first]
 
 
 def bucket_max(values: Sequence[float], buckets: int) -> list[float]:

@@ -11,7 +11,7 @@ the app's `SweepState`; the dashboard reads both and writes only the selection a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 from textual.app import ComposeResult
 from textual.containers import Container
@@ -78,7 +78,8 @@ class Dashboard(Container):
     def redraw(self, changes: Changes) -> None:
         """Redraw what an applied snapshot changed."""
         if changes.runs or changes.alerts or changes.experiments:
-            self.sync_table()
+            # Badges (alerts) and the experiment shown touch any row; otherwise only the changed runs' rows.
+            self.sync_table(None if changes.alerts or changes.experiments else changes.runs)
         selected = self.view.selected
         self.follow_training()
         if changes.metric_keys:
@@ -92,8 +93,9 @@ class Dashboard(Container):
         if changes.events:
             self.events_pane.log_events(changes.events, self.state.runs)
 
-    def sync_table(self) -> None:
-        self.table.sync(self.state, self.view)
+    def sync_table(self, changed: Collection[int] | None = None) -> None:
+        """Update the table's rows; `changed`: only these runs' data changed (None: check every row)."""
+        self.table.sync(self.state, self.view, changed)
 
     def show_alerts(self) -> None:
         self.alerts_pane.show(self.state.alerts, self.view.experiment)

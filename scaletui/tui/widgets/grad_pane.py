@@ -22,6 +22,7 @@ from textual.widgets import Label, Sparkline, Static
 
 from scaletui.tui.model import bucket_max
 from scaletui.tui.state import LayerSeries, SweepState
+from scaletui.tui.widgets.quiet import update_text
 
 SPARK_POINTS = 120  # bounded input for a sparkline, whatever the length of the run
 
@@ -70,9 +71,9 @@ class LayerLine(Horizontal):
         self.layer_index, self.series = layer, series
         if not self.children:
             return
-        self.query_one(".layer-name", Label).update(self._name_text())
+        update_text(self.query_one(".layer-name", Label), self._name_text())
         self.query_one(Sparkline).data = self._spark_data()
-        self.query_one(".layer-value", Label).update(self._values_text())
+        update_text(self.query_one(".layer-value", Label), self._values_text())
 
     def _name_text(self) -> str:
         return f"{self.layer_index:>2} {self.series.name[:12]}"
@@ -96,7 +97,7 @@ class GradPane(Widget):
         yield VerticalScroll(id="grad-lines")
 
     def show(self, state: SweepState) -> None:
-        self.query_one("#grad-header", Static).update(header_text(state))
+        update_text(self.query_one("#grad-header", Static), header_text(state))
         box = self.query_one("#grad-lines", VerticalScroll)
         lines = list(box.query(LayerLine))
         wanted = sorted(state.layers)

@@ -19,6 +19,7 @@ from scaletui.core.vocabulary import FINISHED, STOPPED, RunStatus
 from scaletui.tui.model import eta_seconds, human_duration, status_counts
 from scaletui.tui.state import SweepState
 from scaletui.tui.view import View
+from scaletui.tui.widgets.quiet import update_text
 
 
 @dataclass(frozen=True)
@@ -96,4 +97,4 @@ class StatusBar(Static):
         text = Text(status_text(line))
         if line.error or line.notice:
             text.stylize("bold", 0, text.plain.index("\n"))
-        self.update(text)
+        update_text(self, text)
