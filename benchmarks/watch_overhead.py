@@ -14,7 +14,8 @@ and the CPU time of the whole process (every thread: the training loop, the writ
 which other processes on a busy machine do not inflate. Each loop runs for about `--seconds` (its
 step count is set from a warm-up). For each triple the ratio c/b is the cost of watching, b/a the
 cost of logging; the summary is the geometric mean of the ratios with a 95% bootstrap confidence
-interval (resampling the triples). Goal: watch <= 1.03x.
+interval (resampling the triples). Goal: watch <= 1.03x. The interleaving and the interval are
+benchmarks/paired.py's, shared with overhead.py.
 
     python benchmarks/watch_overhead.py [--reps 9] [--seconds 1.5] [--device cpu|cuda] [--threads 1]
 """
@@ -23,18 +24,20 @@ from __future__ import annotations
 
 import argparse
 import gc
-import math
 import os
 import random
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `paired`, when imported from elsewhere
+from paired import Clock, RatioCI, Timing, interleaved, ratio_ci
 
 import scaletui
 
@@ -50,12 +53,6 @@ def mlp(width: int, depth: int) -> nn.Module:
         layers += [nn.Linear(size, width), nn.ReLU()]
         size = width
     return nn.Sequential(*layers, nn.Linear(size, 10))
-
-
-@dataclass(frozen=True)
-class Timing:
-    wall: float
-    cpu: float  # process CPU time: all threads
 
 
 def loop(width: int, depth: int, steps: int, device: torch.device, db: Path | None, watch: bool) -> Timing:
@@ -93,15 +90,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def geometric_ci(ratios: list[float], resamples: int = 4000, seed: int = 0) -> tuple[float, float, float]:
-    """Geometric mean of the ratios and its 95% percentile-bootstrap interval."""
-    logs = [math.log(r) for r in ratios]
-    rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(logs, k=len(logs))) for _ in range(resamples))
-    return (math.exp(statistics.fmean(logs)), math.exp(means[int(0.025 * resamples)]),
-            math.exp(means[int(0.975 * resamples) - 1]))
-
-
 def steps_for(width: int, depth: int, seconds: float, device: torch.device) -> int:
     """A step count that makes one bare loop last about `seconds` (a multiple of the watch cadence)."""
     loop(width, depth, 25, device, None, False)
@@ -117,28 +105,21 @@ def measure(width: int, depth: int, steps: int, reps: int, device: torch.device,
         "log": lambda: loop(width, depth, steps, device, folder / "bench.db", False),
         "watch": lambda: loop(width, depth, steps, device, folder / "bench.db", True),
     }
-    for run in versions.values():
-        run()
-    times: dict[str, list[Timing]] = {name: [] for name in versions}
-    names = list(versions)
-    for rep in range(reps):
-        for name in names[rep % 3:] + names[: rep % 3]:
-            times[name].append(versions[name]())
-    return times
+    return interleaved(versions, reps)
 
 
-def _ratios(times: dict[str, list[Timing]], over: str, under: str, clock: str) -> tuple[float, float, float]:
-    return geometric_ci([getattr(u, clock) / getattr(o, clock) for o, u in zip(times[over], times[under], strict=True)])
+def _ratios(times: dict[str, list[Timing]], over: str, under: str, clock: Clock) -> RatioCI:
+    return ratio_ci(times, over, under, clock)
 
 
 def report(width: int, depth: int, steps: int, times: dict[str, list[Timing]]) -> bool:
     per_step = {name: 1e3 * statistics.median(t.wall for t in ts) / steps for name, ts in times.items()}
     cells = []
-    for clock in ("wall", "cpu"):
+    clocks: tuple[Clock, Clock] = ("wall", "cpu")
+    for clock in clocks:
         watch, logging = _ratios(times, "log", "watch", clock), _ratios(times, "bare", "log", clock)
-        cells.append(f"{watch[0]:.3f}x [{watch[1]:.3f}, {watch[2]:.3f}]  {logging[0]:.3f}x [{logging[1]:.3f}, "
-                     f"{logging[2]:.3f}]")
-    cpu_watch = _ratios(times, "log", "watch", "cpu")[0]
+        cells.append(f"{watch}  {logging}")
+    cpu_watch = _ratios(times, "log", "watch", "cpu").mean
     ok = cpu_watch <= GOAL
     print(f"w{width:<4d} d{depth:<2d} {steps:5d} {per_step['bare']:7.3f} {per_step['log']:7.3f} "
           f"{per_step['watch']:7.3f} | wall: {cells[0]} | cpu: {cells[1]} | {'ok' if ok else 'OVER'}", flush=True)

@@ -1,0 +1,110 @@
+"""Side-by-side timing that can resolve a 1-2% difference on a loaded 2-core machine.
+
+Shared by the benchmarks that compare versions of one workload (overhead.py, watch_overhead.py,
+threads.py). Why each piece:
+- interleaving: the versions run in rotating order (a b, b a, ... for two; a b c, b c a, ... for
+  three), so a drift in the machine's load hits every version alike and cancels in the ratios;
+- many short repetitions: each gives one ratio, and the spread of a mean of many ratios shrinks
+  as 1/sqrt(n), where one long run per version leaves all the load noise in one number;
+- two clocks: wall time, and the process's CPU time (every thread), which other processes on a
+  busy machine inflate much less (they take cores away, which costs wall time, not CPU time);
+- the geometric mean of the per-repetition ratios, with a percentile-bootstrap confidence
+  interval (resampling the repetitions): a ratio's natural average, and an interval that says
+  whether a goal such as "<= 1.03x, excluding 1.05" holds.
+
+Run as scripts (`python benchmarks/overhead.py`), the benchmarks import this module as `paired`
+from their own folder.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import random
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Clock = Literal["wall", "cpu"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One timed repetition of one version."""
+
+    wall: float  # seconds of wall time
+    cpu: float  # seconds of this process's CPU time (all threads)
+
+
+@dataclass(frozen=True)
+class RatioCI:
+    """Geometric mean of paired ratios and its confidence interval."""
+
+    mean: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.mean:.3f}x [{self.low:.3f}, {self.high:.3f}]"
+
+
+def timed(fn: Callable[[], object]) -> Timing:
+    """Time one call on both clocks, after a garbage collection (every call starts with none pending)."""
+    gc.collect()
+    gc.freeze()  # what survived is not garbage: later collections skip it (they took ~0.3 s each here)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return Timing(time.perf_counter() - wall, time.process_time() - cpu)
+
+
+def rotation(names: Sequence[str], rep: int) -> list[str]:
+    """The order of repetition `rep`: the names rotated by `rep` (for two names: alternating)."""
+    k = rep % len(names) if names else 0
+    return list(names[k:]) + list(names[:k])
+
+
+def interleaved(
+    versions: Mapping[str, Callable[[], Timing]], reps: int, warmup: bool = True
+) -> dict[str, list[Timing]]:
+    """Run every version `reps` times in rotating order (after one untimed call of each when `warmup`)."""
+    if warmup:
+        for run in versions.values():
+            run()
+    times: dict[str, list[Timing]] = {name: [] for name in versions}
+    for rep in range(reps):
+        for name in rotation(list(versions), rep):
+            times[name].append(versions[name]())
+    return times
+
+
+def geometric_ci(ratios: Sequence[float], level: float = 0.95, resamples: int = 4000, seed: int = 0) -> RatioCI:
+    """Geometric mean of positive `ratios` and its percentile-bootstrap interval at `level`.
+
+    Deterministic for a given seed. One ratio gives a zero-width interval (there is nothing to resample)."""
+    if not ratios or any(not r > 0 for r in ratios):
+        raise ValueError(f"ratios must be positive and non-empty, got {list(ratios)[:5]}")
+    logs = [math.log(r) for r in ratios]
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(logs, k=len(logs))) for _ in range(resamples))
+    tail = (1.0 - level) / 2
+    low = means[min(resamples - 1, int(tail * resamples))]
+    high = means[max(0, math.ceil((1.0 - tail) * resamples) - 1)]
+    return RatioCI(math.exp(statistics.fmean(logs)), math.exp(low), math.exp(high))
+
+
+def paired_ratios(times: Mapping[str, Sequence[Timing]], over: str, under: str, clock: Clock) -> list[float]:
+    """Per-repetition ratios under/over on one clock (repetition i of each version ran side by side)."""
+    return [getattr(u, clock) / getattr(o, clock) for o, u in zip(times[over], times[under], strict=True)]
+
+
+def ratio_ci(times: Mapping[str, Sequence[Timing]], over: str, under: str, clock: Clock) -> RatioCI:
+    """`geometric_ci` of `paired_ratios`: how much slower `under` is than `over`."""
+    return geometric_ci(paired_ratios(times, over, under, clock))
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, for printing next to every number."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
