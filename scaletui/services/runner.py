@@ -8,8 +8,10 @@ Shape of a sweep run:
   decay, which one worker trains as one batched model (engine/batched.py; see
   `plan_tasks` for how bundles are sized);
 - the executor here is `LocalProcessExecutor`: N persistent spawn-started worker
-  processes, each single-threaded by default (measured: two single-threaded
-  workers beat one two-threaded process by 1.3-1.85x). A worker trains one task
+  processes, one per core by default, each with its share of the idle cores as
+  torch threads (`core.config.default_threads_per_worker`: 1 unless a worker has a
+  quiet core to itself and more; two single-threaded workers beat one two-threaded
+  process by 1.3-1.85x). A worker trains one task
   at a time and writes each run's records to SQLite itself through its own
   `StoreSink`, and tells the runner as each run of a bundle ends;
 - a later executor (Ray, a cluster queue) only has to honour `Executor.run`:
