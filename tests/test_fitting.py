@@ -377,3 +377,21 @@ def test_four_sizes_take_the_offset_law_without_a_comparison_and_say_so() -> Non
                        source="c", loss_rule=LossRule.FINAL)
     assert report.law.form == "M2" and report.chosen_by.startswith("default")
     assert any(w.startswith("too few sizes to compare forms by held-out error: M2 taken") for w in report.warnings)
+
+
+def test_a_curve_pooling_shapes_says_so_once_instead_of_one_warning_per_pair() -> None:
+    """A depth-1 net loses to a deeper one of about the same size: on a law over params pooled across
+    depths that is one fact about the data (one line, pointing at --group-by depth), not N alarms."""
+    from scaletui.analysis.checks import check_monotone
+    from scaletui.services.fitting import RunPoint, _mixed_shape_warning, _mixes_shapes, _monotonicity_warnings
+
+    cells = {(8, 2, 100.0): [0.50, 0.51], (16, 1, 120.0): [0.70, 0.71], (16, 2, 200.0): [0.40, 0.41],
+             (32, 1, 240.0): [0.60, 0.61], (32, 2, 400.0): [0.30, 0.31]}
+    points = [RunPoint(i, x, loss, None, (), (w, d)) for i, ((w, d, x), losses) in enumerate(cells.items())
+              for loss in losses]
+    mono = check_monotone([p.x for p in points], [p.loss for p in points])
+    assert len(_monotonicity_warnings(mono)) == 2  # what a single-family curve would say, pair by pair
+    assert _mixes_shapes(points) and not _mixes_shapes([p for p in points if p.shape[1] == 2])
+    [line] = _mixed_shape_warning(mono, "params")
+    assert line.startswith("loss is not a function of params alone: 2 times")
+    assert "(worst: x=200 0.405 vs x=240 0.605)" in line and "--group-by depth" in line  # the largest ratio

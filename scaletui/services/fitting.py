@@ -192,6 +192,7 @@ class RunPoint:
     loss: float
     group: Hashable
     series: tuple[tuple[int, float, float], ...] = ()
+    shape: tuple[int | None, int | None] = (None, None)  # the run's (width, depth)
 
 
 @dataclass(frozen=True)
@@ -275,7 +276,7 @@ def _run_points(reader: Reader, row: RunSummary, spec: FitSpec, rule: LossRule) 
         return []
     series = tuple((s, xs, v) for s, v in at_steps if (xs := run_x(spec.x, row, config, s)) is not None
                    and _usable(xs) and v > 0)
-    return [RunPoint(row.id, x, loss, group, series)]
+    return [RunPoint(row.id, x, loss, group, series, (row.width, row.depth))]
 
 
 def resolve_experiment(reader: Reader, name: str | None) -> ExperimentRow:
@@ -488,6 +489,27 @@ def _prediction_warnings(predictions: Sequence[Prediction]) -> list[str]:
             for p in predictions if p.far]
 
 
+def _mixes_shapes(points: Sequence[RunPoint]) -> bool:
+    """Several widths and several depths on one curve: loss need not fall with x alone (a shallow net
+    of some size loses to a deeper one of the same size), so x-order violations are expected there."""
+    widths = {p.shape[0] for p in points if p.shape[0] is not None}
+    depths = {p.shape[1] for p in points if p.shape[1] is not None}
+    return len(widths) > 1 and len(depths) > 1
+
+
+def _mixed_shape_warning(mono: Monotonicity | None, x: str) -> list[str]:
+    """One line for a pooled curve's x-order violations instead of one per pair: they say the curve
+    mixes model families, not that a family scales badly (the per-depth laws check that)."""
+    beyond = [v for v in (mono.violations if mono else ()) if v.exceeds_spread]
+    if not beyond:
+        return []
+    worst = max(beyond, key=lambda v: v.loss_large / v.loss_small)
+    return [f"loss is not a function of {x} alone: {len(beyond)} times a larger model loses to a smaller one "
+            f"of another shape beyond the seed spread (worst: x={worst.x_small:.4g} {worst.loss_small:.4g} vs "
+            f"x={worst.x_large:.4g} {worst.loss_large:.4g}); this law pools every shape: fit one per depth "
+            "(--group-by depth) to check each family"]
+
+
 def _monotonicity_warnings(mono: Monotonicity | None) -> list[str]:
     if mono is None:
         return []
@@ -532,7 +554,9 @@ def fit_curve(points: Sequence[RunPoint], spec: FitSpec, *, source: str, loss_ru
     fitted = _fit_curve_arrays(_Curve((x,), y, x, what), spec, should_stop)
     mono = check_monotone(x, y)
     stability = _stability(points, spec, fitted.law, should_stop)
-    warnings = (*fitted.warnings, *_monotonicity_warnings(mono), *_stability_warnings(stability))
+    shape_warnings = (_mixed_shape_warning(mono, FitX(spec.x).value) if _mixes_shapes(points)
+                      else _monotonicity_warnings(mono))
+    warnings = (*fitted.warnings, *shape_warnings, *_stability_warnings(stability))
     unit = f"{np.unique(x).size} sizes"  # a resample draws sizes; a size brings all its seeds
     return FitReport(source, spec.x, loss_rule.label, group, fitted.law, (x,), y, tuple(p.run_id for p in points),
                      summarise_points(x, y), fitted.scores, fitted.chosen_by, fitted.boot, fitted.band,
