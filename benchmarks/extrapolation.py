@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from collections import defaultdict
@@ -31,7 +30,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `paired`
 import refdata
+from paired import pin_cores
 
 from scaletui.analysis.forms import FittedLaw, predict
 from scaletui.analysis.select import SelectOptions, predict_with_band, select_form
@@ -47,15 +48,6 @@ GOALS = {"IC": ("M4", 0.028), "NMT": ("M4", 0.018), "LM": ("M4", 0.0009), "BB": 
 class Errors:
     rmse_log: float
     rel_err: float
-
-
-def pin_cores(n: int) -> str:
-    """Restrict this process to its first n allowed CPUs, when the OS supports it."""
-    if not hasattr(os, "sched_setaffinity"):
-        return f"{os.cpu_count()} (affinity not supported)"
-    allowed = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, allowed[:n])
-    return f"{len(os.sched_getaffinity(0))} of {len(allowed)}"
 
 
 def errors(law: FittedLaw | None, curve: refdata.Curve) -> Errors:

@@ -39,8 +39,10 @@ from typing import TypeVar
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `paired`
 import numpy as np  # noqa: E402
 import refdata  # noqa: E402
+from paired import pin_cores  # noqa: E402
 
 from scaletui.analysis.solve import FitOptions, LossSpec, bootstrap  # noqa: E402
 from scaletui.analysis.stability import Stability, exponent_stability  # noqa: E402
@@ -49,15 +51,6 @@ from scaletui.store import Reader  # noqa: E402
 
 GOALS = {"fit": 0.5, "bootstrap": 3.0, "cancel": 0.5}
 T = TypeVar("T")
-
-
-def pin_cores(n: int) -> str:
-    """Restrict this process to its first n allowed CPUs, when the OS supports it."""
-    if not hasattr(os, "sched_setaffinity"):
-        return f"{os.cpu_count()} (affinity not supported)"
-    allowed = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, allowed[:n])
-    return f"{len(os.sched_getaffinity(0))} of {len(allowed)}"
 
 
 CPU_SECONDS: list[float] = []  # the CPU time of the fastest call of the last best_of

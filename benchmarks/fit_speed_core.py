@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +23,9 @@ from typing import TypeVar
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `paired`
 import refdata
+from paired import pin_cores
 
 from scaletui.analysis.select import SelectOptions, heldout_scores, select_form
 from scaletui.analysis.solve import FitOptions, LossSpec, bootstrap, fit_law
@@ -32,15 +33,6 @@ from scaletui.analysis.solve import FitOptions, LossSpec, bootstrap, fit_law
 GOALS = {"fit": 0.5, "bootstrap": 3.0}
 EPOCH = FitOptions(loss=LossSpec("log", 1e-3))  # Besiroglu et al.'s objective
 T = TypeVar("T")
-
-
-def pin_cores(n: int) -> str:
-    """Restrict this process to its first n allowed CPUs, when the OS supports it."""
-    if not hasattr(os, "sched_setaffinity"):
-        return f"{os.cpu_count()} (affinity not supported)"
-    allowed = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, allowed[:n])
-    return f"{len(os.sched_getaffinity(0))} of {len(allowed)}"
 
 
 def best_of(repeat: int, fn: Callable[[], T]) -> tuple[float, T]:

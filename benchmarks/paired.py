@@ -108,3 +108,13 @@ def ratio_ci(times: Mapping[str, Sequence[Timing]], over: str, under: str, clock
 def load_average() -> str:
     """The 1, 5 and 15 minute load averages, for printing next to every number."""
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# Setting up a measurement: the benchmarks that fit laws pin themselves to the cores a user has.
+def pin_cores(n: int) -> str:
+    """Restrict this process to its first n allowed CPUs, when the OS supports it."""
+    if not hasattr(os, "sched_setaffinity"):
+        return f"{os.cpu_count()} (affinity not supported)"
+    allowed = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, allowed[:n])
+    return f"{len(os.sched_getaffinity(0))} of {len(allowed)}"
