@@ -291,3 +291,16 @@ def test_a_run_that_blows_up_is_diverged_with_the_same_alert_a_built_in_run_gets
     assert [s for (s,) in rows(db, "SELECT status FROM runs")] == ["diverged"] * 4
     alerts = rows(db, "SELECT DISTINCT run_id FROM alerts WHERE kind = 'divergence' AND active = 1")
     assert len(alerts) == 4
+
+
+def test_the_group_checks_see_an_entrypoint_sweeps_runs(tmp_path: Path) -> None:
+    """A wider net that does worse (cost grows with width here) raises the same non-monotonic alert a
+    built-in sweep gets: the monitor groups the sweep's own-loop rows by their specs."""
+    worse_when_wider = FUNCTION.replace('config["gain"] / config["width"]', 'config["gain"] * config["width"]')
+    path = sweep_file(tmp_path, gains=[1.0], function=worse_when_wider)
+    db = tmp_path / "runs.db"
+    done = run_cli("run", "--headless", str(path), "--db", str(db), timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    alerts = rows(db, "SELECT kind, message FROM alerts")
+    assert [kind for kind, _ in alerts] == ["non_monotonic"], alerts
+    assert "width 8" in alerts[0][1] and "width 4" in alerts[0][1]

@@ -70,6 +70,16 @@ def _config_params(spec: RunSpec) -> int | None:
                       spec.model.arch, spec.model.norm)
 
 
+def _entrypoint_keys(sweep: Sweep) -> dict[str, RunSpec]:
+    """The row key of each run of an entrypoint sweep (`own_records.own_run_key`), with its spec."""
+    if sweep.entrypoint is None:
+        return {}
+    from scaletui.services.own_records import canonical_config, own_run_key
+
+    return {own_run_key(sweep.name, canonical_config(config)): spec
+            for spec, config in zip(sweep.runs, sweep.entry_configs, strict=True)}
+
+
 def _run_subject(run_id: int) -> str:
     return alert_subject(Alert("", "", None, "", "", run_id=run_id))
 
@@ -179,6 +189,11 @@ class SweepMonitor:
         self.interval_s = interval_s
         self.thresholds = sweep.thresholds
         self._specs = {spec.key: spec for spec in sweep.runs}
+        # A `train.entrypoint` sweep's rows are keyed as runs of one's own loop: they join the group
+        # checks (non-monotonic, seed sensitivity) by their spec, while their run-level alerts come
+        # from the run handle in the worker, which sees every value as it is logged.
+        self._own_keys = _entrypoint_keys(sweep)
+        self._specs.update(self._own_keys)
         self._config_sizes = [n for n in map(_config_params, sweep.runs) if n is not None]
         self._watch = set(run_ids)  # runs this sweep trains: diagnosed as they progress
         self._tracks: dict[int, _Track] = {}
@@ -261,7 +276,10 @@ class SweepMonitor:
         self._writer()
         with self._tracker.transaction():
             for row in self._tracker.changed_runs():
-                if row.key in self._specs:
+                if row.key in self._own_keys:
+                    self._rows[row.id] = row
+                    self._group_dirty |= row.ok
+                elif row.key in self._specs:
                     self._rows[row.id] = row
                     if row.id in self._watch:
                         self._group_dirty |= self._follow(row)
