@@ -27,3 +27,14 @@ def mnist1d_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data_dir = tmp_path_factory.mktemp("data")
     prepare_dataset(DataSpec(dataset="mnist1d"), data_dir)
     return data_dir
+
+
+class StopAfter:
+    """A stop signal that becomes set after `n` checks (the training loops check once per step)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, 0
+
+    def is_set(self) -> bool:
+        self.calls += 1
+        return self.calls > self.n

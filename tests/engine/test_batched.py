@@ -27,20 +27,10 @@ from scaletui.engine.batched import Member, bundle_key, check_bundle, train_bund
 from scaletui.engine.checkpoints import list_checkpoints
 from scaletui.engine.loop import CHECKPOINT_KEYS, train_run
 from scaletui.engine.sinks import MemorySink
+from tests.engine.conftest import StopAfter
 
 REL, ABS = 1e-4, 1e-5  # losses (see the module docstring)
 STATS_REL = 1e-3  # per-layer norms
-
-
-class StopAfter:
-    """A stop signal that becomes set after `n` checks (the loops check once per step)."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.calls = n, 0
-
-    def is_set(self) -> bool:
-        self.calls += 1
-        return self.calls > self.n
 
 
 def spec_of(seed: int = 0, model: dict[str, Any] | None = None, data: dict[str, Any] | None = None,

@@ -18,17 +18,7 @@ from scaletui.engine.checkpoints import list_checkpoints
 from scaletui.engine.loop import train_run
 from scaletui.engine.optim import lr_at
 from scaletui.engine.sinks import MemorySink
-
-
-class StopAfter:
-    """A stop signal that becomes set after `n` checks (the loop checks once per step)."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.calls = n, 0
-
-    def is_set(self) -> bool:
-        self.calls += 1
-        return self.calls > self.n
+from tests.engine.conftest import StopAfter
 
 
 def tiny_spec(model: dict[str, Any] | None = None, **train: Any) -> RunSpec:

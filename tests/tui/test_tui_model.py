@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from scaletui.core.records import ModelInfo
+from scaletui.core.specs import RunSpec
 from scaletui.core.vocabulary import AlertKind, RunStatus, Severity
 from scaletui.store.writer import Store, StoreSink
 from scaletui.tui.model import (
@@ -258,18 +259,24 @@ def test_a_run_that_stops_shows_the_databases_latest_values(db: Path) -> None:
     poller.close()
 
 
+def resume_run_5_from_step_20(db: Path, spec: RunSpec) -> None:
+    """Run 5 (16 x 2) is interrupted and resumed from its step-20 checkpoint: its records after step 20
+    are deleted and steps 21-25 written again, as the runner does on a resume."""
+    with Store(db) as store:
+        store.mark_interrupted(5, "stopped by the test")
+        store.mark_running(5, pid=4_000_005, host="gpu-box-elsewhere")
+    with StoreSink(db, 5) as sink:
+        sink.started(ModelInfo(sweepdb.params_of(16, 2), 1, tuple(sweepdb.layer_names(2)), 1e-3), 20)
+    sweepdb.extend_run(db, 5, spec, 21, 25)
+
+
 def test_a_resumed_run_reads_its_rewritten_steps(db: Path) -> None:
     """A resume deletes the records after the checkpoint and writes them again: the poller starts over."""
     spec = sweepdb.specs((16,), (2,), (0,), 60)[0]
     poller, state = Poller(db), SweepState()
     sweepdb.extend_run(db, 5, spec, 31, 45)
     state.apply(poller.poll())
-    with Store(db) as store:  # interrupted and resumed from its step-20 checkpoint between two polls
-        store.mark_interrupted(5, "stopped by the test")
-        store.mark_running(5, pid=4_000_005, host="gpu-box-elsewhere")
-    with StoreSink(db, 5) as sink:
-        sink.started(ModelInfo(sweepdb.params_of(16, 2), 1, tuple(sweepdb.layer_names(2)), 1e-3), 20)
-    sweepdb.extend_run(db, 5, spec, 21, 25)
+    resume_run_5_from_step_20(db, spec)  # between two polls
     state.apply(poller.poll())
     assert state.train_loss(state.runs[5]) == pytest.approx(sweepdb.curve(16, 2, 25, 60))
     assert state.test_loss(state.runs[5]) == pytest.approx(sweepdb.curve(16, 2, 20, 60) + 0.05)
@@ -312,12 +319,7 @@ def test_a_selected_run_that_resumes_draws_its_rewritten_curve_and_layers(db: Pa
     sweepdb.extend_run(db, 5, spec, 31, 45)
     state.apply(poller.poll())
     assert list(state.series[(5, "train_loss")].steps) == list(range(46))
-    with Store(db) as store:  # interrupted and resumed from its step-20 checkpoint between two polls
-        store.mark_interrupted(5, "stopped by the test")
-        store.mark_running(5, pid=4_000_005, host="gpu-box-elsewhere")
-    with StoreSink(db, 5) as sink:
-        sink.started(ModelInfo(sweepdb.params_of(16, 2), 1, tuple(sweepdb.layer_names(2)), 1e-3), 20)
-    sweepdb.extend_run(db, 5, spec, 21, 25)
+    resume_run_5_from_step_20(db, spec)  # between two polls
     state.apply(poller.poll())
     assert list(state.series[(5, "train_loss")].steps) == list(range(26))
     assert list(state.series[(5, "test_loss")].steps) == [0, 20]
