@@ -136,7 +136,6 @@ def test_the_experiment_filter_keeps_one_experiments_rows(db: Path, tmp_path: Pa
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--what", "predictions"], "no predictions table yet"),
     (["--experiment", "nope"], "no experiment 'nope' (have: law, own)"),
     (["--format", "xlsx"], "Invalid value for '--format'"),
 ])
@@ -153,16 +152,16 @@ def test_out_must_be_a_file_in_an_existing_folder(db: Path, tmp_path: Path) -> N
         assert result.returncode == 2 and message in result.stderr
 
 
-def test_a_predictions_table_is_exported_once_it_exists(tmp_path: Path) -> None:
-    path = fill(tmp_path / "p.db", plan(widths=(8, 16), seeds=(0,)))
-    with closing(sqlite3.connect(path)) as conn, conn:
-        conn.execute("CREATE TABLE predictions (experiment_id INTEGER, x REAL, value REAL)")
-        conn.execute("INSERT INTO predictions VALUES (1, 1e6, 0.31), (1, 1e7, 0.305)")
+def test_the_predictions_ledger_is_exported(tmp_path: Path) -> None:
+    from scaletui.services.predictions import record_prediction
+
+    path = fill(tmp_path / "p.db", plan(widths=(8, 16, 32, 64), seeds=(0,)))
+    recorded = record_prediction(path, "law", 128, 1, params=100 * 128 * 128, n_bootstrap=50)
     result = export_service.export(path, tmp_path / "p.parquet", ExportWhat.PREDICTIONS, ExportFormat.PARQUET)
-    assert result.rows == 2
-    assert pq.read_table(tmp_path / "p.parquet").to_pylist() == [
-        {"experiment": "law", "experiment_id": 1, "x": 1e6, "value": 0.31},
-        {"experiment": "law", "experiment_id": 1, "x": 1e7, "value": 0.305}]
+    assert result.rows == 1
+    [row] = pq.read_table(tmp_path / "p.parquet").to_pylist()
+    assert (row["experiment"], row["width"], row["depth"], row["status"]) == ("law", 128, 1, "open")
+    assert row["predicted"] == pytest.approx(recorded.predicted)
 
 
 def test_a_failed_export_leaves_out_as_it_was(db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,6 +16,7 @@ from scaletui.cli.common import EXIT_STOPPED, fail, load_sweep_or_fail, resolve_
 from scaletui.cli.export import export_command
 from scaletui.cli.fit import fit_command
 from scaletui.cli.ls import ls_command
+from scaletui.cli.predict import predict_command
 from scaletui.cli.run import run_command
 from scaletui.cli.suggest import suggest_command
 from scaletui.core.vocabulary import DEFAULT_DB, DEFAULT_SWEEP_FILE
@@ -53,6 +54,7 @@ def main(ctx: click.Context, app_db: Path | None) -> None:
     scaletui run --dry-run [FILE]    validate and list the expanded sweep
     scaletui ls                      list the runs in the database
     scaletui fit                     fit the scaling law of a sweep (or a CSV file) and say how well it predicts
+    scaletui predict -w W -d D       record the law's prediction for a size not yet run; scored when it is
     scaletui suggest -w W -d D       propose the learning rate for a size not yet run
     scaletui export OUT              write runs, metrics, layer stats or fits to CSV or Parquet
 
@@ -66,5 +68,5 @@ def main(ctx: click.Context, app_db: Path | None) -> None:
         open_app(sweep.db if sweep else resolve_db(app_db), sweep, start=False)
 
 
-for command in (run_command, ls_command, fit_command, suggest_command, export_command):
+for command in (run_command, ls_command, fit_command, predict_command, suggest_command, export_command):
     main.add_command(command)

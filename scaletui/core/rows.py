@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 from scaletui.core.records import FittedLaw
-from scaletui.core.vocabulary import DEFAULT_LOSS_METRIC, LossRule, RunSource, RunStatus, Severity
+from scaletui.core.vocabulary import (
+    DEFAULT_LOSS_METRIC,
+    LossRule,
+    PredictionSource,
+    PredictionStatus,
+    RunSource,
+    RunStatus,
+    Severity,
+)
 
 R = TypeVar("R")
 
@@ -323,3 +331,59 @@ def legacy_law(row: FitRow) -> FittedLaw:
     objective = math.nan if row.objective is None else float(row.objective)
     return FittedLaw(name, dict(row.params), variables, x_range, row.n_points, "log", delta, objective,
                      True, None, row.warnings)
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    """One entry of the predictions ledger (`predictions` table), its JSON columns parsed.
+
+    A law's prediction of the loss at a size not yet trained (`width` x `depth`, `x` on the law's axis
+    `x_name`), with its band, recorded before the runs exist; `status` says whether it has been scored
+    against the runs of that size since (`truth`: their mean loss, `error`: (predicted - truth) / truth,
+    `inside`: truth within [lo, hi]). `plan` holds the training plans (config minus size and seed) the
+    law was fitted under: runs trained under another plan do not score it. `curve`: which law ("depth=6",
+    or None for the law over every run); `inputs`: run ids, sizes and fit options behind it.
+    """
+
+    id: int
+    experiment_id: int
+    experiment: str | None
+    created_at: str
+    source: PredictionSource
+    width: int | None
+    depth: int | None
+    x_name: str
+    x: float
+    curve: str | None
+    form: str
+    loss_rule: str
+    predicted: float
+    lo: float | None
+    hi: float | None
+    level: float | None
+    status: PredictionStatus
+    truth: float | None
+    n_truth: int | None
+    error: float | None
+    inside: bool | None
+    scored_at: str | None
+    note: str | None
+    law: FittedLaw
+    plan: dict[str, Any]
+    inputs: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        _set(self, "source", PredictionSource(self.source))
+        _set(self, "status", PredictionStatus(self.status))
+        _set(self, "inside", None if self.inside is None else bool(self.inside))
+        law = _json(self.law, None)
+        _set(self, "law", law if isinstance(law, FittedLaw) else FittedLaw.from_json(law))
+        _set(self, "plan", _json(self.plan, {}))
+        _set(self, "inputs", _json(self.inputs, {}))
+
+    @property
+    def size_label(self) -> str:
+        """E.g. `192x6`, or the law's x where the size has no width and depth."""
+        if self.width is not None and self.depth is not None:
+            return f"{self.width}x{self.depth}"
+        return f"{self.x_name}={self.x:.4g}"

@@ -289,6 +289,30 @@ class RunSource(Choice):
 DEFAULT_LOSS_METRIC = "test_loss"
 
 
+# --------------------------------------------------------------------------- the predictions ledger
+
+
+class PredictionStatus(Choice):
+    """Where a recorded next-size prediction stands (`predictions.status`)."""
+
+    OPEN = "open"  # no finished run of that size and training plan yet
+    SCORED = "scored"  # every run of that size and plan finished: truth, error and band coverage stored
+    UNSCORABLE = "unscorable"  # runs of that size finished under another training plan (`note` says what changed)
+
+
+class PredictionSource(Choice):
+    """Who recorded a prediction (`predictions.source`)."""
+
+    PREDICT = "predict"  # `scaletui predict --width W --depth D`
+    APP = "app"  # the fit pane's key
+    SUGGEST = "suggest"  # `scaletui suggest`, with the hyperparameters it proposes
+
+
+#: A prediction further than this factor beyond the largest (or below the smallest) size the law was
+#: fitted on is refused: five sizes say little about a model 100 times bigger.
+MAX_EXTRAPOLATION = 100.0
+
+
 # --------------------------------------------------------------------------- export
 
 
@@ -315,3 +339,14 @@ DEFAULT_DATA_DIR = "runs/data"
 DEFAULT_CHECKPOINT_DIR = "runs/checkpoints"
 #: A step cursor before any step ("read everything"); SQLite integers are 64-bit.
 BEFORE_ANY_STEP = -(2**62)
+
+
+# --------------------------------------------------------------------------- the gradient noise scale
+
+#: Metric keys of the gradient noise scale (McCandlish et al. 2018), recorded by the training loops on
+#: some logging steps: each measurement's unbiased estimates of |G|^2 and tr(Sigma) (from the squared
+#: gradient norms of the step's batch and of its halves), and the running B_simple = tr(Sigma) / |G|^2,
+#: the ratio of their debiased EMAs (averaged first: a ratio of noisy estimates is biased).
+NOISE_SCALE_METRIC = "grad_noise_scale"
+NOISE_G2_METRIC = "grad_noise_g2"
+NOISE_TRACE_METRIC = "grad_noise_trace"

@@ -76,9 +76,6 @@ def _check_out(out: Path) -> None:
 
 
 def _check_source(reader: Reader, db: Path, what: ExportWhat, experiment: str | None) -> None:
-    if what is ExportWhat.PREDICTIONS and not reader.has_table(ExportWhat.PREDICTIONS.value):
-        raise ExportError(f"{db}: this database has no predictions table yet (fits store their predictions in "
-                          "the fits table: export --what fits)")
     if experiment is not None:
         names = [e.name for e in reader.experiments()]
         if experiment not in names:

@@ -188,6 +188,7 @@ def run_sweep(
             storage_failures.append(event.error or "")
         if event.kind is RunEventKind.FINISHED and event.status is not None:
             result.statuses[event.run_id] = event.status
+            _score_ledger(sweep)
         on_event(event)
 
     todo = [member for task in tasks for member in task.members]
@@ -206,6 +207,17 @@ def run_sweep(
     for run_id, _ in todo:
         result.statuses.setdefault(run_id, RunStatus.INTERRUPTED)
     return result
+
+
+def _score_ledger(sweep: Sweep) -> None:
+    """Score the recorded predictions this run may have settled (services.predictions); the ledger is
+    a report on the sweep, never a reason to stop it: a failure is logged and the sweep goes on."""
+    from scaletui.services.predictions import score_predictions
+
+    try:
+        score_predictions(sweep.db, sweep.name)
+    except Exception:  # e.g. a database locked by hand: scored again at the next finish
+        log.exception("scoring the predictions ledger failed; the sweep goes on")
 
 
 def _register(store: Any, sweep: Sweep, fresh: bool) -> tuple[int, list[Task]]:

@@ -35,11 +35,12 @@ from scaletui.core.rows import (
     FinalLoss,
     FitRow,
     MetricPoint,
+    PredictionRow,
     RunSummary,
     from_columns,
 )
 from scaletui.core.specs import RunSpec
-from scaletui.core.vocabulary import BEFORE_ANY_STEP, ExportWhat, RunStatus, Severity
+from scaletui.core.vocabulary import BEFORE_ANY_STEP, ExportWhat, PredictionStatus, RunStatus, Severity
 from scaletui.store.codec import from_real
 from scaletui.store.schema import database_id, open_db
 from scaletui.store.tx import retrying
@@ -55,6 +56,10 @@ _FIT_COLUMNS = ("f.id, f.created_at, f.experiment_id, e.name AS experiment, f.so
                 " f.objective, f.heldout_rel_error, f.heldout_rel_error_2, f.warnings_json AS warnings,"
                 " f.inputs_json AS inputs, f.options_json AS options, f.law_json AS law, f.scores_json AS scores,"
                 " f.heldout_json AS heldout, f.predictions_json AS predictions")
+_PREDICTION_COLUMNS = ("p.id, p.experiment_id, e.name AS experiment, p.created_at, p.source, p.width, p.depth,"
+                       " p.x_name, p.x, p.curve, p.form, p.loss_rule, p.predicted, p.lo, p.hi, p.level, p.status,"
+                       " p.truth, p.n_truth, p.error, p.inside, p.scored_at, p.note, p.law_json AS law,"
+                       " p.plan_json AS plan, p.inputs_json AS inputs")
 _EVENTS = "SELECT id, run_id, at, kind, message FROM events WHERE id > ?"
 #: Most severe first, generated from the vocabulary.
 _SEVERITY_ORDER = "CASE a.severity " + " ".join(f"WHEN '{s.value}' THEN {s.rank}" for s in Severity) + " ELSE 9 END"
@@ -82,11 +87,8 @@ _EXPORT_SQL: dict[ExportWhat, tuple[str, str, tuple[tuple[str, str], ...], str]]
                       " LEFT JOIN experiments e ON e.id = t.experiment_id", (("experiment", "TEXT"),), "t.id"),
     ExportWhat.PREDICTIONS: ("predictions", "SELECT e.name AS experiment, {columns} FROM predictions t"
                              " LEFT JOIN experiments e ON e.id = t.experiment_id", (("experiment", "TEXT"),),
-                             "t.rowid"),
+                             "t.id"),
 }
-# A predictions table without an experiment_id column (its schema is not written yet): exported whole.
-_PREDICTIONS_ALONE = ("predictions", "SELECT NULL AS experiment, {columns} FROM predictions t",
-                      (("experiment", "TEXT"),), "t.rowid")
 #: Columns where NULL means a NaN was recorded (see `scaletui.store.codec`).
 _NULL_IS_NAN = {"metrics": {"value"}, "layer_stats": {"grad_norm", "weight_norm", "update_ratio"}}
 EXPORT_CHUNK_ROWS = 10_000
@@ -326,6 +328,20 @@ class Reader:
         )
         return self._typed(sql, params, row=FitRow)
 
+    def predictions(self, experiment: str | None = None, *,
+                    status: PredictionStatus | None = None) -> list[PredictionRow]:
+        """The predictions ledger, oldest first; optionally one experiment's (by name) and one status."""
+        where, params = [], []
+        if experiment is not None:
+            where.append("e.name = ?")
+            params.append(experiment)
+        if status is not None:
+            where.append("p.status = ?")
+            params.append(PredictionStatus(status).value)
+        sql = (f"SELECT {_PREDICTION_COLUMNS} FROM predictions p JOIN experiments e ON e.id = p.experiment_id"
+               + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY p.id")
+        return self._typed(sql, params, row=PredictionRow)
+
     # ----------------------------------------------------------------- runs of one's own loop
 
     def user_config(self, run_id: int) -> dict[str, Any] | None:
@@ -341,12 +357,7 @@ class Reader:
         return bool(rows)
 
     def _export_sql(self, what: ExportWhat) -> tuple[str, str, tuple[tuple[str, str], ...], str]:
-        table, sql, extras, order = _EXPORT_SQL[ExportWhat(what)]
-        if what == ExportWhat.PREDICTIONS and not self._tuples(
-            "SELECT 1 FROM pragma_table_info('predictions') WHERE name = 'experiment_id'", []
-        ):
-            return _PREDICTIONS_ALONE
-        return table, sql, extras, order
+        return _EXPORT_SQL[ExportWhat(what)]
 
     def export_columns(self, what: ExportWhat) -> list[ExportColumn]:
         """The columns `export_rows(what)` yields, in order, with their declared types."""

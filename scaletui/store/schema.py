@@ -259,8 +259,45 @@ def _v5_own_runs(db: Database) -> None:
         db.execute(statement)
 
 
+_V6_STATEMENTS: tuple[str, ...] = (
+    # The predictions ledger: a law's prediction at a size not trained yet, recorded before its runs
+    # exist and scored when they have all finished (`scaletui predict`, the fit pane, `scaletui suggest`).
+    """CREATE TABLE predictions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+        created_at TEXT NOT NULL,
+        source TEXT NOT NULL,             -- predict | app | suggest (core.vocabulary.PredictionSource)
+        width INTEGER, depth INTEGER,     -- the size predicted (NULL for a law over another axis)
+        x_name TEXT NOT NULL,             -- the law's axis: params | width | ...
+        x REAL NOT NULL,                  -- the size on that axis (params of width x depth)
+        curve TEXT,                       -- which law: "depth=6", or NULL for the law over every run
+        form TEXT NOT NULL,               -- M1 .. BNSL2, the form chosen by held-out error
+        loss_rule TEXT NOT NULL,          -- final | best | smoothed, of the experiment's loss metric
+        predicted REAL NOT NULL,          -- the law's loss at x
+        lo REAL, hi REAL, level REAL,     -- the prediction band and its nominal coverage (0.9)
+        status TEXT NOT NULL,             -- open | scored | unscorable (core.vocabulary.PredictionStatus)
+        truth REAL,                       -- mean loss of the finished runs of that size and plan
+        n_truth INTEGER,                  -- how many runs that mean is over
+        error REAL,                       -- (predicted - truth) / truth
+        inside INTEGER,                   -- 1 when lo <= truth <= hi
+        scored_at TEXT,
+        note TEXT,                        -- why a prediction is unscorable, or what scoring left out
+        law_json TEXT NOT NULL,           -- the FittedLaw, as in fits.law_json
+        plan_json TEXT NOT NULL,          -- {"hashes": [...], "plans": {hash: config minus size and seed}}
+        inputs_json TEXT NOT NULL         -- {"run_ids": [...], "sizes": [...], "options": {...}}
+    )""",
+    "CREATE INDEX predictions_open ON predictions(experiment_id, status)",
+)
+
+
+def _v6_predictions(db: Database) -> None:
+    """The predictions ledger: next-size predictions recorded before training and scored after."""
+    for statement in _V6_STATEMENTS:
+        db.execute(statement)
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_alerts_fits, _v3_database_id, _v4_fit_forms,
-                                                _v5_own_runs]
+                                                _v5_own_runs, _v6_predictions]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # --------------------------------------------------------------------------- views

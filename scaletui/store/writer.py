@@ -46,6 +46,7 @@ from scaletui.store.alerts import alert_subject, group_by_subject, sync_alerts
 from scaletui.store.codec import iso_ago, now_iso, to_real
 from scaletui.store.errors import UnknownRun
 from scaletui.store.fits import StorableFit, insert_fit
+from scaletui.store.predictions import NewPrediction, PredictionScore, insert_prediction, score_prediction
 from scaletui.store.schema import HYPERPARAMETERS, database_id, open_db
 from scaletui.store.tx import retrying, write_transaction
 
@@ -383,6 +384,14 @@ class Store:
     def add_fit(self, fit: StorableFit) -> int:
         """Store one fitted law with its evidence and inputs (see `scaletui.store.fits`); returns its id."""
         return int(self._write(lambda db: insert_fit(db, fit)))
+
+    def add_prediction(self, prediction: NewPrediction) -> int:
+        """Record one open next-size prediction (see `scaletui.store.predictions`); returns its id."""
+        return int(self._write(lambda db: insert_prediction(db, prediction)))
+
+    def score_prediction(self, prediction_id: int, score: PredictionScore) -> bool:
+        """Close an open prediction with its outcome; False when it was already closed."""
+        return bool(self._write(lambda db: score_prediction(db, prediction_id, score)))
 
     def running_runs(self, experiment: str) -> list[int]:
         """Ids of the experiment's runs whose status is `running` (call after `reap_orphans`)."""
