@@ -22,6 +22,7 @@ from scaletui.core.records import FittedLaw
 from scaletui.core.vocabulary import (
     DEFAULT_LOSS_METRIC,
     LossRule,
+    PredictionKind,
     PredictionSource,
     PredictionStatus,
     RunSource,
@@ -337,8 +338,10 @@ def legacy_law(row: FitRow) -> FittedLaw:
 class PredictionRow:
     """One entry of the predictions ledger (`predictions` table), its JSON columns parsed.
 
-    A law's prediction of the loss at a size not yet trained (`width` x `depth`, `x` on the law's axis
-    `x_name`), with its band, recorded before the runs exist; `status` says whether it has been scored
+    kind size: a law's prediction of the loss at a size not yet trained (`width` x `depth`, `x` on the
+    law's axis `x_name`), with its band, recorded before the runs exist. kind curve: a running run's
+    final loss (`run_id`, at its planned last step `steps`) predicted from its loss at `at_step`.
+    `status` says whether it has been scored
     against the runs of that size since (`truth`: their mean loss, `error`: (predicted - truth) / truth,
     `inside`: truth within [lo, hi]). `plan` holds the training plans (config minus size and seed) the
     law was fitted under: runs trained under another plan do not score it. `curve`: which law ("depth=6",
@@ -349,7 +352,11 @@ class PredictionRow:
     experiment_id: int
     experiment: str | None
     created_at: str
+    kind: PredictionKind
     source: PredictionSource
+    run_id: int | None
+    at_step: int | None
+    steps: int | None
     width: int | None
     depth: int | None
     x_name: str
@@ -368,16 +375,17 @@ class PredictionRow:
     inside: bool | None
     scored_at: str | None
     note: str | None
-    law: FittedLaw
+    law: FittedLaw | None  # kind size; a curve prediction's ratio law is in inputs
     plan: dict[str, Any]
     inputs: dict[str, Any]
 
     def __post_init__(self) -> None:
+        _set(self, "kind", PredictionKind(self.kind))
         _set(self, "source", PredictionSource(self.source))
         _set(self, "status", PredictionStatus(self.status))
         _set(self, "inside", None if self.inside is None else bool(self.inside))
         law = _json(self.law, None)
-        _set(self, "law", law if isinstance(law, FittedLaw) else FittedLaw.from_json(law))
+        _set(self, "law", law if isinstance(law, FittedLaw) or law is None else FittedLaw.from_json(law))
         _set(self, "plan", _json(self.plan, {}))
         _set(self, "inputs", _json(self.inputs, {}))
 

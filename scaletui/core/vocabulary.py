@@ -300,12 +300,24 @@ class PredictionStatus(Choice):
     UNSCORABLE = "unscorable"  # runs of that size finished under another training plan (`note` says what changed)
 
 
+class PredictionKind(Choice):
+    """What a prediction is about (`predictions.kind`)."""
+
+    SIZE = "size"  # the loss of a size not trained yet, from the law over the sizes that were
+    CURVE = "curve"  # a running run's final loss, from its loss so far and the sweep's finished runs
+
+
 class PredictionSource(Choice):
     """Who recorded a prediction (`predictions.source`)."""
 
     PREDICT = "predict"  # `scaletui predict --width W --depth D`
     APP = "app"  # the fit pane's key
     SUGGEST = "suggest"  # `scaletui suggest`, with the hyperparameters it proposes
+    MONITOR = "monitor"  # the sweep's monitor, at each evaluation of a running run (kind curve)
+
+
+#: The form column of a curve prediction: the ratio law of analysis.curve_forecast.
+CURVE_FORM = "ratio"
 
 
 #: A prediction further than this factor beyond the largest (or below the smallest) size the law was
@@ -350,3 +362,21 @@ BEFORE_ANY_STEP = -(2**62)
 NOISE_SCALE_METRIC = "grad_noise_scale"
 NOISE_G2_METRIC = "grad_noise_g2"
 NOISE_TRACE_METRIC = "grad_noise_trace"
+
+
+# --------------------------------------------------------------------------- executors
+
+
+class ExecutorKind(Choice):
+    """`experiment.executor` / `scaletui run --executor`: where a sweep's runs train."""
+
+    LOCAL = "local"  # worker processes on this machine (services/runner.LocalProcessExecutor), the default
+    RAY = "ray"  # tasks on a Ray cluster (services/ray_executor.py); needs the `scaletui[ray]` extra
+
+
+#: `experiment.ray_address` that joins the cluster this machine already belongs to (`ray.init(address="auto")`);
+#: unset starts a Ray instance of this machine alone, any other value is the head's `host:port`.
+RAY_ADDRESS_AUTO = "auto"
+#: `experiment.max_retries`: how often the Ray executor retries a run whose worker or node was lost (the
+#: run resumes from its last checkpoint); a run still unfinished after that stays `interrupted`.
+DEFAULT_MAX_RETRIES = 1

@@ -9,6 +9,8 @@ only what is new, and everything of a run again when it restarted. Every `interv
 * diagnoses each run of this sweep that has new records (`diagnose_run` over the run's whole series so
   far: the detectors are replayable, so the step an alert names does not move as the run grows) and
   syncs that run's alerts (`Store.sync_alerts`: inserted, updated, or deactivated when evidence fades);
+* predicts each running run's final test loss at each of its new evaluations from the sweep's finished
+  runs (services.curve_forecasts: the app's `pred. final`), recorded in the predictions ledger;
 * when runs of the sweep finish, runs the group detectors (`diagnose_group`: non-monotonic scaling, seed
   sensitivity) over the sweep's finished runs, by the sweep's loss rule.
 
@@ -44,6 +46,7 @@ from scaletui.core.rows import RunSummary
 from scaletui.core.specs import RunSpec
 from scaletui.core.thresholds import Thresholds
 from scaletui.core.vocabulary import DENSE_ARCHS, EventKind, RunStatus
+from scaletui.services.curve_forecasts import CurveForecaster
 from scaletui.services.tracker import Tracker
 from scaletui.store.alerts import alert_subject
 from scaletui.store.writer import Store
@@ -161,6 +164,10 @@ class _Track:
     metrics: dict[tuple[int, str], MetricRecord] = field(default_factory=dict)
     layers: dict[tuple[int, int], LayerStats] = field(default_factory=dict)
     signature: tuple[tuple[Any, ...], ...] | None = None  # the alerts last synced
+    forecast_step: int = 0  # the evaluation step its final loss was last predicted from
+
+    def test_losses(self) -> dict[int, float]:
+        return {step: r.value for (step, key), r in self.metrics.items() if key == "test_loss"}
 
     def take(self, metrics: Sequence[MetricRecord], layers: Sequence[LayerStats]) -> bool:
         """Keep the new records the detectors read; True when that changed what is kept."""
@@ -204,6 +211,7 @@ class SweepMonitor:
         self._group_subjects: set[str] | None = None
         self._group_signature: tuple[tuple[Any, ...], ...] | None = None
         self._store: Store | None = None
+        self._forecaster = CurveForecaster(experiment_id)  # `pred. final` of running runs
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_error: str | None = None
@@ -281,6 +289,8 @@ class SweepMonitor:
                     self._group_dirty |= row.ok
                 elif row.key in self._specs:
                     self._rows[row.id] = row
+                    if row.ok:
+                        self._forecaster.learn(self._tracker.reader, row, self._specs[row.key])
                     if row.id in self._watch:
                         self._group_dirty |= self._follow(row)
             if self._group_dirty:
@@ -298,6 +308,7 @@ class SweepMonitor:
         track = self._tracks[row.id]
         if self._read_new(track) and row.params:
             self._diagnose(track, row)
+            self._forecast(track, row)
         if row.status is RunStatus.RUNNING:
             return False
         del self._tracks[row.id]  # finished, failed or interrupted: its alerts are final
@@ -328,6 +339,17 @@ class SweepMonitor:
         if signature != track.signature:
             self._writer().sync_alerts(self.experiment_id, alerts, subjects=[_run_subject(track.run_id)])
             track.signature = signature
+
+    def _forecast(self, track: _Track, row: RunSummary) -> None:
+        """Predict a running run's final loss at each new evaluation (services.curve_forecasts)."""
+        losses = track.test_losses()
+        latest = max((s for s in losses if s < track.spec.train.steps), default=0)
+        if row.status is not RunStatus.RUNNING or latest <= track.forecast_step:
+            return
+        entry = self._forecaster.forecast(row, track.spec, losses)
+        if entry is not None:
+            self._writer().add_prediction(entry)
+        track.forecast_step = latest
 
     def _finished(self) -> list[FinishedRun]:
         return [FinishedRun(run_id, self._specs[row.key], row.loss) for run_id, row in self._rows.items()

@@ -40,6 +40,7 @@ from scaletui.core.vocabulary import (
     MAX_EXTRAPOLATION,
     OK,
     FitX,
+    PredictionKind,
     PredictionSource,
     PredictionStatus,
     RunStatus,
@@ -53,7 +54,7 @@ from scaletui.store.predictions import NewPrediction, PredictionScore
 _NOT_PLAN = {("model", "width"), ("model", "depth"), ("seed",), ("experiment",), ("train", "device"),
              ("train", "checkpoint_every"), ("train", "log_every")}
 _NOT_PLAN_USER = {"width", "depth", "seed", "device"}
-#: Statuses after which a run will not change its loss again (failed and stale runs never gave one).
+#: Statuses of a run that may still change its loss (interrupted runs resume).
 _UNFINISHED = {RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.INTERRUPTED}
 
 
@@ -154,6 +155,7 @@ def record_prediction(db_path: str | Path, experiment: str | None, width: int, d
 
     with Store(db_path) as store:
         prediction_id = store.add_prediction(entry)
+    assert prediction_id is not None  # only curve predictions are ever refused as repeats
     return _one(db_path, prediction_id)
 
 
@@ -229,12 +231,13 @@ def _one(db_path: str | Path, prediction_id: int) -> PredictionRow:
 
 
 def score_predictions(db_path: str | Path, experiment: str | None = None) -> list[PredictionRow]:
-    """Score every open prediction whose size has finished; returns the entries closed by this call."""
+    """Score every open prediction that can be; returns the entries closed by this call."""
     with Reader(db_path) as reader:
         open_ = reader.predictions(experiment, status=PredictionStatus.OPEN)
         if not open_:
             return []
-        outcomes = [(p, _score(reader, p)) for p in open_]
+        view = _RunsView(reader)
+        outcomes = [(p, _score(view, p)) for p in open_]
     closed = [(p, s) for p, s in outcomes if s is not None]
     if not closed:
         return []
@@ -246,29 +249,56 @@ def score_predictions(db_path: str | Path, experiment: str | None = None) -> lis
         return [p for p in reader.predictions(experiment) if p.id in ids]
 
 
-def _score(reader: Reader, p: PredictionRow) -> PredictionScore | None:
-    """The outcome of one open prediction, or None while its size is not finished."""
-    runs = [r for r in reader.runs(p.experiment) if r.width == p.width and r.depth == p.depth]
-    rule = next((e.loss_rule for e in reader.experiments() if e.id == p.experiment_id), None)
-    matching, other = _split_by_plan(reader, runs, p)
+class _RunsView:
+    """The runs a scoring pass reads, each experiment's and each run's plan read once per pass."""
+
+    def __init__(self, reader: Reader) -> None:
+        self.reader = reader
+        self._runs: dict[str | None, list[RunSummary]] = {}
+        self._plans: dict[int, str] = {}
+        self.rules = {e.id: str(e.loss_rule) for e in reader.experiments()}
+
+    def runs(self, experiment: str | None) -> list[RunSummary]:
+        if experiment not in self._runs:
+            self._runs[experiment] = self.reader.runs(experiment)
+        return self._runs[experiment]
+
+    def plan_hash(self, run: RunSummary) -> str:
+        if run.id not in self._plans:
+            self._plans[run.id] = plan_hash(_run_plan(self.reader, run))
+        return self._plans[run.id]
+
+
+def _score(view: _RunsView, p: PredictionRow) -> PredictionScore | None:
+    """The outcome of one open prediction, or None while what it predicts has not finished."""
+    if p.kind is PredictionKind.CURVE:
+        return _score_curve(view, p)
+    runs = [r for r in view.runs(p.experiment) if r.width == p.width and r.depth == p.depth]
+    hashes = set(p.plan.get("hashes", []))
+    matching = [r for r in runs if view.plan_hash(r) in hashes]
     if any(r.status in _UNFINISHED for r in matching):
         return None
     if not matching:
-        return _unscorable_plan(reader, other, p)
-    if rule is not None and str(rule) != p.loss_rule:
+        return _unscorable_plan(view.reader, [r for r in runs if r not in matching], p)
+    rule = view.rules.get(p.experiment_id)
+    if rule is not None and rule != p.loss_rule:
         return PredictionScore(PredictionStatus.UNSCORABLE, note=f"the experiment's loss rule changed since the "
                                                                  f"prediction ({p.loss_rule} -> {rule})")
     return _truth_score(matching, p)
 
 
-def _split_by_plan(reader: Reader, runs: list[RunSummary], p: PredictionRow) -> tuple[list[RunSummary],
-                                                                                        list[RunSummary]]:
-    hashes = set(p.plan.get("hashes", []))
-    matching: list[RunSummary] = []
-    other: list[RunSummary] = []
-    for r in runs:
-        (matching if plan_hash(_run_plan(reader, r)) in hashes else other).append(r)
-    return matching, other
+def _score_curve(view: _RunsView, p: PredictionRow) -> PredictionScore | None:
+    """A running run's final loss: scored by its final test loss once it has run to its last step."""
+    run = next((r for r in view.runs(p.experiment) if r.id == p.run_id), None)
+    if run is None:
+        return PredictionScore(PredictionStatus.UNSCORABLE, note="the run is no longer in the database")
+    if run.status in _UNFINISHED:
+        return None
+    if run.status is not RunStatus.DONE or run.final_test_loss is None or not math.isfinite(run.final_test_loss):
+        return PredictionScore(PredictionStatus.UNSCORABLE, note=f"the run ended {run.status} before its last step")
+    truth = float(run.final_test_loss)
+    inside = None if p.lo is None or p.hi is None else bool(p.lo <= truth <= p.hi)
+    return PredictionScore(PredictionStatus.SCORED, truth, 1, (p.predicted - truth) / truth, inside)
 
 
 def _unscorable_plan(reader: Reader, other: list[RunSummary], p: PredictionRow) -> PredictionScore | None:
@@ -322,10 +352,11 @@ class TrackRecord:
 
 
 def ledger(db_path: str | Path, experiment: str | None = None, *, score: bool = True) -> TrackRecord:
-    """The experiment's predictions (every experiment's when None), scored first where they can be."""
+    """The experiment's next-size predictions (every experiment's when None), scored first where they can be.
+    (The curve predictions of its runs are scored too; `curve_record` reads them.)"""
     if score:
         upgrade(db_path)
         score_predictions(db_path, experiment)
     with Reader(db_path) as reader:
         name = resolve_experiment(reader, experiment).name if experiment is not None else None
-        return TrackRecord(tuple(reader.predictions(name)))
+        return TrackRecord(tuple(reader.predictions(name, kind=PredictionKind.SIZE)))

@@ -1,8 +1,9 @@
 """The `predictions` table: next-size predictions, recorded before the runs exist and scored after.
 
 A prediction is written once (`insert_prediction`) with everything needed to judge it later: the law
-(`law_json`, the same record as `fits.law_json`), its inputs, and the training plans it was fitted
-under. Scoring (`score_prediction`) fills the truth columns in place exactly once: an entry goes from
+(`law_json`, the same record as `fits.law_json`; for a running run's final loss, the ratio law's
+coefficients in `inputs_json`), its inputs, and the training plans it was fitted under.
+Scoring (`score_prediction`) fills the truth columns in place exactly once: an entry goes from
 `open` to `scored` or `unscorable` and never back, so the ledger is an honest track record (a bad
 prediction cannot be quietly re-predicted over). What to score against is decided above the store
 (services.predictions); this module only writes rows.
@@ -18,7 +19,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from scaletui.core.records import FittedLaw
-from scaletui.core.vocabulary import PredictionSource, PredictionStatus
+from scaletui.core.vocabulary import PredictionKind, PredictionSource, PredictionStatus
 from scaletui.store.codec import now_iso, to_real
 
 
@@ -38,9 +39,14 @@ class NewPrediction:
     lo: float | None
     hi: float | None
     level: float | None
-    law: FittedLaw
+    law: FittedLaw | None  # None for a curve prediction (its law is in inputs)
     plan: dict[str, Any]
     inputs: dict[str, Any]
+    kind: PredictionKind = PredictionKind.SIZE
+    run_id: int | None = None  # kind curve: the run, the step predicted from, its planned last step
+    at_step: int | None = None
+    steps: int | None = None
+    form: str | None = None  # the law's form unless a law is given
 
 
 @dataclass(frozen=True)
@@ -59,21 +65,27 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, allow_nan=False)
 
 
-def insert_prediction(db: Database, p: NewPrediction) -> int:
-    """Append one open prediction (call inside a write transaction); returns its id."""
+def insert_prediction(db: Database, p: NewPrediction) -> int | None:
+    """Append one open prediction (call inside a write transaction); returns its id, or None when a
+    curve prediction of that run and step exists already (a resumed run evaluating a step again)."""
     if not math.isfinite(p.predicted):
         raise ValueError(f"a prediction must be a finite loss, got {p.predicted}")
+    form = p.law.form if p.law is not None else p.form
+    if form is None:
+        raise ValueError("a prediction needs its law or the name of its form")
     row = {
-        "experiment_id": p.experiment_id, "created_at": now_iso(), "source": PredictionSource(p.source).value,
+        "experiment_id": p.experiment_id, "created_at": now_iso(), "kind": PredictionKind(p.kind).value,
+        "source": PredictionSource(p.source).value, "run_id": p.run_id, "at_step": p.at_step, "steps": p.steps,
         "width": p.width, "depth": p.depth, "x_name": p.x_name, "x": float(p.x), "curve": p.curve,
-        "form": p.law.form, "loss_rule": p.loss_rule, "predicted": float(p.predicted), "lo": to_real(p.lo),
+        "form": form, "loss_rule": p.loss_rule, "predicted": float(p.predicted), "lo": to_real(p.lo),
         "hi": to_real(p.hi), "level": p.level, "status": PredictionStatus.OPEN.value,
-        "law_json": _json(p.law.to_json()), "plan_json": _json(p.plan), "inputs_json": _json(p.inputs),
+        "law_json": None if p.law is None else _json(p.law.to_json()), "plan_json": _json(p.plan),
+        "inputs_json": _json(p.inputs),
     }  # fmt: skip
     columns = ", ".join(f'"{c}"' for c in row)
     marks = ", ".join("?" for _ in row)
-    cursor = db.execute(f"INSERT INTO predictions ({columns}) VALUES ({marks})", list(row.values()))
-    return int(cursor.lastrowid or 0)
+    cursor = db.execute(f"INSERT OR IGNORE INTO predictions ({columns}) VALUES ({marks})", list(row.values()))
+    return int(cursor.lastrowid or 0) if cursor.rowcount else None
 
 
 def score_prediction(db: Database, prediction_id: int, score: PredictionScore) -> bool:

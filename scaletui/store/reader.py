@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,7 +40,14 @@ from scaletui.core.rows import (
     from_columns,
 )
 from scaletui.core.specs import RunSpec
-from scaletui.core.vocabulary import BEFORE_ANY_STEP, ExportWhat, PredictionStatus, RunStatus, Severity
+from scaletui.core.vocabulary import (
+    BEFORE_ANY_STEP,
+    ExportWhat,
+    PredictionKind,
+    PredictionStatus,
+    RunStatus,
+    Severity,
+)
 from scaletui.store.codec import from_real
 from scaletui.store.schema import database_id, open_db
 from scaletui.store.tx import retrying
@@ -56,7 +63,8 @@ _FIT_COLUMNS = ("f.id, f.created_at, f.experiment_id, e.name AS experiment, f.so
                 " f.objective, f.heldout_rel_error, f.heldout_rel_error_2, f.warnings_json AS warnings,"
                 " f.inputs_json AS inputs, f.options_json AS options, f.law_json AS law, f.scores_json AS scores,"
                 " f.heldout_json AS heldout, f.predictions_json AS predictions")
-_PREDICTION_COLUMNS = ("p.id, p.experiment_id, e.name AS experiment, p.created_at, p.source, p.width, p.depth,"
+_PREDICTION_COLUMNS = ("p.id, p.experiment_id, e.name AS experiment, p.created_at, p.kind, p.source, p.run_id,"
+                       " p.at_step, p.steps, p.width, p.depth,"
                        " p.x_name, p.x, p.curve, p.form, p.loss_rule, p.predicted, p.lo, p.hi, p.level, p.status,"
                        " p.truth, p.n_truth, p.error, p.inside, p.scored_at, p.note, p.law_json AS law,"
                        " p.plan_json AS plan, p.inputs_json AS inputs")
@@ -328,16 +336,24 @@ class Reader:
         )
         return self._typed(sql, params, row=FitRow)
 
-    def predictions(self, experiment: str | None = None, *,
-                    status: PredictionStatus | None = None) -> list[PredictionRow]:
-        """The predictions ledger, oldest first; optionally one experiment's (by name) and one status."""
-        where, params = [], []
+    def predictions(self, experiment: str | None = None, *, status: PredictionStatus | None = None,
+                    kind: PredictionKind | None = None, run_ids: Sequence[int] | None = None) -> list[PredictionRow]:
+        """The predictions ledger, oldest first; optionally one experiment's (by name), one status, one
+        kind, and only those of some runs (curve predictions)."""
+        where: list[str] = []
+        params: list[Any] = []
         if experiment is not None:
             where.append("e.name = ?")
             params.append(experiment)
         if status is not None:
             where.append("p.status = ?")
             params.append(PredictionStatus(status).value)
+        if kind is not None:
+            where.append("p.kind = ?")
+            params.append(PredictionKind(kind).value)
+        if run_ids is not None:
+            where.append(f"p.run_id IN ({', '.join('?' for _ in run_ids) or 'NULL'})")
+            params.extend(run_ids)
         sql = (f"SELECT {_PREDICTION_COLUMNS} FROM predictions p JOIN experiments e ON e.id = p.experiment_id"
                + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY p.id")
         return self._typed(sql, params, row=PredictionRow)

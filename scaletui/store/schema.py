@@ -261,17 +261,22 @@ def _v5_own_runs(db: Database) -> None:
 
 _V6_STATEMENTS: tuple[str, ...] = (
     # The predictions ledger: a law's prediction at a size not trained yet, recorded before its runs
-    # exist and scored when they have all finished (`scaletui predict`, the fit pane, `scaletui suggest`).
+    # exist and scored when they have all finished (`scaletui predict`, the fit pane, `scaletui suggest`);
+    # and a running run's final loss predicted at each evaluation (the monitor), scored when it ends.
     """CREATE TABLE predictions (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         experiment_id INTEGER NOT NULL REFERENCES experiments(id),
         created_at TEXT NOT NULL,
-        source TEXT NOT NULL,             -- predict | app | suggest (core.vocabulary.PredictionSource)
+        kind TEXT NOT NULL,               -- size: a size not trained yet | curve: a running run's final loss
+        source TEXT NOT NULL,             -- predict | app | suggest | monitor (core.vocabulary.PredictionSource)
+        run_id INTEGER REFERENCES runs(id),  -- kind curve: the run whose final loss is predicted
+        at_step INTEGER,                  -- kind curve: the evaluation step it was predicted from
+        steps INTEGER,                    -- kind curve: the run's planned last step
         width INTEGER, depth INTEGER,     -- the size predicted (NULL for a law over another axis)
         x_name TEXT NOT NULL,             -- the law's axis: params | width | ...
         x REAL NOT NULL,                  -- the size on that axis (params of width x depth)
         curve TEXT,                       -- which law: "depth=6", or NULL for the law over every run
-        form TEXT NOT NULL,               -- M1 .. BNSL2, the form chosen by held-out error
+        form TEXT NOT NULL,               -- M1 .. BNSL2 chosen by held-out error; `ratio` for kind curve
         loss_rule TEXT NOT NULL,          -- final | best | smoothed, of the experiment's loss metric
         predicted REAL NOT NULL,          -- the law's loss at x
         lo REAL, hi REAL, level REAL,     -- the prediction band and its nominal coverage (0.9)
@@ -282,11 +287,13 @@ _V6_STATEMENTS: tuple[str, ...] = (
         inside INTEGER,                   -- 1 when lo <= truth <= hi
         scored_at TEXT,
         note TEXT,                        -- why a prediction is unscorable, or what scoring left out
-        law_json TEXT NOT NULL,           -- the FittedLaw, as in fits.law_json
+        law_json TEXT,                    -- kind size: the FittedLaw, as in fits.law_json
         plan_json TEXT NOT NULL,          -- {"hashes": [...], "plans": {hash: config minus size and seed}}
-        inputs_json TEXT NOT NULL         -- {"run_ids": [...], "sizes": [...], "options": {...}}
+        inputs_json TEXT NOT NULL         -- what it was learned from: run ids, sizes, options, coefficients
     )""",
     "CREATE INDEX predictions_open ON predictions(experiment_id, status)",
+    # One curve prediction per run and evaluation step: a resumed run does not predict the same step twice.
+    "CREATE UNIQUE INDEX predictions_curve ON predictions(run_id, at_step) WHERE kind = 'curve'",
 )
 
 

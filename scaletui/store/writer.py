@@ -385,9 +385,11 @@ class Store:
         """Store one fitted law with its evidence and inputs (see `scaletui.store.fits`); returns its id."""
         return int(self._write(lambda db: insert_fit(db, fit)))
 
-    def add_prediction(self, prediction: NewPrediction) -> int:
-        """Record one open next-size prediction (see `scaletui.store.predictions`); returns its id."""
-        return int(self._write(lambda db: insert_prediction(db, prediction)))
+    def add_prediction(self, prediction: NewPrediction) -> int | None:
+        """Record one open prediction (see `scaletui.store.predictions`); returns its id (None: a curve
+        prediction of that run and step was recorded before)."""
+        result = self._write(lambda db: insert_prediction(db, prediction))
+        return None if result is None else int(result)
 
     def score_prediction(self, prediction_id: int, score: PredictionScore) -> bool:
         """Close an open prediction with its outcome; False when it was already closed."""

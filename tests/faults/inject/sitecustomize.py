@@ -14,6 +14,9 @@ It does nothing unless SCALETUI_FAULT is set. Faults, `;`-separated:
 - `hold_step:STEP`         every run, in the forward pass of its training step STEP, touches a
   marker and waits until its worker is told to stop (the runner's flag or a signal), so a
   signal sent once every run is parked finds each of them mid-run, whatever the machine's speed;
+- `pause_step:STEP`        every run, in the forward pass of its training step STEP (after what it
+  flushed at its last checkpoint is in the database), touches a marker and waits until the test
+  creates the file `release`; the run then goes on, so a test can look at a sweep mid-run;
 - `hold_schema`            while a new database's schema is being created (inside its first
   migration), touch a marker and wait until the test creates the file `release` beside it;
 - `raise:EXC:WIDTH:DEPTH:STEP`  the model of width WIDTH and depth DEPTH raises
@@ -117,6 +120,26 @@ def _hold_step(step: int) -> None:
     models.build_model = build_model  # the loop imports it by name, after this runs
 
 
+def _pause_step(step: int) -> None:
+    from scaletui.engine import models
+
+    real_build = models.build_model
+
+    def build_model(spec: Any, *args: Any, **kwargs: Any) -> Any:
+        model = real_build(spec, *args, **kwargs)
+        calls = [0]
+
+        def forward_pre_hook(module: Any, inputs: Any) -> None:
+            calls[0] += module.training  # evaluation runs in eval mode and does not count
+            if module.training and calls[0] == step:
+                _pause("pause")
+
+        model.register_forward_pre_hook(forward_pre_hook)
+        return model
+
+    models.build_model = build_model
+
+
 def _wait_for_stop(stops: list[Any]) -> None:
     """Say where this process is, then wait until its worker is told to stop; the run then goes on."""
     marks = Path(os.environ["SCALETUI_FAULT_MARKS"])
@@ -156,6 +179,8 @@ def _install(spec: str) -> None:
         _hold_flush(int(args[0]))
     elif kind == "hold_step":
         _hold_step(int(args[0]))
+    elif kind == "pause_step":
+        _pause_step(int(args[0]))
     elif kind == "hold_schema":
         _hold_schema()
     elif kind == "raise":
