@@ -76,15 +76,29 @@ MIN_SIZES_FOR_SWEEP_FIT = 3
 @click.option("--drop-highest", type=click.IntRange(min=0), default=0, show_default=True,
               help="CSV: drop this many highest-loss rows (the Chinchilla replication drops 5).")
 @click.option("--no-save", is_flag=True, help="Do not store the fit in the fits table.")
+@click.option("--strategies", is_flag=True,
+              help="Compare scaling strategies of a width x depth sweep (width at each depth, depth at each width, "
+                   "both along the diagonal or --path): the law along each against params and FLOPs, and which "
+                   "reaches --target-loss for the fewest FLOPs (not stored).")
+@click.option("--target-loss", type=click.FloatRange(min=0, min_open=True),
+              help="With --strategies: the loss to reach [default: the lowest loss every strategy reached].")
+@click.option("--path", "path_text", metavar="W,D;W,D;...",
+              help="With --strategies: grow both along these sizes (width,depth pairs) instead of the diagonal.")
+@click.option("--regimes", is_flag=True,
+              help="Fit the law at every training length (each shared evaluation step, or each value of a swept "
+                   "`steps`): how alpha and the ranking of sizes move, and which sizes cross (not stored).")
 def fit_command(db: Path | None, experiment: str | None, x: str, group_by: str | None, loss_rule: str | None, form: str,
                 predict_at: tuple[str, ...], upper_bound: float | None, loss_space: str, delta: float | None,
                 n_bootstrap: int, level: float, seed: int, as_json: bool, png: Path | None, csv_path: Path | None,
                 csv_x: str | None, csv_d: str | None, csv_compute: str | None, csv_y: str | None,
-                csv_group: str | None, drop_highest: int, no_save: bool) -> None:
+                csv_group: str | None, drop_highest: int, no_save: bool, strategies: bool, target_loss: float | None,
+                path_text: str | None, regimes: bool) -> None:
     """Fit a scaling law (choosing its form by held-out error), with intervals, band and checks, and store it."""
     from scaletui.core.vocabulary import LossRule
     from scaletui.services.fitting import FitInputError, FitSpec
 
+    compare = Compare(strategies, regimes, target_loss, path_text)
+    compare.check(csv_path=csv_path, group_by=group_by, predict_at=predict_at, png=png)
     csv_only = {"--csv-x": csv_x, "--csv-y": csv_y, "--csv-d": csv_d, "--csv-compute": csv_compute,
                 "--csv-group": csv_group, "--drop-highest": drop_highest or None}
     given = [flag for flag, value in csv_only.items() if value is not None]
@@ -94,6 +108,9 @@ def fit_command(db: Path | None, experiment: str | None, x: str, group_by: str |
     spec = FitSpec(x=x, group_by=group_by, loss_rule=LossRule(loss_rule) if loss_rule else None, form=form,
                    n_bootstrap=n_bootstrap, level=level, seed=seed, loss_space=loss_space, delta=delta,
                    upper_bound=upper_bound, predict=tuple(_predict_point(p) for p in predict_at))
+    if compare.asked:
+        _compare(db, experiment, spec, compare, as_json)
+        return
     try:
         if csv_path is not None:
             columns = CsvColumns(csv_x, csv_y, csv_d, csv_compute, csv_group)
@@ -111,6 +128,63 @@ def fit_command(db: Path | None, experiment: str | None, x: str, group_by: str |
     if not_stored is not None:  # after the result: the law was fitted and shown, only keeping it failed
         hint = "; --db PATH stores it elsewhere" if csv_path is not None else ""
         click.echo(f"note: fit not stored: {not_stored}{hint}", err=True)
+
+
+@dataclass(frozen=True)
+class Compare:
+    """--strategies and --regimes, with --target-loss and --path: analyses of a sweep printed, not stored."""
+
+    strategies: bool
+    regimes: bool
+    target_loss: float | None
+    path: str | None
+
+    @property
+    def asked(self) -> bool:
+        return self.strategies or self.regimes
+
+    def check(self, *, csv_path: Path | None, group_by: str | None, predict_at: tuple[str, ...],
+              png: Path | None) -> None:
+        """Options that mean nothing here are refused, one line each, rather than silently ignored."""
+        given = [flag for flag, value in (("--target-loss", self.target_loss), ("--path", self.path))
+                 if value is not None]
+        if given and not self.strategies:
+            fail(f"{', '.join(given)}: only with --strategies")
+        if not self.asked:
+            return
+        which = " and ".join(f for f, on in (("--strategies", self.strategies), ("--regimes", self.regimes)) if on)
+        unused = {"--csv": csv_path, "--group-by": group_by, "--predict": predict_at or None, "--png": png}
+        for flag, value in unused.items():
+            if value is not None:
+                fail(f"{flag}: not with {which} (they compare the sweep's own sizes and are not stored or plotted)")
+
+
+def _compare(db: Path, experiment: str | None, spec: FitSpec, compare: Compare, as_json: bool) -> None:
+    """Run the strategies and/or regimes analyses of a sweep and show them (JSON: one object with both)."""
+    from scaletui.services.fitting import FitInputError
+    from scaletui.services.regimes import regimes_experiment
+    from scaletui.services.strategies import compare_experiment, parse_path
+
+    if not db.exists():
+        fail(f"{db}: no such database (run a sweep first, or pass --db)")
+    _upgrade(db)
+    check_db_usable(db, create=False)
+    out: dict[str, Any] = {}
+    try:
+        path = parse_path(compare.path) if compare.path is not None else None
+        if compare.strategies:
+            out["strategies"] = compare_experiment(db, experiment, spec, target_loss=compare.target_loss, path=path)
+        if compare.regimes:
+            out["regimes"] = regimes_experiment(db, experiment, spec)
+    except FitInputError as exc:
+        fail(str(exc))
+    if as_json:
+        click.echo(json.dumps({k: v.to_json() for k, v in out.items()}, indent=2))
+        return
+    if "strategies" in out:
+        _print_strategies(out["strategies"])
+    if "regimes" in out:
+        _print_regimes(out["regimes"])
 
 
 def _predict_point(text: str) -> tuple[float, ...]:
@@ -375,3 +449,83 @@ def print_sweep_fit(db: Path, experiment: str) -> None:
         _print_reports(save_reports(db, result.reports), result.skipped)
     except Exception as exc:
         click.echo(f"warning: fit skipped: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", err=True)
+
+
+# ----------------------------------------------------------------------------- strategies and regimes
+
+
+def _interval(lo: float, hi: float, digits: int = 3) -> str:
+    return "-" if lo != lo else f"[{lo:.{digits}g}, {hi:.{digits}g}]"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.0%}"
+
+
+def _print_strategies(report: Any) -> None:
+    """The comparison: one row per strategy, then the verdict and its caveats."""
+    from rich.table import Table
+
+    from scaletui.services.strategies import verdict_lines
+
+    c, out = report.comparison, console()
+    level = f"{c.level:.0%}"
+    target = (f"target loss {c.target:.4g} (given)" if c.target_given
+              else f"target loss {c.target:.4g} (the lowest loss every strategy reached; --target-loss to change)")
+    out.print(f"{report.experiment}: scaling strategies, L = {c.form} along each path; loss = {report.loss_label}; "
+              f"{report.n_runs} runs; {c.n_resamples} bootstrap resamples over {report.unit}"
+              f"{' (paired)' if c.paired else ''}; {target}", markup=False, highlight=False, soft_wrap=True)
+    table = Table("strategy", "sizes", f"alpha vs params ({level})", f"alpha vs FLOPs ({level})", "E",
+                  f"FLOPs to target ({level})", "where", "cheapest in", box=None)
+    for f in c.fits:
+        table.add_row(*_strategy_row(f, c))
+    out.print(table)
+    for line in verdict_lines(c):
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+    out.print()
+
+
+def _strategy_row(f: Any, c: Any) -> list[str]:
+    sizes = " ".join(f"{w}x{d}" for w, d in f.strategy.cells)
+    if f.error is not None:
+        return [f.strategy.name, sizes, f"not fitted: {f.error}", "", "", "", "", ""]
+    p, fl = f.fits["params"], f.fits["flops"]
+    return [f.strategy.name, sizes, f"{_num(p.law.params.get('alpha', float('nan')))} {_interval(*p.alpha_interval)}",
+            f"{_num(fl.law.params.get('alpha', float('nan')))} {_interval(*fl.alpha_interval)}",
+            _num(fl.law.params.get("E", float("nan"))), f"{_num(fl.cost)} {_interval(*fl.cost_interval)}",
+            fl.where, _share(c.p_cheapest.get(f.strategy.name))]
+
+
+def _print_regimes(report: Any) -> None:
+    """The law at each regime, the sizes' ranks over the regimes, and the crossings."""
+    from rich.table import Table
+
+    from scaletui.services.regimes import regime_lines
+
+    r, out = report.regimes, console()
+    t = r.table
+    out.print(f"{report.experiment}: L({report.x}) = {r.form} at each {r.axis}; loss = {report.loss_label}; "
+              f"{len(t.sizes)} sizes, {report.n_runs} runs; bootstrap over {report.unit}",
+              markup=False, highlight=False, soft_wrap=True)
+    table = Table(r.axis, "sizes", "alpha", "interval", "E", "bigger wins", box=None)
+    for f, share in zip(r.fits, t.agreement(), strict=False):
+        if f.law is None:
+            table.add_row(f"{f.regime:g}", str(f.n_sizes), f"not fitted: {f.error}", "", "", _share(share))
+        else:
+            table.add_row(f"{f.regime:g}", str(f.n_sizes), _num(f.alpha), _interval(*f.alpha_interval),
+                          _num(f.law.params.get("E", float("nan"))), _share(share))
+    out.print(table)
+    out.print(_ranks_table(t))
+    for line in regime_lines(report):
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+    out.print()
+
+
+def _ranks_table(t: Any) -> Any:
+    from rich.table import Table
+
+    ranks = t.ranks()
+    table = Table("rank of size (1 = lowest loss)", *(f"{v:g}" for v in t.regimes), box=None)
+    for j, size in enumerate(t.sizes):
+        table.add_row(size, *("-" if v != v else str(int(v)) for v in ranks[:, j]))
+    return table

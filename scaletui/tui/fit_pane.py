@@ -13,12 +13,18 @@ Each refit posts twice: first the law without a bootstrap (the curve, every form
 checks: well under a second), then the same with its bootstrap intervals and prediction band. A newer
 request cancels the older one (exclusive worker group), and a cancelled fit stops between bootstrap
 chunks.
+
+`w` switches the pane between three views of the same experiment, computed the same way (in the worker, the
+quick answer first, then with its bootstrap): the law; the scaling strategies (width at each depth, depth at
+each width, both along the diagonal) compared by the FLOPs each needs to reach a loss
+(`services.strategies`); and the regimes, the law at every evaluation step with the ranking of sizes and the
+pairs of sizes that cross (`services.regimes`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -36,11 +42,14 @@ from textual.worker import Worker, WorkerState, get_current_worker
 from textual_plotext import PlotextPlot
 
 from scaletui.analysis.forms import ONE_VARIABLE_FORMS, predict
+from scaletui.analysis.strategies import DEPTH, WIDTH
 from scaletui.core.vocabulary import FitX, LossRule
 from scaletui.services.fitting import AUTO, X_CHOICES, FitReport, FitSpec, describe_stability, fit_experiment
+from scaletui.services.regimes import RegimesReport, regime_lines, regimes_experiment
+from scaletui.services.strategies import FLOPS, StrategiesReport, compare_experiment, interval_text, verdict_lines
 from scaletui.tui.keys import FIT_KEYS
 
-__all__ = ["GROUPINGS", "PANE_BOOTSTRAP", "FitPane"]
+__all__ = ["GROUPINGS", "LAW", "PANE_BOOTSTRAP", "REGIMES", "STRATEGIES", "VIEWS", "FitPane"]
 
 T = TypeVar("T")
 
@@ -52,6 +61,12 @@ CURVE_MARKERS = ("dot", "hd", "fhd", "braille")
 TABLE_COLUMNS = ("curve", "form", "E", "A", "alpha", "held-out 1", "held-out 2", "alpha over training")
 NARROW_COLUMNS = TABLE_COLUMNS[:5]  # under NARROW_BELOW columns; the notes below say the rest
 NARROW_BELOW = 100
+LAW, STRATEGIES, REGIMES = "law", "strategies", "regimes"
+VIEWS: tuple[str, ...] = (LAW, STRATEGIES, REGIMES)  # `w` cycles
+STRATEGY_COLUMNS = ("strategy", "alpha vs FLOPs", "E", "FLOPs to target", "where", "cheapest in")
+NARROW_STRATEGY_COLUMNS = ("strategy", "FLOPs to target", "cheapest in")
+REGIME_COLUMNS = ("step", "sizes", "alpha", "interval", "E", "bigger wins")
+NARROW_REGIME_COLUMNS = ("step", "alpha", "bigger wins")
 TALL_PLOT = 20  # rows: a shorter plot gets 3 y ticks, not 5 (plotext drops colliding ticks, not always the same)
 
 
@@ -63,11 +78,16 @@ class _Choice:
     group_by: str | None = None
     rule: LossRule | None = None
     form: str = AUTO
+    view: str = LAW
 
     def spec(self, n_bootstrap: int = PANE_BOOTSTRAP) -> FitSpec:
         return FitSpec(x=self.x, group_by=self.group_by, loss_rule=self.rule, form=self.form, n_bootstrap=n_bootstrap)
 
     def label(self) -> str:
+        if self.view == STRATEGIES:
+            return "scaling strategies at equal FLOPs"
+        if self.view == REGIMES:
+            return f"L({self.x}) at each training length"
         rule = self.rule.label if self.rule else "experiment's loss rule"
         group = f", one curve per {self.group_by}" if self.group_by else ""
         form = "form chosen by held-out error" if self.form == AUTO else f"form {self.form}"
@@ -128,6 +148,16 @@ class FitPane(Widget, can_focus=True):
         error: str | None = None
         complete: bool = True  # False: the law without its bootstrap yet (the band follows)
 
+    @dataclass
+    class Compared(Message):
+        """The strategies or regimes view computed (posted from the fit worker); `error`: one line."""
+
+        choice: _Choice
+        experiment: str | None
+        report: StrategiesReport | RegimesReport | None
+        error: str | None = None
+        complete: bool = True
+
     def __init__(self, db_path: Path, experiment: str | None = None, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.db_path = Path(db_path)
@@ -136,6 +166,8 @@ class FitPane(Widget, can_focus=True):
         self.reports: tuple[FitReport, ...] = ()
         self.complete = False  # the shown reports carry their bootstrap (intervals, band)
         self._table_narrow: bool | None = None  # the layout the table has now (None: no columns yet)
+        self._table_view = LAW  # which view's columns the table has
+        self.view_report: StrategiesReport | RegimesReport | None = None  # what the other views show
 
     def compose(self) -> ComposeResult:
         yield Static("no fit yet", id="fit-status", markup=False)
@@ -149,7 +181,10 @@ class FitPane(Widget, can_focus=True):
 
     def on_resize(self, event: Resize) -> None:
         """Under NARROW_BELOW columns the table has fewer columns, each interval on its own line."""
-        if self.query_one("#fit-table", DataTable).columns and self._narrow() != self._table_narrow:
+        if self.choice.view != LAW:
+            if self.query_one("#fit-table", DataTable).columns and self._narrow() != self._table_narrow:
+                self._show_view_table(self.view_report)
+        elif self.query_one("#fit-table", DataTable).columns and self._narrow() != self._table_narrow:
             self._show_table(self.reports)
 
     def _narrow(self) -> bool:
@@ -182,6 +217,9 @@ class FitPane(Widget, can_focus=True):
     def action_toggle_form(self) -> None:
         self._choose(replace(self.choice, form=_next(FORM_CHOICES, self.choice.form)))
 
+    def action_cycle_view(self) -> None:
+        self._choose(replace(self.choice, view=_next(VIEWS, self.choice.view)))
+
     def _choose(self, choice: _Choice) -> None:
         self.choice = choice
         self.runs_changed()
@@ -196,6 +234,9 @@ class FitPane(Widget, can_focus=True):
 
         worker = get_current_worker()
         expected: tuple[type[Exception], ...] = (FitInputError, *READ_ERRORS)  # said in one line, not a crash
+        if choice.view != LAW:
+            self._compare(choice, experiment, expected, lambda: worker.is_cancelled)
+            return
         for n_bootstrap in (0, PANE_BOOTSTRAP):  # the curve now, then its intervals and band
             try:
                 result = fit_experiment(self.db_path, experiment, choice.spec(n_bootstrap),
@@ -207,6 +248,23 @@ class FitPane(Widget, can_focus=True):
                 return
             self.post_message(self.Fitted(choice, experiment, result.reports, result.skipped,
                                           complete=n_bootstrap > 0))
+
+    def _compare(self, choice: _Choice, experiment: str | None, expected: tuple[type[Exception], ...],
+                 cancelled: Callable[[], bool]) -> None:
+        """In the worker: the strategies or regimes view, first without its bootstrap, then with it."""
+        for n_bootstrap in (0, PANE_BOOTSTRAP):
+            spec = choice.spec(n_bootstrap)
+            try:
+                report: StrategiesReport | RegimesReport = (
+                    compare_experiment(self.db_path, experiment, spec, should_stop=cancelled)
+                    if choice.view == STRATEGIES else regimes_experiment(self.db_path, experiment, spec,
+                                                                          should_stop=cancelled))
+            except expected as exc:
+                self.post_message(self.Compared(choice, experiment, None, str(exc)))
+                return
+            if cancelled():
+                return
+            self.post_message(self.Compared(choice, experiment, report, complete=n_bootstrap > 0))
 
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """An unexpected error in the fit worker becomes a visible line, not a crash."""
@@ -225,6 +283,57 @@ class FitPane(Widget, can_focus=True):
             self._status(f"cannot fit: {message.error}" if message.error
                          else self._summary(message.reports, message.complete))
 
+    def on_fit_pane_compared(self, message: FitPane.Compared) -> None:
+        message.stop()
+        if message.choice != self.choice or message.experiment != self.experiment:
+            return  # an answer to a question no longer asked
+        with self.app.batch_update():
+            self.view_report, self.complete = message.report, message.complete
+            self._show_view_table(message.report)
+            self._show_view_plot(message.report)
+            self._show_view_notes(message.report)
+            self._status(f"cannot compute the {message.choice.view} view: {message.error}" if message.error
+                         else _view_summary(message.report, message.complete))
+
+    # ----------------------------------------------------------------- drawing the strategies and regimes views
+
+    def _set_columns(self, view: str, columns: Sequence[str]) -> DataTable[Any]:
+        """The table emptied, with `columns` (rebuilt when the view or the width class changed)."""
+        table: DataTable[Any] = self.query_one("#fit-table", DataTable)
+        narrow = self._narrow()
+        table.clear(columns=narrow != self._table_narrow or view != self._table_view)
+        if not table.columns:
+            table.add_columns(*columns)
+        self._table_narrow, self._table_view = narrow, view
+        return table
+
+    def _show_view_table(self, report: StrategiesReport | RegimesReport | None) -> None:
+        narrow = self._narrow()
+        if isinstance(report, RegimesReport) or (report is None and self.choice.view == REGIMES):
+            table = self._set_columns(REGIMES, NARROW_REGIME_COLUMNS if narrow else REGIME_COLUMNS)
+            for row in _regime_rows(report, narrow) if report is not None else []:
+                table.add_row(*row)
+            return
+        table = self._set_columns(STRATEGIES, NARROW_STRATEGY_COLUMNS if narrow else STRATEGY_COLUMNS)
+        for row in _strategy_rows(report, narrow) if report is not None else []:
+            table.add_row(*row)
+
+    def _show_view_notes(self, report: StrategiesReport | RegimesReport | None) -> None:
+        lines = (verdict_lines(report.comparison) if isinstance(report, StrategiesReport)
+                 else regime_lines(report) if isinstance(report, RegimesReport) else [])
+        self.query_one("#fit-notes", Static).update("\n".join(lines))
+
+    def _show_view_plot(self, report: StrategiesReport | RegimesReport | None) -> None:
+        widget = self.query_one("#fit-plot", PlotextPlot)
+        plt = widget.plt
+        plt.clear_data()
+        plt.clear_figure()
+        if isinstance(report, StrategiesReport):
+            _plot_strategies(plt, report, 5 if widget.size.height >= TALL_PLOT else 3)
+        elif isinstance(report, RegimesReport):
+            _plot_regimes(plt, report)
+        widget.refresh()
+
     # ----------------------------------------------------------------- drawing
 
     def _status(self, text: str) -> None:
@@ -241,12 +350,8 @@ class FitPane(Widget, can_focus=True):
     def _show_table(self, reports: tuple[FitReport, ...]) -> None:
         """A fit replaces the previous one wholesale (it is not a live per-run table), so rebuild.
         Wide: one line per curve, every column. Narrow: value over interval, the checks in the notes."""
-        table = self.query_one("#fit-table", DataTable)
         narrow = self._narrow()
-        table.clear(columns=narrow != self._table_narrow)
-        if not table.columns:
-            table.add_columns(*(NARROW_COLUMNS if narrow else TABLE_COLUMNS))
-        self._table_narrow = narrow
+        table = self._set_columns(LAW, NARROW_COLUMNS if narrow else TABLE_COLUMNS)
         for r in reports:
             if narrow:
                 cells = [_cell(r, name, "\n") for name in ("E", "A", "alpha")]
@@ -323,3 +428,96 @@ def _plot_curve(plt: Any, r: FitReport, marker: str) -> None:
     if held is not None:
         plt.scatter(_log(held.x_out), _log(held.predicted), marker="x", label="held out: predicted")
         plt.scatter(_log(held.x_out), _log(held.actual), marker="o", label="held out: actual")
+
+
+# ----------------------------------------------------------------------------- the strategies and regimes views
+
+
+def _view_summary(report: StrategiesReport | RegimesReport | None, complete: bool) -> str:
+    boot = (f"{PANE_BOOTSTRAP} bootstrap resamples, 90% intervals" if complete
+            else "bootstrap running: intervals follow")
+    if isinstance(report, StrategiesReport):
+        c = report.comparison
+        target = f"target loss {c.target:.4g}" + ("" if c.target_given else " (lowest every strategy reached)")
+        return (f"{report.experiment}: scaling strategies at equal FLOPs, L = {c.form} along each; {target}; "
+                f"loss = {report.loss_label}; {report.n_runs} runs; {boot} over {report.unit}")
+    if isinstance(report, RegimesReport):
+        r = report.regimes
+        return (f"{report.experiment}: L({report.x}) = {r.form} at each {r.axis}; {len(r.crossings)} crossing(s); "
+                f"loss = {report.loss_label}; {len(r.table.sizes)} sizes, {report.n_runs} runs; {boot} over "
+                f"{report.unit}")
+    return "nothing to show"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.0%}"
+
+
+def _strategy_rows(report: StrategiesReport, narrow: bool) -> list[tuple[str, ...]]:
+    c = report.comparison
+    rows: list[tuple[str, ...]] = []
+    for f in c.fits:
+        share = _share(c.p_cheapest.get(f.strategy.name))
+        if f.error is not None:
+            rows.append((f.strategy.name, "not fitted", share) if narrow
+                        else (f.strategy.name, "not fitted", "-", "-", f.error[:40], share))
+            continue
+        fit = f.fits[FLOPS]
+        cost = f"{fit.cost:.3g}" if narrow else f"{fit.cost:.3g} {interval_text(*fit.cost_interval)}"
+        rows.append((f.strategy.name, cost, share) if narrow else
+                    (f.strategy.name, f"{fit.law.params.get('alpha', math.nan):.3g} "
+                                      f"{interval_text(*fit.alpha_interval)}",
+                     f"{fit.law.params.get('E', math.nan):.3g}", cost, fit.where, share))
+    return rows
+
+
+def _regime_rows(report: RegimesReport, narrow: bool) -> list[tuple[str, ...]]:
+    r = report.regimes
+    rows: list[tuple[str, ...]] = []
+    for f, share in zip(r.fits, r.table.agreement(), strict=False):
+        alpha = "-" if f.law is None else f"{f.alpha:.3g}"
+        if narrow:
+            rows.append((f"{f.regime:g}", alpha, _share(share)))
+        else:
+            e = "-" if f.law is None else f"{f.law.params.get('E', math.nan):.3g}"
+            rows.append((f"{f.regime:g}", str(f.n_sizes), alpha, interval_text(*f.alpha_interval), e, _share(share)))
+    return rows
+
+
+def _plot_strategies(plt: Any, report: StrategiesReport, n_ticks: int) -> None:
+    """Log-log: every size's mean loss against its FLOPs, the cheapest strategy's law and the diagonal's, and the
+    target loss as a horizontal line."""
+    c = report.comparison
+    cells = {cell: (fl, loss) for f in c.fits for cell, _, fl, loss in f.cells}
+    if not cells:
+        return
+    xs = np.array([v[0] for v in cells.values()])
+    ys = np.array([v[1] for v in cells.values()])
+    plt.scatter(_log(xs), _log(ys), marker="dot", label="sizes (mean over seeds)")
+    shown = [f for f in c.fits if FLOPS in f.fits and (f.strategy.name == c.cheapest
+                                                       or f.strategy.kind not in (WIDTH, DEPTH))]
+    for f in shown:
+        fit = f.fits[FLOPS]
+        grid = np.geomspace(float(xs.min()), float(xs.max()), 60)
+        plt.plot(_log(grid), _log(predict(fit.law, grid)), marker="braille", label=f.strategy.name)
+    plt.plot(_log([xs.min(), xs.max()]), _log([c.target, c.target]), marker="-", color="gray",
+             label=f"target {c.target:.3g}")
+    plt.xticks(*_log_ticks(xs, n_ticks))
+    plt.yticks(*_log_ticks(np.append(ys, c.target), n_ticks))
+    plt.xlabel("training FLOPs (log)")
+    plt.ylabel(f"{report.loss_label} (log)")
+
+
+def _plot_regimes(plt: Any, report: RegimesReport) -> None:
+    """alpha at each regime with its interval (linear axes)."""
+    fits = [f for f in report.regimes.fits if f.law is not None and math.isfinite(f.alpha)]
+    if not fits:
+        return
+    steps = [f.regime for f in fits]
+    lo_hi = [f.alpha_interval for f in fits]
+    if all(math.isfinite(lo) for lo, _ in lo_hi):
+        plt.plot(steps, [lo for lo, _ in lo_hi], marker=".", color="gray")
+        plt.plot(steps, [hi for _, hi in lo_hi], marker=".", color="gray", label="90% interval")
+    plt.plot(steps, [f.alpha for f in fits], marker="braille", label="alpha")
+    plt.xlabel(report.regimes.axis)
+    plt.ylabel("alpha")

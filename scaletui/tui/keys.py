@@ -13,10 +13,12 @@ from collections.abc import Iterable
 from textual.binding import Binding
 
 FIT_KEYS: list[Binding] = [
-    Binding("x", "cycle_x", "x axis", tooltip="x axis: params, width, depth, flops, examples, steps"),
+    Binding("x", "cycle_x", "axis", tooltip="x axis: params, width, depth, flops, examples, steps"),
     Binding("g", "cycle_grouping", "group", tooltip="one curve for all runs, one per depth, or one per width"),
     Binding("l", "cycle_rule", "rule", tooltip="loss rule: the experiment's, final, best, smoothed"),
     Binding("f", "toggle_form", "form", tooltip="form: with the offset E (E + A·x^-alpha) or without (A·x^-alpha)"),
+    Binding("w", "cycle_view", "view", tooltip="view: the law; strategies (width, depth, both) at equal "
+                                                 "FLOPs; the law at each training length"),
 ]
 
 KEY_NAMES = {"question_mark": "?", "slash": "/", "space": "space", "escape": "esc"}
