@@ -337,11 +337,13 @@ class Reader:
         return self._typed(sql, params, row=FitRow)
 
     def predictions(self, experiment: str | None = None, *, status: PredictionStatus | None = None,
-                    kind: PredictionKind | None = None, run_ids: Sequence[int] | None = None) -> list[PredictionRow]:
+                    kind: PredictionKind | None = None, run_ids: Sequence[int] | None = None,
+                    after_id: int = 0) -> list[PredictionRow]:
         """The predictions ledger, oldest first; optionally one experiment's (by name), one status, one
-        kind, and only those of some runs (curve predictions)."""
-        where: list[str] = []
-        params: list[Any] = []
+        kind, only those of some runs (curve predictions), and only those recorded after `after_id` (ids
+        only grow: the app's cursor)."""
+        where: list[str] = ["p.id > ?"]
+        params: list[Any] = [after_id]
         if experiment is not None:
             where.append("e.name = ?")
             params.append(experiment)

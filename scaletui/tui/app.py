@@ -79,7 +79,7 @@ class ScaleApp(App[int]):
         Binding("q", "quit_app", "quit", tooltip="quit (while this app's sweep trains: asks, stops it cleanly, "
                 "so its runs become interrupted, waits, then quits)"),
         Binding("question_mark", "help", "help", tooltip="help: every key"),
-        Binding("r", "start_sweep", "start", tooltip="start or resume the sweep in the sweep file"),
+        Binding("r", "start_sweep", "run", tooltip="start or resume the sweep in the sweep file"),
         Binding("p", "cycle_pane", "pane", tooltip="next detail pane: loss, gradients, alerts, events"),
         Binding("1", "show_view('dashboard')", "runs", tooltip="view: the runs dashboard"),
         Binding("g", "show_view('grid')", "grid", tooltip="view: depth x width grid of the final loss"),

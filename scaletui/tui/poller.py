@@ -33,7 +33,7 @@ from pathlib import Path
 
 from scaletui.core.records import LayerStats
 from scaletui.core.rows import AlertRow, EventRow, FinalLoss, MetricPoint, RunSummary
-from scaletui.core.vocabulary import BEFORE_ANY_STEP, RunStatus
+from scaletui.core.vocabulary import BEFORE_ANY_STEP, NOISE_SCALE_METRIC, PredictionKind, RunStatus
 from scaletui.services.tracker import LAYERS, READ_ERRORS, Tracker
 
 EVENT_BACKLOG = 500  # events read on the first poll (the log shows the latest ones anyway)
@@ -48,11 +48,11 @@ Compared = tuple[frozenset[int], str | None]  # the marked runs, the metric draw
 
 
 def series_keys(tracked: Tracked, compared: Compared) -> set[tuple[int, str]]:
-    """(run, metric) of every series read: train and test loss of the selected run, test loss of its
-    group, the compared metric of the compared runs."""
+    """(run, metric) of every series read: train and test loss and the gradient noise scale (the gradient
+    pane's) of the selected run, test loss of its group, the compared metric of the compared runs."""
     selected, group = tracked
     marked, metric = compared
-    keys = {(selected, TRAIN), (selected, TEST)} if selected is not None else set()
+    keys = {(selected, TRAIN), (selected, TEST), (selected, NOISE_SCALE_METRIC)} if selected is not None else set()
     keys |= {(run_id, TEST) for run_id in group}
     return keys | ({(run_id, metric) for run_id in marked} if metric is not None else set())
 
@@ -89,6 +89,19 @@ class LiveValues:
 
 
 @dataclass(frozen=True)
+class Forecast:
+    """A running run's final loss as the sweep's monitor last predicted it (`pred. final`)."""
+
+    id: int
+    run_id: int
+    at_step: int
+    steps: int
+    predicted: float
+    lo: float | None
+    hi: float | None
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything one poll found, immutable, handed to the UI thread in one message."""
 
@@ -105,11 +118,13 @@ class Snapshot:
     error: str | None = None  # why nothing could be read (e.g. no database yet)
     compared: Compared = (frozenset(), None)
     metric_keys: tuple[tuple[int, frozenset[str]], ...] = ()  # compared runs whose metric names grew: all of them
+    forecasts: tuple[Forecast, ...] = ()  # curve predictions recorded since the last snapshot
 
     @property
     def empty(self) -> bool:
         return not (self.runs or self.live or self.series or self.layers or self.events or self.alerts
-                    or self.final_losses is not None or self.experiments is not None or self.metric_keys)
+                    or self.final_losses is not None or self.experiments is not None or self.metric_keys
+                    or self.forecasts)
 
 
 @dataclass(frozen=True)
@@ -132,6 +147,7 @@ class Poller:
         self._wanted: Tracked = (None, frozenset())
         self._compared: Compared = (frozenset(), None)
         self._keys: dict[int, _KeysRead] = {}  # of the compared runs; moved only by a poll that succeeded
+        self._forecasts_after = 0  # the last curve prediction read; moved only by a poll that succeeded
         self._first = True
 
     def track(self, selected: int | None, group: Iterable[int] = ()) -> None:
@@ -157,6 +173,7 @@ class Poller:
             return Snapshot(self.clock(), tracked=wanted, error=self.tracker.describe(exc), compared=compared)
         self._first = False
         self._keys = keys
+        self._forecasts_after = max((f.id for f in snapshot.forecasts), default=self._forecasts_after)
         if snapshot.experiments is not None:
             self.experiment_names = snapshot.experiments
         return snapshot
@@ -172,8 +189,9 @@ class Poller:
         experiments = self._experiments(runs)
         alerts = tuple(self.tracker.changed_alerts())
         finals = self._final_losses(runs)
+        forecasts = tuple(self._forecasts())
         return Snapshot(self.clock(), runs, live, series, layers, events, alerts, finals, experiments, wanted,
-                        compared=compared, metric_keys=metric_keys), keys
+                        compared=compared, metric_keys=metric_keys, forecasts=forecasts), keys
 
     # ----------------------------------------------------------------- parts
 
@@ -240,6 +258,12 @@ class Poller:
         fresh = self.tracker.layer_stats(selected, owner=GRADIENTS)
         if fresh.items or fresh.reset:
             yield LayerUpdate(selected, fresh.reset, fresh.items)
+
+    def _forecasts(self) -> Iterable[Forecast]:
+        """Curve predictions recorded since the last poll (one indexed range read on the ledger's id)."""
+        for p in self.tracker.reader.predictions(kind=PredictionKind.CURVE, after_id=self._forecasts_after):
+            if p.run_id is not None and p.at_step is not None and p.steps is not None:
+                yield Forecast(p.id, p.run_id, p.at_step, p.steps, p.predicted, p.lo, p.hi)
 
     def _experiments(self, runs: tuple[RunSummary, ...]) -> tuple[str, ...] | None:
         """Every experiment's name, on the first poll and when a run of an unknown one appears."""

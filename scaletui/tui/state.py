@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from scaletui.core.rows import AlertRow, EventRow, FinalLoss, RunSummary
 from scaletui.tui.model import badge, comparison_group
-from scaletui.tui.poller import LayerUpdate, LiveValues, SeriesUpdate, Snapshot, series_keys
+from scaletui.tui.poller import Forecast, LayerUpdate, LiveValues, SeriesUpdate, Snapshot, series_keys
 
 EVENT_LOG_LINES = 300
 
@@ -78,6 +78,7 @@ class SweepState:
         self.alerts: dict[int, AlertRow] = {}
         self.badges: dict[int, str] = {}
         self.events: deque[EventRow] = deque(maxlen=EVENT_LOG_LINES)
+        self.forecasts: dict[int, Forecast] = {}  # run id -> its latest `pred. final`
         self.final_losses: tuple[FinalLoss, ...] = ()
         self.experiments: tuple[str, ...] = ()
         self.polled_at: float | None = None
@@ -95,6 +96,7 @@ class SweepState:
         self._apply_series(snap, changes)
         self._apply_metric_keys(snap, changes)
         self._apply_layers(snap.layers, changes)
+        self._apply_forecasts(snap.forecasts, changes)
         self.events.extend(snap.events)
         changes.events = list(snap.events)
         if snap.alerts:
@@ -166,6 +168,12 @@ class SweepState:
                 layer.weight.append(row.weight_norm)
                 layer.nonfinite += row.nonfinite
             changes.layers = True
+
+    def _apply_forecasts(self, forecasts: Iterable[Forecast], changes: Changes) -> None:
+        for f in forecasts:  # in the order they were recorded: the last one of a run is its latest
+            self.forecasts[f.run_id] = f
+            changes.runs.add(f.run_id)
+            changes.series.add(f.run_id)  # its loss plot's continuation
 
     def _apply_alerts(self, rows: Iterable[AlertRow]) -> None:
         for row in rows:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from scaletui.core.records import Alert, LayerStats, MetricRecord, ModelInfo, RunOutcome
 from scaletui.core.specs import DataSpec, ModelSpec, RunSpec, TrainSpec
-from scaletui.core.vocabulary import LossRule, RunStatus
+from scaletui.core.vocabulary import CURVE_FORM, LossRule, PredictionKind, PredictionSource, RunStatus
+from scaletui.store.predictions import NewPrediction
 from scaletui.store.writer import Store, StoreSink
 
 EXPERIMENT = "tiny"
@@ -106,6 +107,21 @@ def _train(store: Store, path: Path, run_id: int, spec: RunSpec, *, finish: bool
         write_steps(sink, spec, 0, last)
     if finish:
         store.finish_run(run_id, _outcome(spec))
+    else:
+        _forecast(store, run_id, spec, last)
+
+
+def _forecast(store: Store, run_id: int, spec: RunSpec, last: int) -> None:
+    """What the sweep's monitor records for a running run: its final test loss predicted at its latest
+    evaluation (here the true final value, 2% high, with a band of +-0.05)."""
+    w, d, steps = spec.model.width, spec.model.depth, spec.train.steps
+    at = last - last % spec.train.eval_every
+    final = (curve(w, d, steps, steps) + 0.05) * 1.02
+    plan: dict[str, object] = {"hashes": ["pinned"], "plans": {}}
+    store.add_prediction(NewPrediction(
+        store.experiment_id(spec.experiment) or 0, PredictionSource.MONITOR, w, d, "params", float(params_of(w, d)),
+        f"depth={d}", LossRule.FINAL.value, final, final - 0.05, final + 0.05, 0.9, None, plan,
+        {"fraction": at / steps}, kind=PredictionKind.CURVE, run_id=run_id, at_step=at, steps=steps, form=CURVE_FORM))
 
 
 def _alerts(registered: list[tuple[int, RunSpec]]) -> list[Alert]:
@@ -129,6 +145,7 @@ def _pin_timestamps(path: Path) -> None:
         conn.execute("UPDATE runs SET started_at = ? WHERE started_at IS NOT NULL", [PINNED])
         conn.execute("UPDATE runs SET finished_at = ? WHERE finished_at IS NOT NULL", [FINISHED_AT])
         conn.execute("UPDATE alerts SET first_seen_at = ?, updated_at = ?", [PINNED, PINNED])
+        conn.execute("UPDATE predictions SET created_at = ?", [PINNED])
     conn.close()
 
 

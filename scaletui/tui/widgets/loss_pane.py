@@ -38,7 +38,7 @@ from textual_plotext import PlotextPlot
 
 from scaletui.tui.compare import LegendEntry, color_of, fmt_value, legend_lines, rich_color, short_labels
 from scaletui.tui.model import EARLY_FRACTION, debiased_ema, downsample_minmax, log10_safe, robust_y_range
-from scaletui.tui.poller import TEST, TRAIN
+from scaletui.tui.poller import TEST, TRAIN, Forecast
 from scaletui.tui.state import Series, SweepState
 from scaletui.tui.widgets.quiet import update_text
 
@@ -169,8 +169,38 @@ def _curves(state: SweepState, run_id: int, group: Sequence[int], buckets: int, 
         smoothed = Series()
         smoothed.extend(train.steps, debiased_ema(train.values))
         curves.append(Curve(_points(smoothed, buckets, log_y), "cyan+", "braille", "train EMA"))
-    curves.append(Curve(_points(state.series.get((run_id, TEST)), buckets, log_y), "orange+", "braille", "test"))
+    test = state.series.get((run_id, TEST))
+    curves.append(Curve(_points(test, buckets, log_y), "orange+", "braille", "test"))
+    run = state.runs.get(run_id)
+    forecast = state.forecasts.get(run_id)
+    if run is not None and not run.finished and forecast is not None and test is not None:
+        curves.extend(continuation(forecast, test, log_y))
     return [c for c in curves if c.points]
+
+
+DASHES = 6  # drawn pieces of the predicted continuation
+
+
+def continuation(forecast: Forecast, test: Series, log_y: bool) -> list[Curve]:
+    """`pred. final` on the plot: dashes from the test loss where it was predicted to the predicted final
+    loss at the run's last step (geometric in between: the loss falls by a factor), and the band there as
+    a vertical bar. Nothing when the test series does not have that evaluation (yet)."""
+    start = next((v for s, v in zip(test.steps, test.values, strict=True) if s == forecast.at_step), None)
+    if start is None or not (start > 0 and forecast.predicted > 0) or forecast.steps <= forecast.at_step:
+        return []
+    span, ratio = forecast.steps - forecast.at_step, forecast.predicted / start
+
+    def point(t: float) -> tuple[float, float]:
+        y = start * ratio**t
+        return forecast.at_step + t * span, math.log10(y) if log_y else y
+
+    pieces = [Curve([point(2 * i / (2 * DASHES - 1)), point((2 * i + 1) / (2 * DASHES - 1))], "orange", "braille",
+                    "pred. final" if i == 0 else None) for i in range(DASHES)]
+    if forecast.lo is not None and forecast.hi is not None and forecast.lo > 0:
+        ends = [forecast.lo, forecast.hi]
+        pieces.append(Curve([(float(forecast.steps), math.log10(y) if log_y else y) for y in ends], "orange",
+                            "braille"))
+    return pieces
 
 
 def _points(series: Series | None, buckets: int, log_y: bool) -> list[tuple[float, float]]:

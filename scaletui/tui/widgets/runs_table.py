@@ -30,6 +30,7 @@ from scaletui.core.rows import RunSummary
 from scaletui.core.vocabulary import LossRule, RunStatus
 from scaletui.tui.compare import rich_color
 from scaletui.tui.model import Delta, fmt_count, fmt_loss, matches, order_runs, size_deltas
+from scaletui.tui.poller import Forecast
 from scaletui.tui.state import SweepState
 from scaletui.tui.view import View
 
@@ -53,9 +54,16 @@ def columns(loss_rule: LossRule | str | None, across: str) -> list[tuple[str, st
     rule = loss_rule or LossRule.FINAL
     return [
         ("id", "id"), ("width", "w"), ("depth", "d"), ("seed", "s"), ("status", "status"),
-        ("step", "step"), ("train", "train"), ("test", f"test {rule}"), ("delta", f"Δ {across}"),
+        ("step", "step"), ("train", "train"), ("test", f"test {rule}"), ("pred", "pred"),
+        ("delta", f"Δ {across}"),
         ("alerts", "alerts"), ("best", "best"), ("params", "params"),
     ]  # fmt: skip
+
+
+def _forecast_cell(forecast: Forecast | None) -> str:
+    """`pred. final`: the run's final loss as last predicted (services.curve_forecasts). Its band is on
+    the loss plot and in the ledger: the table has no room for it at 160 columns."""
+    return "" if forecast is None else fmt_loss(forecast.predicted)
 
 
 def _delta_cell(delta: Delta | None) -> Text:
@@ -96,7 +104,8 @@ def row_cells(run: RunSummary, state: SweepState, delta: Delta | None, mark: int
     badges = state.badges.get(run.id, "")
     return (
         _id_cell(run.id, mark), run.width, run.depth, run.seed, status, step, fmt_loss(state.train_loss(run)),
-        fmt_loss(state.test_loss(run)), _delta_cell(delta), Text(badges, style="bold yellow") if badges else "",
+        fmt_loss(state.test_loss(run)), _forecast_cell(state.forecasts.get(run.id)), _delta_cell(delta),
+        Text(badges, style="bold yellow") if badges else "",
         fmt_loss(state.best_loss(run)), fmt_count(run.params),
     )  # fmt: skip
 
