@@ -167,6 +167,19 @@ def upgrade(db_path: str | Path) -> None:
         pass
 
 
+def next_size(db_path: str | Path, experiment: str | None) -> tuple[int, int]:
+    """The size one step past the sweep: the next width at its deepest depth, where the next width
+    continues the last step of the finished widths (160 after 128 -> 200; a single width doubles)."""
+    with Reader(db_path) as reader:
+        exp = resolve_experiment(reader, experiment)
+        done = [r for r in reader.runs(exp.name) if r.status in OK and r.width and r.depth]
+    if not done:
+        raise PredictError(f"experiment {exp.name!r}: no finished runs with a width and depth to step past")
+    widths = sorted({int(r.width or 0) for r in done})
+    step = widths[-1] / widths[-2] if len(widths) > 1 else 2.0
+    return max(widths[-1] + 1, round(widths[-1] * step)), max(int(r.depth or 0) for r in done)
+
+
 def _refuse_trained(runs: Sequence[RunSummary], target: Target) -> None:
     done = [r for r in runs if r.width == target.width and r.depth == target.depth and r.status in OK]
     if done:

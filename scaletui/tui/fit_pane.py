@@ -43,15 +43,26 @@ from textual_plotext import PlotextPlot
 
 from scaletui.analysis.forms import ONE_VARIABLE_FORMS, predict
 from scaletui.analysis.strategies import DEPTH, WIDTH
-from scaletui.core.vocabulary import FitX, LossRule
+from scaletui.core.rows import PredictionRow
+from scaletui.core.vocabulary import FitX, LossRule, PredictionSource
 from scaletui.services.fitting import AUTO, X_CHOICES, FitReport, FitSpec, describe_stability, fit_experiment
+from scaletui.services.predictions import PredictError, TrackRecord, ledger, next_size, record_prediction
 from scaletui.services.regimes import RegimesReport, regime_lines, regimes_experiment
 from scaletui.services.strategies import FLOPS, StrategiesReport, compare_experiment, interval_text, verdict_lines
 from scaletui.tui.keys import FIT_KEYS
+from scaletui.tui.widgets.ledger_view import (
+    LEDGER_COLUMNS,
+    NARROW_LEDGER_COLUMNS,
+    ledger_notes,
+    ledger_rows,
+    ledger_summary,
+    plot_ledger,
+)
 
-__all__ = ["GROUPINGS", "LAW", "PANE_BOOTSTRAP", "REGIMES", "STRATEGIES", "VIEWS", "FitPane"]
+__all__ = ["GROUPINGS", "LAW", "PANE_BOOTSTRAP", "PREDICTIONS", "REGIMES", "STRATEGIES", "VIEWS", "FitPane"]
 
 T = TypeVar("T")
+ViewReport = StrategiesReport | RegimesReport | TrackRecord  # what the views other than the law show
 
 PANE_BOOTSTRAP = 200  # enough for a 90% interval that means something, fast enough to refit live
 GROUPINGS: tuple[str | None, ...] = (None, FitX.DEPTH.value, FitX.WIDTH.value)
@@ -61,8 +72,8 @@ CURVE_MARKERS = ("dot", "hd", "fhd", "braille")
 TABLE_COLUMNS = ("curve", "form", "E", "A", "alpha", "held-out 1", "held-out 2", "alpha over training")
 NARROW_COLUMNS = TABLE_COLUMNS[:5]  # under NARROW_BELOW columns; the notes below say the rest
 NARROW_BELOW = 100
-LAW, STRATEGIES, REGIMES = "law", "strategies", "regimes"
-VIEWS: tuple[str, ...] = (LAW, STRATEGIES, REGIMES)  # `w` cycles
+LAW, STRATEGIES, REGIMES, PREDICTIONS = "law", "strategies", "regimes", "predictions"
+VIEWS: tuple[str, ...] = (LAW, STRATEGIES, REGIMES, PREDICTIONS)  # `w` cycles
 STRATEGY_COLUMNS = ("strategy", "alpha vs FLOPs", "E", "FLOPs to target", "where", "cheapest in")
 NARROW_STRATEGY_COLUMNS = ("strategy", "FLOPs to target", "cheapest in")
 REGIME_COLUMNS = ("step", "sizes", "alpha", "interval", "E", "bigger wins")
@@ -88,6 +99,8 @@ class _Choice:
             return "scaling strategies at equal FLOPs"
         if self.view == REGIMES:
             return f"L({self.x}) at each training length"
+        if self.view == PREDICTIONS:
+            return "the predictions ledger"
         rule = self.rule.label if self.rule else "experiment's loss rule"
         group = f", one curve per {self.group_by}" if self.group_by else ""
         form = "form chosen by held-out error" if self.form == AUTO else f"form {self.form}"
@@ -150,13 +163,20 @@ class FitPane(Widget, can_focus=True):
 
     @dataclass
     class Compared(Message):
-        """The strategies or regimes view computed (posted from the fit worker); `error`: one line."""
+        """The strategies, regimes or predictions view computed (posted from the fit worker); `error`: one line."""
 
         choice: _Choice
         experiment: str | None
-        report: StrategiesReport | RegimesReport | None
+        report: ViewReport | None
         error: str | None = None
         complete: bool = True
+
+    @dataclass
+    class Predicted(Message):
+        """`P` recorded a prediction (posted from its worker): the entry, or why not (one line)."""
+
+        entry: PredictionRow | None
+        error: str | None = None
 
     def __init__(self, db_path: Path, experiment: str | None = None, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -167,7 +187,7 @@ class FitPane(Widget, can_focus=True):
         self.complete = False  # the shown reports carry their bootstrap (intervals, band)
         self._table_narrow: bool | None = None  # the layout the table has now (None: no columns yet)
         self._table_view = LAW  # which view's columns the table has
-        self.view_report: StrategiesReport | RegimesReport | None = None  # what the other views show
+        self.view_report: ViewReport | None = None  # what the other views show
 
     def compose(self) -> ComposeResult:
         yield Static("no fit yet", id="fit-status", markup=False)
@@ -220,6 +240,10 @@ class FitPane(Widget, can_focus=True):
     def action_cycle_view(self) -> None:
         self._choose(replace(self.choice, view=_next(VIEWS, self.choice.view)))
 
+    def action_predict_next(self) -> None:
+        self._status("recording the law's prediction for the next size ...")
+        self._predict_next(self.experiment)
+
     def _choose(self, choice: _Choice) -> None:
         self.choice = choice
         self.runs_changed()
@@ -251,7 +275,16 @@ class FitPane(Widget, can_focus=True):
 
     def _compare(self, choice: _Choice, experiment: str | None, expected: tuple[type[Exception], ...],
                  cancelled: Callable[[], bool]) -> None:
-        """In the worker: the strategies or regimes view, first without its bootstrap, then with it."""
+        """In the worker: the strategies or regimes view, first without its bootstrap, then with it; the
+        predictions view as the ledger stands (the runner scores it; the app only reads)."""
+        if choice.view == PREDICTIONS:
+            try:
+                record = ledger(self.db_path, experiment, score=False)
+            except expected as exc:
+                self.post_message(self.Compared(choice, experiment, None, str(exc)))
+                return
+            self.post_message(self.Compared(choice, experiment, record))
+            return
         for n_bootstrap in (0, PANE_BOOTSTRAP):
             spec = choice.spec(n_bootstrap)
             try:
@@ -266,10 +299,38 @@ class FitPane(Widget, can_focus=True):
                 return
             self.post_message(self.Compared(choice, experiment, report, complete=n_bootstrap > 0))
 
+    @work(thread=True, exclusive=True, group="predict", exit_on_error=False)
+    def _predict_next(self, experiment: str | None) -> None:
+        """Runs in a thread: fit, record the next size's prediction in the ledger, post it."""
+        from scaletui.services.fitting import FitInputError
+        from scaletui.services.tracker import READ_ERRORS
+
+        expected: tuple[type[Exception], ...] = (PredictError, FitInputError, *READ_ERRORS)
+        try:
+            width, depth = next_size(self.db_path, experiment)
+            entry = record_prediction(self.db_path, experiment, width, depth, source=PredictionSource.APP,
+                                      n_bootstrap=PANE_BOOTSTRAP)
+        except expected as exc:
+            self.post_message(self.Predicted(None, str(exc)))
+            return
+        self.post_message(self.Predicted(entry))
+
+    def on_fit_pane_predicted(self, message: FitPane.Predicted) -> None:
+        message.stop()
+        p = message.entry
+        if p is None:
+            self._status(f"cannot predict: {message.error}")
+            return
+        band = "" if p.lo is None or p.hi is None else f" [{p.lo:.4f}, {p.hi:.4f}]"
+        self._status(f"prediction #{p.id} recorded: {p.size_label} ({p.x:,.0f} params) -> {p.predicted:.4f}{band}; "
+                     "scored when it is trained")
+        if self.choice.view == PREDICTIONS:
+            self._refit(self.choice, self.experiment)
+
     def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
         """An unexpected error in the fit worker becomes a visible line, not a crash."""
-        if event.worker.group == "fit" and event.state is WorkerState.ERROR:
-            self._status(f"fit failed: {event.worker.error}")
+        if event.worker.group in ("fit", "predict") and event.state is WorkerState.ERROR:
+            self._status(f"{event.worker.group} failed: {event.worker.error}")
 
     def on_fit_pane_fitted(self, message: FitPane.Fitted) -> None:
         message.stop()
@@ -293,6 +354,8 @@ class FitPane(Widget, can_focus=True):
             self._show_view_plot(message.report)
             self._show_view_notes(message.report)
             self._status(f"cannot compute the {message.choice.view} view: {message.error}" if message.error
+                         else ledger_summary(message.report, message.experiment)
+                         if isinstance(message.report, TrackRecord)
                          else _view_summary(message.report, message.complete))
 
     # ----------------------------------------------------------------- drawing the strategies and regimes views
@@ -307,8 +370,13 @@ class FitPane(Widget, can_focus=True):
         self._table_narrow, self._table_view = narrow, view
         return table
 
-    def _show_view_table(self, report: StrategiesReport | RegimesReport | None) -> None:
+    def _show_view_table(self, report: ViewReport | None) -> None:
         narrow = self._narrow()
+        if isinstance(report, TrackRecord) or (report is None and self.choice.view == PREDICTIONS):
+            table = self._set_columns(PREDICTIONS, NARROW_LEDGER_COLUMNS if narrow else LEDGER_COLUMNS)
+            for row in ledger_rows(report, narrow) if report is not None else []:
+                table.add_row(*row)
+            return
         if isinstance(report, RegimesReport) or (report is None and self.choice.view == REGIMES):
             table = self._set_columns(REGIMES, NARROW_REGIME_COLUMNS if narrow else REGIME_COLUMNS)
             for row in _regime_rows(report, narrow) if report is not None else []:
@@ -318,12 +386,13 @@ class FitPane(Widget, can_focus=True):
         for row in _strategy_rows(report, narrow) if report is not None else []:
             table.add_row(*row)
 
-    def _show_view_notes(self, report: StrategiesReport | RegimesReport | None) -> None:
+    def _show_view_notes(self, report: ViewReport | None) -> None:
         lines = (verdict_lines(report.comparison) if isinstance(report, StrategiesReport)
-                 else regime_lines(report) if isinstance(report, RegimesReport) else [])
+                 else regime_lines(report) if isinstance(report, RegimesReport)
+                 else ledger_notes(report) if isinstance(report, TrackRecord) else [])
         self.query_one("#fit-notes", Static).update("\n".join(lines))
 
-    def _show_view_plot(self, report: StrategiesReport | RegimesReport | None) -> None:
+    def _show_view_plot(self, report: ViewReport | None) -> None:
         widget = self.query_one("#fit-plot", PlotextPlot)
         plt = widget.plt
         plt.clear_data()
@@ -332,6 +401,8 @@ class FitPane(Widget, can_focus=True):
             _plot_strategies(plt, report, 5 if widget.size.height >= TALL_PLOT else 3)
         elif isinstance(report, RegimesReport):
             _plot_regimes(plt, report)
+        elif isinstance(report, TrackRecord):
+            plot_ledger(plt, report)
         widget.refresh()
 
     # ----------------------------------------------------------------- drawing
@@ -433,7 +504,7 @@ def _plot_curve(plt: Any, r: FitReport, marker: str) -> None:
 # ----------------------------------------------------------------------------- the strategies and regimes views
 
 
-def _view_summary(report: StrategiesReport | RegimesReport | None, complete: bool) -> str:
+def _view_summary(report: ViewReport | None, complete: bool) -> str:
     boot = (f"{PANE_BOOTSTRAP} bootstrap resamples, 90% intervals" if complete
             else "bootstrap running: intervals follow")
     if isinstance(report, StrategiesReport):

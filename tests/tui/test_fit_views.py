@@ -20,7 +20,8 @@ from textual.widgets import DataTable, Static
 
 from scaletui.tui import fit_pane
 from scaletui.tui.app import ScaleApp
-from scaletui.tui.fit_pane import REGIME_COLUMNS, REGIMES, STRATEGIES, STRATEGY_COLUMNS, FitPane
+from scaletui.tui.fit_pane import PREDICTIONS, REGIME_COLUMNS, REGIMES, STRATEGIES, STRATEGY_COLUMNS, FitPane
+from scaletui.tui.widgets.ledger_view import LEDGER_COLUMNS
 from scaletui.tui.widgets.runs_table import RunsTable
 from tests.fitdb import EVAL_STEPS, WIDTHS, fill, plan
 from tests.tui import sweepdb
@@ -63,7 +64,7 @@ def shown(pane: FitPane, view: str):  # type: ignore[no-untyped-def]
     return lambda: pane.choice.view == view and pane.complete and pane.view_report is not None
 
 
-def test_w_cycles_law_strategies_regimes_and_back(grid_db: Path) -> None:
+def test_w_cycles_law_strategies_regimes_predictions_and_back(grid_db: Path) -> None:
     asyncio.run(_cycle(grid_db))
 
 
@@ -87,6 +88,10 @@ async def _cycle(db: Path) -> None:
         assert [str(table.get_row_at(i)[0]) for i in range(table.row_count)] == [str(s) for s in EVAL_STEPS[1:]]
         assert all(abs(float(str(table.get_row_at(i)[2])) - 0.5) < 0.02 for i in range(table.row_count))
         assert "0 crossing(s)" in text(pane, "#fit-notes")
+        await pilot.press("w")
+        await until(pilot, shown(pane, PREDICTIONS), timeout=60)
+        assert columns(pane) == list(LEDGER_COLUMNS) and table.row_count == 0
+        assert "no predictions yet" in text(pane, "#fit-notes")
         await pilot.press("w")
         await until(pilot, lambda: pane.choice.view == "law" and pane.complete and bool(pane.reports), timeout=60)
         assert columns(pane)[:2] == ["curve", "form"]
