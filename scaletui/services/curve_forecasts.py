@@ -34,14 +34,29 @@ class CurveForecaster:
         self.experiment_id = experiment_id
         self.level = level
         self._finished: dict[int, tuple[str, RunSummary, dict[int, float]]] = {}  # run id -> (plan, row, evals)
+        self._skipped: set[int] = set()  # finished runs that teach nothing (read once)
+
+    def learn_experiment(self, reader: Reader, experiment: str) -> None:
+        """Keep every finished run of the experiment not kept yet, from this sweep or an earlier one (a
+        follow-up sweep of one new size learns from the sizes trained before it)."""
+        for row in reader.runs(experiment):
+            if row.id not in self._finished and row.id not in self._skipped and row.status is RunStatus.DONE:
+                spec = reader.run_spec(row.id)
+                if spec is None:  # a run of one's own loop: no plan to compare
+                    self._skipped.add(row.id)
+                    continue
+                self.learn(reader, row, spec)
 
     def learn(self, reader: Reader, row: RunSummary, spec: RunSpec) -> None:
         """Keep a finished run as a reference (once): its plan, size and test-loss evaluations."""
         if row.id in self._finished or row.status is not RunStatus.DONE or not row.params or not row.depth:
+            self._skipped.add(row.id)
             return
         evals = {p.step: p.value for p in reader.metric_series(row.id, TEST_LOSS)}
         if spec.train.steps in evals:
             self._finished[row.id] = (plan_hash(plan_of(spec, None)), row, evals)
+        else:
+            self._skipped.add(row.id)  # stopped early: says nothing about the end of a full run
 
     def forecast(self, row: RunSummary, spec: RunSpec, evals: Mapping[int, float]) -> NewPrediction | None:
         """The run's final test loss predicted from its latest evaluation before its last step, or None

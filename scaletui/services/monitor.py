@@ -212,6 +212,7 @@ class SweepMonitor:
         self._group_signature: tuple[tuple[Any, ...], ...] | None = None
         self._store: Store | None = None
         self._forecaster = CurveForecaster(experiment_id)  # `pred. final` of running runs
+        self._references_stale = True  # the forecaster has not read the experiment's finished runs yet
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_error: str | None = None
@@ -283,19 +284,21 @@ class SweepMonitor:
         A pass that fails half-way moves no cursor: the next one reads the same rows again."""
         self._writer()
         with self._tracker.transaction():
+            if self._references_stale:  # before the runs are followed: their forecasts use what has finished
+                self._forecaster.learn_experiment(self._tracker.reader, self.sweep.name)
+                self._references_stale = False
             for row in self._tracker.changed_runs():
                 if row.key in self._own_keys:
                     self._rows[row.id] = row
                     self._group_dirty |= row.ok
                 elif row.key in self._specs:
                     self._rows[row.id] = row
-                    if row.ok:
-                        self._forecaster.learn(self._tracker.reader, row, self._specs[row.key])
                     if row.id in self._watch:
                         self._group_dirty |= self._follow(row)
             if self._group_dirty:
                 self._group_pass()
                 self._group_dirty = False
+                self._references_stale = True  # runs finished: the forecaster learns them next pass
 
     def _follow(self, row: RunSummary) -> bool:
         """Diagnose one watched run if it has new records; True when it has just finished."""
