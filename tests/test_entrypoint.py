@@ -177,7 +177,7 @@ def test_a_sweep_calls_the_function_per_run_and_a_raising_run_fails_alone(tmp_pa
                     "FROM runs ORDER BY width, seed, id")
     assert len(runs) == 8
     for source, status, error, width, _seed, step, loss, params, config in runs:
-        assert source == "api"
+        assert source == "entrypoint"
         gain = json.loads(config)["gain"]
         if gain == 13:
             assert (status, error, step) == ("failed", "ValueError: unlucky gain", 2)
@@ -187,6 +187,10 @@ def test_a_sweep_calls_the_function_per_run_and_a_raising_run_fails_alone(tmp_pa
     assert rows(db, "SELECT loss_metric, higher_is_better FROM experiments") == [("cost", 0)]
     assert rows(db, "SELECT COUNT(*), COUNT(DISTINCT run_id || ':' || step) FROM metrics WHERE key = 'cost'") == \
         [(4 * 12 + 4 * 3, 4 * 12 + 4 * 3)]
+    # Registered queued by the sweep, started once by its worker: no "started / queued again / started".
+    for (run_id,) in rows(db, "SELECT id FROM runs"):
+        kinds = [k for (k,) in rows(db, "SELECT kind FROM events WHERE run_id = ? ORDER BY id", run_id)]
+        assert kinds[:2] == ["queued", "started"] and kinds.count("started") == 1, kinds
 
 
 def test_ctrl_c_then_run_again_resumes_every_run_after_its_last_step(tmp_path: Path) -> None:

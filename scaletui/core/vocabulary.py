@@ -282,6 +282,7 @@ class RunSource(Choice):
 
     SWEEP = "sweep"  # a RunSpec of experiments.toml, trained by the built-in loop (config_json)
     API = "api"  # a researcher's own loop through `scaletui.init` (user_config_json; config_json NULL)
+    ENTRYPOINT = "entrypoint"  # a run of experiments.toml trained by the researcher's `train.entrypoint` (as api)
 
 
 #: The metric that is "the loss" of an experiment unless it says otherwise (`experiments.loss_metric`):

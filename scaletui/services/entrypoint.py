@@ -34,7 +34,7 @@ from scaletui.core.records import RunOutcome, StopSignal
 from scaletui.core.rows import ExperimentLoss
 from scaletui.core.specs import RunSpec
 from scaletui.core.thresholds import Thresholds
-from scaletui.core.vocabulary import RunStatus
+from scaletui.core.vocabulary import RunSource, RunStatus
 from scaletui.services.own_records import RunStorageError, canonical_config, default_label, own_outcome, own_run_row
 from scaletui.services.own_run import RunHandle
 from scaletui.store.errors import StoreWriteFailed
@@ -87,15 +87,14 @@ def register_entry_runs(store: Store, sweep: Sweep, fresh: bool) -> tuple[int, l
     seen: set[str] = set()
     for spec, config in zip(sweep.runs, sweep.entry_configs, strict=True):
         clean = canonical_config(config)
-        row = own_run_row(experiment_id, sweep.name, clean, _label(clean, sweep), column_types)
+        row = own_run_row(experiment_id, sweep.name, clean, _label(clean, sweep), column_types, RunSource.ENTRYPOINT)
         status = statuses.get(row.key)
         if row.key in seen or (not fresh and status is not None and (status.finished or status is RunStatus.RUNNING)):
             continue
         seen.add(row.key)
-        claim = store.claim_own_run(row, resume=not fresh, pid=os.getpid(), host=default_host())
-        if claim.held_by is None:
+        claim = store.claim_own_run(row, resume=not fresh, pid=os.getpid(), host=default_host(), queue=True)
+        if claim.held_by is None:  # queued: running once a worker has it
             todo.append((claim.run_id, spec, EntryRun(sweep.entrypoint, row.key, row.label, sweep.thresholds)))
-    store.mark_queued(run_id for run_id, _, _ in todo)  # claimed by this process; running once a worker has it
     return experiment_id, todo
 
 

@@ -35,7 +35,7 @@ from typing import Any
 from scaletui.core.records import Alert, LayerStats, MetricRecord, RunOutcome
 from scaletui.core.rows import ExperimentLoss
 from scaletui.core.thresholds import Thresholds
-from scaletui.core.vocabulary import AlertKind, DebiasedEma, RunStatus
+from scaletui.core.vocabulary import AlertKind, DebiasedEma, RunSource, RunStatus
 from scaletui.store.alerts import alert_subject
 from scaletui.store.reader import Reader
 from scaletui.store.schema import HYPERPARAMETERS
@@ -137,12 +137,12 @@ def default_label(config: Mapping[str, Any], key: str) -> str:
 
 
 def own_run_row(experiment_id: int, experiment: str, config: Mapping[str, Any], label: str | None,
-                column_types: Mapping[str, str]) -> OwnRunRow:
+                column_types: Mapping[str, str], source: RunSource = RunSource.API) -> OwnRunRow:
     """Everything the run's row is registered with (config already canonical)."""
     key = own_run_key(experiment, config)
     point = own_run_key(experiment, {k: v for k, v in config.items() if k != "seed"})
     return OwnRunRow(experiment_id, key, point, label or default_label(config, key),
-                     json.dumps(config, sort_keys=True), config_columns(config, column_types))
+                     json.dumps(config, sort_keys=True), config_columns(config, column_types), source)
 
 
 # --------------------------------------------------------------------------- the end of a run

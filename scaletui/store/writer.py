@@ -79,6 +79,7 @@ class OwnRunRow:
     label: str
     user_config_json: str  # the config the loop was given, as canonical JSON
     columns: Mapping[str, Any]  # hyperparameter columns (names of schema.HYPERPARAMETERS) filled from it
+    source: RunSource = RunSource.API  # or ENTRYPOINT: a sweep's run of the researcher's function
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ def _own_row(row: OwnRunRow) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"not hyperparameter columns: {sorted(unknown)}")
     return {"key": row.key, "experiment_id": row.experiment_id, "label": row.label, "point_key": row.point_key,
-            "source": RunSource.API.value, "config_json": None, "user_config_json": row.user_config_json,
+            "source": RunSource(row.source).value, "config_json": None, "user_config_json": row.user_config_json,
             **row.columns}
 
 
@@ -453,9 +454,10 @@ class Store:
         result: tuple[int, ExperimentLoss] = self._write(body)
         return result
 
-    def claim_own_run(self, row: OwnRunRow, *, resume: bool, pid: int, host: str) -> RunClaim:
+    def claim_own_run(self, row: OwnRunRow, *, resume: bool, pid: int, host: str, queue: bool = False) -> RunClaim:
         """Register the run with `row.key` (or take it up again) and mark it running by `pid` on `host`, in
-        one transaction, so two processes given the same config cannot both run it.
+        one transaction, so two processes given the same config cannot both run it. With `queue` (a sweep
+        registering its `train.entrypoint` runs) it is marked `queued` instead: a worker starts it later.
 
         A new key is inserted. An existing row that is `running` is left alone (`held_by`; call
         `reap_orphans` first, so that only a live process holds it). With `resume` the row keeps its
@@ -465,8 +467,9 @@ class Store:
         def body(db: Database) -> RunClaim:
             old = db.execute("SELECT id, status, pid, host, step FROM runs WHERE key = ?", [row.key]).fetchone()
             now = now_iso()
-            running = {"status": RunStatus.RUNNING.value, "pid": pid, "host": host, "started_at": now,
-                       "heartbeat_at": now, "finished_at": None, "error": None}
+            running = ({"status": RunStatus.QUEUED.value, "finished_at": None, "error": None} if queue else
+                       {"status": RunStatus.RUNNING.value, "pid": pid, "host": host, "started_at": now,
+                        "heartbeat_at": now, "finished_at": None, "error": None})
             if old is None:
                 claim = RunClaim(self._insert_own_run(db, row, running), None)
             elif old[1] == RunStatus.RUNNING:
@@ -479,7 +482,10 @@ class Store:
             else:
                 claim = RunClaim(int(old[0]), None)
                 self._restart_own_run(db, claim.run_id, row, running)
-            _insert_event(db, claim.run_id, EventKind.STARTED, f"pid {pid} on {host}")
+            if queue:
+                _insert_event(db, claim.run_id, RunStatus.QUEUED, "registered by the sweep")
+            else:
+                _insert_event(db, claim.run_id, EventKind.STARTED, f"pid {pid} on {host}")
             return claim
 
         result: RunClaim = self._write(body)
@@ -487,7 +493,7 @@ class Store:
 
     @staticmethod
     def _insert_own_run(db: Database, row: OwnRunRow, running: dict[str, Any]) -> int:
-        values = {**_own_row(row), **running, "created_at": running["started_at"], "rev": _next_rev(db)}
+        values = {**_own_row(row), **running, "created_at": now_iso(), "rev": _next_rev(db)}
         columns = ", ".join(f'"{c}"' for c in values)
         marks = ", ".join("?" for _ in values)
         cursor = db.execute(f"INSERT INTO runs ({columns}) VALUES ({marks})", list(values.values()))
