@@ -42,6 +42,10 @@ FORMS = ("M1", "M2", "M3", "M4", "BNSL1", "BNSL2")
 DOMAINS = {"IC": "IC 5-shot", "NMT": "NMT", "LM": "LM", "BB": "BB", "BNSL": "4-digit addition"}
 GOALS = {"IC": ("M4", 0.028), "NMT": ("M4", 0.018), "LM": ("M4", 0.0009), "BB": ("M4", 0.009),
          "BNSL": ("BNSL", 0.011)}  # the issue's targets: the published figures, rounded
+# On 4-digit addition the auto choice (BNSL1, 0.0111) is the global optimum of scaletui's objective
+# (tests/analysis/test_bnsl_addition.py); BNSL's published 0.0109 is the optimum of another objective,
+# the squared error of log(1 + L) (Caballero et al.'s fitting script), which a multistart reproduces
+# (0.01092). Dropping any one of the 14 fitted points moves scaletui's error between 0.0108 and 0.0188.
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ training in under 0.5 s, and 1,000 bootstrap resamples in under 3 s, on the defa
     held-out checks, alpha refitted at every evaluation step), without a bootstrap;
 (b) the same with 1,000 bootstrap resamples (whole sizes) and the calibrated band, and that bootstrap alone;
 (c) one law per depth against width (the fit pane's other view);
-(d) cancelling a 100,000-resample fit from another thread 1.5 s in, as the app does: how long until it returns;
+(d) cancelling from another thread, as the app does, how long until the fit returns: a 100,000-resample fit
+    1.5 s in (the bootstrap is running), and a point fit 0.1 s in (the forms are being fitted and scored);
 (e) the Chinchilla replication file (read where it lives, through tests/refdata.py) as `scaletui fit --csv`
     fits it: L(N, D), 240 points;
 (f) the command itself, `scaletui fit --no-save` in a fresh process, with 1,000 bootstraps and with none.
@@ -46,7 +47,14 @@ from paired import pin_cores  # noqa: E402
 
 from scaletui.analysis.solve import FitOptions, LossSpec, bootstrap  # noqa: E402
 from scaletui.analysis.stability import Stability, exponent_stability  # noqa: E402
-from scaletui.services.fitting import ExperimentFit, FitSpec, fit_csv, fit_experiment, gather  # noqa: E402
+from scaletui.services.fitting import (  # noqa: E402
+    ExperimentFit,
+    FitSpec,
+    FitStopped,
+    fit_csv,
+    fit_experiment,
+    gather,
+)
 from scaletui.store import Reader  # noqa: E402
 
 GOALS = {"fit": 0.5, "bootstrap": 3.0, "cancel": 0.5}
@@ -143,27 +151,39 @@ def stability_of(db: Path, experiment: str | None, form: str) -> Callable[[], St
     return lambda: exponent_stability(x, y, step, form=form)
 
 
-def bench_cancel(db: Path, experiment: str | None, after: float = 1.5) -> None:
-    """Run a huge bootstrap in a thread, as the app does, and stop it after `after` seconds."""
+def bench_cancel(db: Path, experiment: str | None, spec: FitSpec, after: float) -> None:
+    """Run a fit in a thread, as the app does, and stop it after `after` seconds."""
     stop = threading.Event()
-    out: list[ExperimentFit] = []
-    spec = FitSpec(n_bootstrap=100_000, stability=False)
-    worker = threading.Thread(target=lambda: out.append(fit_experiment(db, experiment, spec, should_stop=stop.is_set)))
+    out: list[ExperimentFit | FitStopped] = []
+
+    def fit() -> None:
+        try:
+            out.append(fit_experiment(db, experiment, spec, should_stop=stop.is_set))
+        except FitStopped as exc:  # stopped before a law was chosen
+            out.append(exc)
+
+    worker = threading.Thread(target=fit)
     worker.start()
     time.sleep(after)
     t0 = time.perf_counter()
     stop.set()
     worker.join()
     dt = time.perf_counter() - t0
-    boot = out[0].reports[0].boot
-    done = boot.n_done if boot else 0
-    print(f"(d) cancel after {after:g} s: returned in {verdict(dt, GOALS['cancel'])}, {done} resamples kept")
+    what = f"{spec.n_bootstrap} resamples" if spec.n_bootstrap else "the point fit"
+    result = out[0]
+    if isinstance(result, FitStopped):
+        state = "stopped before a law was chosen (FitStopped)"
+    else:
+        boot = result.reports[0].boot
+        state = (f"{'stopped' if result.stopped else 'finished'}, "
+                 f"{f'{boot.n_done} resamples kept' if boot else 'no bootstrap'}")
+    print(f"(d) cancel {what} after {after:g} s: returned in {verdict(dt, GOALS['cancel'])}, {state}")
 
 
 def bench_chinchilla(repeat: int) -> None:
     csv = refdata.data_dir() / "chinchilla_svg_extracted_data.csv"
-    columns = {"x": "Model Size", "y": "loss", "compute": "Training FLOP", "drop_highest": 5}
-    t_fit, result = best_of(repeat, lambda: fit_csv(csv, **columns, spec=FitSpec(n_bootstrap=0)))
+    t_fit, result = best_of(repeat, lambda: fit_csv(csv, x="Model Size", y="loss", compute="Training FLOP",
+                                                    drop_highest=5, spec=FitSpec(n_bootstrap=0)))
     r = result.reports[0]
     p = r.law.params
     print(f"(e) Chinchilla CSV, L(N, D), 240 points, delta {r.law.delta:g}: alpha {p['alpha']:.4f}, beta "
@@ -203,7 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         db = working_copy(args.db, Path(tmp)) if args.db is not None else synthetic_db(Path(tmp))
         print(f"database: {args.db or db}" + ("" if args.db else " (synthetic: tests/fitdb.py, not the default sweep)"))
         bench_sweep(db, args.experiment, args.repeat)
-        bench_cancel(db, args.experiment)
+        bench_cancel(db, args.experiment, FitSpec(n_bootstrap=100_000, stability=False), 1.5)
+        bench_cancel(db, args.experiment, FitSpec(n_bootstrap=0), 0.1)
         missing = refdata.missing_reason()
         if missing:
             print(f"(e) skipped: {missing}")

@@ -12,16 +12,20 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import scaletui.services.fitting as fitting_module
 from scaletui.core.vocabulary import LossRule
 from scaletui.services.fitting import (
     FitInputError,
     FitReport,
     FitSpec,
+    FitStopped,
     RunPoint,
     describe_heldout,
     fit_csv,
@@ -395,3 +399,64 @@ def test_a_curve_pooling_shapes_says_so_once_instead_of_one_warning_per_pair() -
     [line] = _mixed_shape_warning(mono, "params")
     assert line.startswith("loss is not a function of params alone: 2 times")
     assert "(worst: x=200 0.405 vs x=240 0.605)" in line and "--group-by depth" in line  # the largest ratio
+
+
+def _stop_at_check(k: int) -> tuple[Callable[[], bool], threading.Event, threading.Event, list[int]]:
+    """A stop check that, at its k-th call, says the fit is under way (`asked`) and then waits for
+    the test to press stop (`pressed`), as the app's cancel does from another thread."""
+    asked, pressed, calls = threading.Event(), threading.Event(), []
+
+    def should_stop() -> bool:
+        calls.append(1)
+        if len(calls) == k:
+            asked.set()
+            pressed.wait(60)
+        return pressed.is_set()
+
+    return should_stop, asked, pressed, calls
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_a_stop_during_the_point_fit_returns_at_the_next_check(law_db: Path, k: int) -> None:
+    """The point fit (every form, its held-out refits) consults the stop check as it goes, so a cancel
+    ends it at once (FitStopped) instead of after the whole selection."""
+    should_stop, asked, pressed, calls = _stop_at_check(k)
+    raised: list[BaseException] = []
+
+    def fit() -> None:
+        try:
+            fit_experiment(law_db, None, FitSpec(n_bootstrap=0), should_stop=should_stop)
+        except FitStopped as exc:
+            raised.append(exc)
+
+    worker = threading.Thread(target=fit)
+    worker.start()
+    assert asked.wait(60), "the point fit never consulted the stop check"
+    pressed.set()
+    worker.join(60)
+    assert not worker.is_alive() and raised
+    assert len(calls) == k  # no solving went on after the check that saw the stop
+
+
+def test_a_stop_during_a_grouped_fit_keeps_the_curves_already_fitted(law_db: Path) -> None:
+    """Stopped after a curve (its bootstrap cut short), the fit returns the curves done and says so."""
+    spec = FitSpec(n_bootstrap=0, group_by="depth", x="width", form="offset", stability=False)
+    curves = fit_experiment(law_db, None, spec)
+    fitted_first: list[int] = []
+
+    def stop_after_first_curve() -> bool:
+        return bool(fitted_first)
+
+    original = fitting_module._fit_curve_arrays
+
+    def counting(*args: object, **kwargs: object) -> object:
+        result = original(*args, **kwargs)  # type: ignore[arg-type]
+        fitted_first.append(1)
+        return result
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fitting_module, "_fit_curve_arrays", counting)
+        stopped = fit_experiment(law_db, None, spec, should_stop=stop_after_first_curve)
+    assert len(curves.reports) == 2 and not curves.stopped
+    assert stopped.stopped and len(stopped.reports) == 1
+    assert stopped.reports[0].group == curves.reports[0].group

@@ -32,6 +32,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -42,11 +43,13 @@ __all__ = [
     "LOG_EXCESS",
     "MODELS",
     "Data",
+    "Distinct",
     "Model",
     "Seeds",
     "model",
     "nnls_small",
     "normal_equations",
+    "seed_normal_equations",
     "shared_normal_equations",
 ]
 
@@ -83,6 +86,7 @@ class Data:
     centre: FloatArray
     y: FloatArray
     upper_bound: float | None = None
+    top: float | None = None  # the largest loss, when y is not the whole data set (`Distinct`)
 
     @staticmethod
     def build(xs: Sequence[FloatArray], y: FloatArray, upper_bound: float | None = None) -> Data:
@@ -90,13 +94,65 @@ class Data:
         centre = logx.mean(axis=1)
         return Data(logx - centre[:, None], centre, np.asarray(y, dtype=float), upper_bound)
 
-    @property
+    @cached_property
     def logy(self) -> FloatArray:
         return np.log(self.y)
 
     @property
     def y_top(self) -> float:
-        return float(self.y.max())
+        return float(self.y.max()) if self.top is None else self.top
+
+    @property
+    def seed_points(self) -> Data:
+        """The points a seed grid's basis is evaluated at: the distinct ones (`distinct`), or all."""
+        shared = self.distinct
+        return self if shared is None else shared.data
+
+    @cached_property
+    def distinct(self) -> Distinct | None:
+        """The data's distinct points (`Distinct`), or None when no two points share their variables."""
+        points, index = np.unique(self.u, axis=1, return_inverse=True)
+        if points.shape[1] == self.y.size:
+            return None
+        return Distinct.of(self, points, index.ravel())
+
+
+@dataclass(frozen=True, eq=False)
+class Distinct:
+    """The distinct points of a data set (a sweep's seeds share their size), for evaluating a form once
+    per size instead of once per seed.
+
+    In the "log" space a residual is log L_hat(x_i) - log y_i: the model's part depends on x_i only,
+    so the solver evaluates it (and its Jacobian) at the distinct points and spreads it to the points
+    (`index`); the Huber weights of a size's points are then summed per size (`fold`) for the
+    gradient and the curvature. That is exact for any loss, not the fit of per-size means (which is
+    exact for least squares only: sum_j (f - z_j)^2 = n (f - mean z)^2 + const, while Huber's
+    minimiser over a size's seeds is not a function of their mean). `data` holds the distinct points
+    with y = the geometric mean there (only its log is read) and the whole data set's largest loss
+    (M4 places its upper plateau above it). "log_excess" residuals, log(y_i - E), depend on each
+    point's own loss, so that space uses every point.
+    """
+
+    data: Data
+    index: FloatArray  # (n,): the distinct point of each point
+    order: FloatArray  # (n,): the points sorted by their distinct point
+    starts: FloatArray  # (k,): where each distinct point's run begins in `order`
+
+    @staticmethod
+    def of(data: Data, points: FloatArray, index: FloatArray) -> Distinct:
+        order = np.argsort(index, kind="stable")
+        starts = np.searchsorted(index[order], np.arange(points.shape[1]))
+        mean_logy = np.bincount(index, data.logy) / np.bincount(index)
+        at = Data(points, data.centre, np.exp(mean_logy), data.upper_bound, data.y_top)
+        return Distinct(at, index, order, starts)
+
+    def fold(self, values: FloatArray) -> FloatArray:
+        """Per-point values (R, n) summed over each distinct point's points: (R, k)."""
+        return np.add.reduceat(values[:, self.order], self.starts, axis=1)
+
+    def spread(self, values: FloatArray) -> FloatArray:
+        """Per-distinct-point values (R, k) repeated for each of its points: (R, n)."""
+        return values[:, self.index]
 
 
 def _row_extremes(y: FloatArray, w: FloatArray) -> tuple[FloatArray, FloatArray]:
@@ -149,6 +205,20 @@ def shared_normal_equations(phi: FloatArray, z: FloatArray, w: FloatArray) -> No
     wz = w * z
     rhs = np.stack([wz @ phi[..., i].T for i in range(m)], axis=-1)
     return Normal(gram, rhs, np.sum(wz * z, axis=-1, keepdims=True))
+
+
+def seed_normal_equations(phi: FloatArray, z: FloatArray, w: FloatArray, data: Data) -> Normal:
+    """Normal equations of sum_i w_i (phi_s(i) . c - z_i)^2 for a basis shared by every weight row and
+    given at the data's `seed_points` (G, k, m), with a target z (n,) and weights w (R, n) per point.
+
+    The points of one size share its basis row, so their terms add up exactly: a size contributes
+    phi_s phi_s^T sum w, phi_s sum w z, and sum w z^2 - the same equations from k rows instead of n
+    (the matrix products of a seed grid shrink by the number of seeds per size)."""
+    shared = data.distinct
+    weight, moment = (w, w * z) if shared is None else (shared.fold(w), shared.fold(w * z))
+    target = np.divide(moment, weight, out=np.zeros_like(moment), where=weight > 0)
+    eq = shared_normal_equations(phi, target, weight)
+    return Normal(eq.gram, eq.rhs, np.sum(w * z * z, axis=-1, keepdims=True))
 
 
 def _cross_normal_equations(phi: FloatArray, z: FloatArray, w: FloatArray) -> Normal:
@@ -323,9 +393,9 @@ class M1(Model):
         return (np.tile([-np.inf, 0.0], (rows, 1)), np.tile([np.inf, EXPONENT_MAX], (rows, 1)))
 
     def seeds(self, data: Data, w: FloatArray, space: str) -> Seeds:
-        u = data.u[0]
+        u = data.seed_points.u[0]
         phi = np.stack([np.ones_like(u), -u], axis=-1)[None]
-        coef, _ = nnls_small(shared_normal_equations(phi, data.logy, w), (False, True))
+        coef, _ = nnls_small(seed_normal_equations(phi, data.logy, w, data), (False, True))
         return Seeds(coef, (1,))
 
     def natural(self, theta: FloatArray, data: Data) -> dict[str, float]:
@@ -364,21 +434,35 @@ class _Floored(Model):
 
     def floor_seed(self, basis: FloatArray, data: Data, w: FloatArray, space: str) -> tuple[FloatArray, FloatArray]:
         """Solve (E, coefficients >= 0) by relative least squares, min sum_i w_i (L_hat_i / L_i - 1)^2,
-        for power terms given as a basis shared by all rows (G, n, m) or per row (R, G, n, m).
+        for power terms given at the data's `seed_points` as a basis shared by all rows (G, k, m) or
+        per row (R, G, k, m).
+
+        Points sharing a size share their basis row phi_s, so their terms add up exactly:
+        sum_i w_i (phi_s.c / y_i - 1)^2 = (phi_s.c)^2 sum w/y^2 - 2 phi_s.c sum w/y + sum w.
 
         Returns ((R, G, m + 1) = [log of each coefficient, log E] with E clipped into its bounds,
         the relative sum of squares (R, G)).
         """
         ones = np.ones(basis.shape[:-1] + (1,))
-        phi = np.concatenate([ones, basis], axis=-1) / data.y[:, None]
+        phi = np.concatenate([ones, basis], axis=-1)
+        relative = w / data.y**2  # sum_i w_i (phi.c / y_i - 1)^2 = sum_i (w_i / y_i^2) (phi.c - y_i)^2
         if basis.ndim == 3:
-            eq = shared_normal_equations(phi, np.ones(data.y.size), w)
+            eq = seed_normal_equations(phi, data.y, relative, data)
         else:
-            eq = normal_equations(phi, np.ones(data.y.size), w[:, None, :])
+            eq = _per_row_normal_equations(phi, data.y, relative, data)
         coef, sse = nnls_small(eq, (True,) * phi.shape[-1])
         lo, hi = _floor_bounds(data.y, w, space)
         e = np.clip(np.log(np.maximum(coef[..., 0], TINY)), lo[:, None], hi[:, None])
         return np.concatenate([np.log(np.maximum(coef[..., 1:], TINY)), e[..., None]], axis=-1), sse
+
+
+def _per_row_normal_equations(phi: FloatArray, z: FloatArray, w: FloatArray, data: Data) -> Normal:
+    """`seed_normal_equations` for a basis per weight row (R, G, k, m)."""
+    shared = data.distinct
+    weight, moment = (w, w * z) if shared is None else (shared.fold(w), shared.fold(w * z))
+    target = np.divide(moment, weight, out=np.zeros_like(moment), where=weight > 0)
+    eq = normal_equations(phi, target[:, None, :], weight[:, None, :])
+    return Normal(eq.gram, eq.rhs, np.sum(w * z * z, axis=-1)[:, None])
 
 
 class M2(_Floored):
@@ -403,7 +487,7 @@ class M2(_Floored):
 
     def seeds(self, data: Data, w: FloatArray, space: str) -> Seeds:
         alphas = self.ALPHAS
-        lin, _ = self.floor_seed(np.exp(-alphas[:, None] * data.u[0][None, :])[..., None], data, w, space)
+        lin, _ = self.floor_seed(np.exp(-alphas[:, None] * data.seed_points.u[0][None, :])[..., None], data, w, space)
         theta = np.stack([lin[..., 0], np.broadcast_to(alphas, lin.shape[:2]), lin[..., 1]], axis=-1)
         return Seeds(theta, (alphas.size,))
 
@@ -439,7 +523,7 @@ class Chinchilla(_Floored):
     def seeds(self, data: Data, w: FloatArray, space: str) -> Seeds:
         g = self.EXPONENTS
         al, be = (v.ravel() for v in np.meshgrid(g, g, indexing="ij"))
-        un, ud = data.u
+        un, ud = data.seed_points.u
         basis = np.stack([np.exp(-al[:, None] * un), np.exp(-be[:, None] * ud)], axis=-1)
         lin, _ = self.floor_seed(basis, data, w, space)
         shape = lin.shape[:2]
@@ -532,7 +616,7 @@ def _bnsl1_seeds(m: BNSL, data: Data, w: FloatArray, space: str) -> Seeds:
     flat = [g.ravel() for g in np.meshgrid(*grids, indexing="ij")]
     shape = tuple(g.size for g in grids)
     al, c, v, ph = flat
-    lin, sse = m.floor_seed(_bnsl_basis(data.u[0], al, [(c, v, ph)])[..., None], data, w, space)
+    lin, sse = m.floor_seed(_bnsl_basis(data.seed_points.u[0], al, [(c, v, ph)])[..., None], data, w, space)
     rows_shape = lin.shape[:2]
     cols = [lin[..., 0]] + [np.broadcast_to(g, rows_shape) for g in flat] + [lin[..., 1]]
     return Seeds(np.stack(cols, axis=-1), shape, sse, rank_by_proxy=True)
@@ -560,7 +644,7 @@ def _refit_floor(m: _Floored, theta: FloatArray, data: Data, w: FloatArray,
     rows, g, p = theta.shape
     flat = theta.reshape(-1, p).copy()
     flat[:, 0] = 0.0
-    h, _ = m.head(flat[:, :-1], data, jac=False)
+    h, _ = m.head(flat[:, :-1], data.seed_points, jac=False)
     basis = np.exp(np.clip(h, -700, 700)).reshape(rows, g, -1)[..., None]
     lin, sse = m.floor_seed(basis, data, w, space)
     out = theta.copy()
@@ -594,10 +678,10 @@ class M3(Model):
         return np.tile(lo, (rows, 1)), np.tile(hi, (rows, 1))
 
     def seeds(self, data: Data, w: FloatArray, space: str) -> Seeds:
-        u = data.u[0]
+        u = data.seed_points.u[0]
         ks = np.linspace(float(u.min()) - self.SPAN, float(u.max()) + self.SPAN, 121)
-        sp = _softplus(ks[:, None] - u[None, :])  # (G, n)
-        coef, _ = nnls_small(shared_normal_equations(np.stack([np.ones_like(sp), sp], axis=-1), data.logy, w),
+        sp = _softplus(ks[:, None] - u[None, :])  # (G, k)
+        coef, _ = nnls_small(seed_normal_equations(np.stack([np.ones_like(sp), sp], axis=-1), data.logy, w, data),
                              (False, True))
         theta = np.stack([coef[..., 0], np.broadcast_to(ks, coef.shape[:2]), coef[..., 1]], axis=-1)
         return Seeds(theta, (ks.size,))

@@ -133,12 +133,14 @@ def _m4_step(v: FloatArray, g: FloatArray, c: FloatArray) -> tuple[FloatArray, F
 
 def _m4_root(g: FloatArray, c: FloatArray, iterations: int) -> FloatArray:
     """The root v of phi(v) = c (see `m4_excess`) for flat arrays; only unsettled entries are
-    iterated (most settle in 3-4 steps, a few need the bisection fallback)."""
+    iterated (most settle in 3-4 steps, a few need the bisection fallback). gamma = 0 with c >= 0
+    has no root (the M2 limit, which `m4_excess` answers without v): those entries are not iterated
+    (they used to run all `iterations` steps, in every call where one occurred)."""
     ge = np.maximum(g, 1e-12)
     lo = np.minimum(c, c / ge) - np.maximum(g - 1.0, 0.0) * np.log(2.0) - 1.0
     hi = np.maximum(c, (c + 1.0) / ge) + 1.0
     v = np.clip(np.where(c < 0, c, c / ge), lo, hi)
-    todo = np.arange(v.size)
+    todo = np.flatnonzero((g > 0) | (c < 0))
     for _ in range(iterations):
         vt, gt, ct, lt, ht = v[todo], g[todo], c[todo], lo[todo], hi[todo]
         phi, step = _m4_step(vt, gt, ct)

@@ -46,7 +46,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from scaletui.analysis.forms import FORMS, FittedLaw, form, predict
-from scaletui.analysis.solve import Bootstrap, FitOptions, bootstrap, fit_rows, law_of_row, prepare
+from scaletui.analysis.solve import Bootstrap, FitOptions, StopCheck, bootstrap, fit_rows, law_of_row, prepare
 
 __all__ = [
     "DEFAULT_FORMS",
@@ -266,7 +266,8 @@ def _bound_problem(name: str, upper_bound: float | None) -> str | None:
     return f"diverges as x -> 0, so it cannot respect the metric's upper bound {upper_bound:g} (use {bounded})"
 
 
-def _score_form(name: str, feats: tuple[FloatArray, ...], y: FloatArray, opts: SelectOptions) -> FormScore:
+def _score_form(name: str, feats: tuple[FloatArray, ...], y: FloatArray, opts: SelectOptions,
+                should_stop: StopCheck | None = None) -> FormScore:
     problem = _bound_problem(name, opts.fit.upper_bound)
     if problem is not None:
         return FormScore(name, skipped=problem)
@@ -277,7 +278,7 @@ def _score_form(name: str, feats: tuple[FloatArray, ...], y: FloatArray, opts: S
     min_fit = _min_sizes(m.min_points(), m.n_vars, opts)
     w, masks = _origins(feats, min_fit, m.min_points(), opts.max_origins)
     with np.errstate(all="ignore"):
-        fits = fit_rows(m, data, w, opts.fit)
+        fits = fit_rows(m, data, w, opts.fit, should_stop=should_stop)
     laws = [law_of_row(m, data, fits, k, w[k], opts.fit) for k in range(w.shape[0])]
     if not masks:
         sizes = np.unique(size_levels(feats[0])).size
@@ -306,8 +307,10 @@ def _candidates(forms: Sequence[str], n_vars: int) -> list[str]:
     return matching or [name for name, f in FORMS.items() if f.n_vars == n_vars] or known
 
 
-def heldout_scores(xs: XS, loss: ArrayLike, options: SelectOptions = SelectOptions()) -> tuple[FormScore, ...]:
-    """Every applicable form of `options.forms` fitted and scored on one curve (skipped forms say why)."""
+def heldout_scores(xs: XS, loss: ArrayLike, options: SelectOptions = SelectOptions(),
+                   should_stop: StopCheck | None = None) -> tuple[FormScore, ...]:
+    """Every applicable form of `options.forms` fitted and scored on one curve (skipped forms say why).
+    `should_stop` is consulted at every solver iteration (solve.FitStopped when it says stop)."""
     problem = curve_problem(xs, loss)
     names = _candidates(options.forms, 1 if problem else len(_as_features(xs)))
     unknown = [FormScore(n.upper(), skipped=f"unknown form; known forms: {', '.join(FORMS)}")
@@ -316,7 +319,7 @@ def heldout_scores(xs: XS, loss: ArrayLike, options: SelectOptions = SelectOptio
     if problem is not None:
         return tuple(FormScore(name, skipped=problem) for name in names) + tuple(unknown)
     feats, y, _ = _dedupe(_as_features(xs), np.asarray(loss, dtype=float).ravel())
-    return _on_common_origins([_score_form(name, feats, y, options) for name in names]) + tuple(unknown)
+    return _on_common_origins([_score_form(name, feats, y, options, should_stop) for name in names]) + tuple(unknown)
 
 
 # ----------------------------------------------------------------------------- selection
@@ -345,9 +348,11 @@ def _choose(ranked: list[FormScore], close: list[FormScore], prefer_simpler: boo
     return min([ranked[0]] + close, key=lambda s: (form(s.form).n_params, s.heldout_error))
 
 
-def select_form(xs: XS, loss: ArrayLike, options: SelectOptions = SelectOptions()) -> Selection:
-    """Fit every form, score each by rolling-origin held-out error, pick the best, say if unclear."""
-    scores = heldout_scores(xs, loss, options)
+def select_form(xs: XS, loss: ArrayLike, options: SelectOptions = SelectOptions(),
+                should_stop: StopCheck | None = None) -> Selection:
+    """Fit every form, score each by rolling-origin held-out error, pick the best, say if unclear.
+    Raises solve.FitStopped when `should_stop()` says so during the fits."""
+    scores = heldout_scores(xs, loss, options, should_stop)
     notes = [f"{s.form} {'not scored' if s.law is not None else 'skipped'}: {s.skipped}"
              for s in scores if s.skipped is not None]
     ranked = sorted((s for s in scores if s.ok), key=lambda s: s.heldout_error)

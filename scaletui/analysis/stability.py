@@ -24,7 +24,7 @@ from numpy.typing import ArrayLike
 
 from scaletui.analysis.form_models import model
 from scaletui.analysis.forms import FittedLaw
-from scaletui.analysis.solve import FitOptions, fit_rows, law_of_row, prepare
+from scaletui.analysis.solve import FitOptions, StopCheck, check_stop, fit_rows, law_of_row, prepare
 
 __all__ = ["Stability", "exponent_stability"]
 
@@ -54,20 +54,22 @@ class Stability:
 
 
 def _fit_step(form: str, x: FloatArray, y: FloatArray, warm: FloatArray | None,
-              options: FitOptions) -> tuple[FloatArray, FittedLaw]:
+              options: FitOptions, should_stop: StopCheck | None) -> tuple[FloatArray, FittedLaw]:
     """One step's optimum (model coordinates, for the next warm start) and its law; ValueError
     (from `prepare`) when the step's points cannot fit the form."""
     m, data = prepare(form, x, y, options.upper_bound)
     w = np.ones((1, y.size))
     starts = None if warm is None or m.has_proxy else warm[None, None, :]
-    fits = fit_rows(m, data, w, options, starts=starts, exact_rows=0)
+    fits = fit_rows(m, data, w, options, starts=starts, exact_rows=0, should_stop=should_stop)
     return fits.theta[0], law_of_row(m, data, fits, 0, w[0], options)
 
 
 def exponent_stability(x: ArrayLike, loss: ArrayLike, step: ArrayLike, *, form: str = "M2", last_k: int = 5,
-                       rel_tol: float = 0.1, options: FitOptions = DEFAULT_OPTIONS) -> Stability:
+                       rel_tol: float = 0.1, options: FitOptions = DEFAULT_OPTIONS,
+                       should_stop: StopCheck | None = None) -> Stability:
     """Refit the one-variable form `form` at each distinct step (latest first, each warm-started from
-    the one after it); steps whose points cannot fit the form (too few sizes, a bad loss) are NaN."""
+    the one after it); steps whose points cannot fit the form (too few sizes, a bad loss) are NaN.
+    Raises solve.FitStopped when `should_stop()` says so."""
     xa, ya, sa = (np.asarray(v, dtype=float).ravel() for v in (x, loss, step))
     if model(form).n_vars != 1:
         raise ValueError(f"exponent_stability fits one-variable forms, not {form}")
@@ -75,9 +77,10 @@ def exponent_stability(x: ArrayLike, loss: ArrayLike, step: ArrayLike, *, form: 
     laws: list[FittedLaw | None] = [None] * steps.size
     warm: FloatArray | None = None
     for i in range(steps.size - 1, -1, -1):
+        check_stop(should_stop)
         sel = sa == steps[i]
         try:
-            warm, laws[i] = _fit_step(form, xa[sel], ya[sel], warm, options)
+            warm, laws[i] = _fit_step(form, xa[sel], ya[sel], warm, options, should_stop)
         except ValueError:  # too few sizes at this step, a non-positive loss: no law here
             continue
     return _summary(steps, laws, last_k, rel_tol, form)

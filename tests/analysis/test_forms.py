@@ -151,3 +151,22 @@ def test_m4_jacobian_is_right_at_gamma_zero() -> None:
     forward = (r1 - r0) / 1e-7
     np.testing.assert_allclose(jac[0, :, 2], forward[0], atol=1e-5 * max(1.0, float(np.abs(forward).max())))
     assert np.abs(jac[0, :, 2]).max() > 0
+
+
+def test_m4_root_does_not_iterate_the_m2_limit_which_has_no_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gamma = 0 and e^t >= b (the M2 limit): m4_excess answers w = e^t without the root, so the
+    root finder must not spend its whole iteration budget bisecting for a root that does not exist."""
+    from scaletui.analysis import forms
+
+    steps: list[int] = []
+    original = forms._m4_step
+
+    def counting(v: np.ndarray, g: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        steps.append(v.size)
+        return original(v, g, c)
+
+    monkeypatch.setattr(forms, "_m4_step", counting)
+    t = np.array([0.5, 2.0, -3.0])  # the last one, e^t < b: a root exists
+    _, log_w = m4_excess(t, np.zeros(3), 1.0)
+    assert log_w[:2] == pytest.approx(t[:2])
+    assert len(steps) < 10 and all(size == 1 for size in steps)
