@@ -69,7 +69,8 @@ class MetricPoint(NamedTuple):
 class RunSummary:
     """One row of the `run_summary` view: a run, its experiment and "the loss of the run" by its rule.
 
-    A run of a researcher's own loop (`source` api, or entrypoint for a sweep's `train.entrypoint`) has only the columns its config or `run.summary()`
+    A run of a researcher's own loop (`source` api, or entrypoint for a sweep's `train.entrypoint`) has only the columns
+    its config or `run.summary()`
     gave: arch, width, depth, seed, dataset, optimizer, lr and steps may be None. Its `loss` is the
     final/best/smoothed value of the experiment's `loss_metric` (lower better unless `higher_is_better`).
     """

@@ -45,7 +45,15 @@ from scaletui.analysis.forms import ONE_VARIABLE_FORMS, predict
 from scaletui.analysis.strategies import DEPTH, WIDTH
 from scaletui.core.rows import PredictionRow
 from scaletui.core.vocabulary import FitX, LossRule, PredictionSource
-from scaletui.services.fitting import AUTO, X_CHOICES, FitReport, FitSpec, describe_stability, fit_experiment
+from scaletui.services.fitting import (
+    AUTO,
+    X_CHOICES,
+    FitReport,
+    FitSpec,
+    FitStopped,
+    describe_stability,
+    fit_experiment,
+)
 from scaletui.services.predictions import PredictError, TrackRecord, ledger, next_size, record_prediction
 from scaletui.services.regimes import RegimesReport, regime_lines, regimes_experiment
 from scaletui.services.strategies import FLOPS, StrategiesReport, compare_experiment, interval_text, verdict_lines
@@ -265,6 +273,8 @@ class FitPane(Widget, can_focus=True):
             try:
                 result = fit_experiment(self.db_path, experiment, choice.spec(n_bootstrap),
                                         should_stop=lambda: worker.is_cancelled)
+            except FitStopped:
+                return  # superseded by a newer key press: nothing to show
             except expected as exc:
                 self.post_message(self.Fitted(choice, experiment, (), (), str(exc)))
                 return
@@ -292,6 +302,8 @@ class FitPane(Widget, can_focus=True):
                     compare_experiment(self.db_path, experiment, spec, should_stop=cancelled)
                     if choice.view == STRATEGIES else regimes_experiment(self.db_path, experiment, spec,
                                                                           should_stop=cancelled))
+            except FitStopped:
+                return  # superseded by a newer key press
             except expected as exc:
                 self.post_message(self.Compared(choice, experiment, None, str(exc)))
                 return

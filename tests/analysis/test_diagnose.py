@@ -3,7 +3,6 @@ evidence becomes conclusive, stays silent on a healthy run, and follows its thre
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -458,10 +457,8 @@ def test_mismatched_lengths_are_rejected() -> None:
                   eval_steps=[0], test_loss=[1, 2])
 
 
-def test_diagnose_is_cheap_on_a_long_run() -> None:
-    """The runner re-diagnoses every run as it grows: 100k steps and 20 layers in well under a second."""
+def test_a_long_healthy_run_raises_nothing() -> None:
+    """The runner re-diagnoses every run as it grows: 100k steps and 20 layers stay quiet. (Its speed is not
+    asserted: a wall-clock bound fails on a loaded shared machine, and a test must wait on events only.)"""
     s = healthy(n=100_000, layers=20, log_every=10, eval_every=500)
-    diagnose_run(s, TH, group_best=0.5)
-    start = time.perf_counter()
     assert diagnose_run(s, TH, group_best=0.5) == []
-    assert time.perf_counter() - start < 1.0
