@@ -9,6 +9,12 @@ every rule from the smaller sizes, each prediction's ratio to the measured best 
 training there (and the same for dropout against depth when the experiment swept it); `--json` prints it
 as one object for scripts. `--width`/`--depth` are then optional.
 
+`--batch` proposes a batch size instead: for every size (width, depth) of the experiment, the critical
+batch size B_crit ~ B_simple = tr(Sigma) / |G|^2 from the gradient noise scale the training loops measure,
+over the last half of each run's measurements, with the evidence (estimate and 95% interval, the spread of
+the running estimate, how many runs and measurements, the batch size the runs used); `--json` prints it
+as one object. Nothing to measure from (runs trained before the measurement existed) is said in one line.
+
 `--append FILE` writes FILE as a complete one-size sweep (the config of the experiment's best run, at the
 target width and depth, with the proposed lr and lr_scaling = "none", over every seed the experiment ran),
 in the same database, as its own experiment `<experiment>-suggested`. `scaletui run FILE` trains it. FILE must
@@ -43,17 +49,23 @@ RULE_CHOICES = LrRule.choices()
 @click.option("--backtest", is_flag=True,
               help="Hold out the largest swept size, predict its best lr (and dropout) by every rule, print how "
                    "each did.")
-@click.option("--json", "as_json", is_flag=True, help="With --backtest: one JSON object, for scripts.")
+@click.option("--batch", is_flag=True,
+              help="Propose a batch size per size instead: the critical batch size from the gradient noise scale "
+                   "(B_simple) the runs measured, with the evidence.")
+@click.option("--json", "as_json", is_flag=True, help="With --backtest or --batch: one JSON object, for scripts.")
 @click.option("--append", "append_to", type=click.Path(dir_okay=False, path_type=Path),
               help="Write a runnable sweep file for the proposed size, with the experiment's seeds "
                    "(must not exist yet).")
 def suggest_command(width: int | None, depth: int | None, db: Path | None, experiment: str | None, rule: str,
-                    append_to: Path | None, backtest: bool, as_json: bool) -> None:
-    """Propose the learning rate for a WIDTH x DEPTH model from the lr sweeps already run."""
-    _check_options(width, depth, backtest, as_json, append_to)
+                    append_to: Path | None, backtest: bool, batch: bool, as_json: bool) -> None:
+    """Propose the learning rate for a WIDTH x DEPTH model from the lr sweeps already run (or, with
+    --batch, the batch size of every size from the gradient noise scale)."""
+    _check_options(width, depth, backtest, as_json, append_to, batch)
     db = resolve_db(db)
     if db.exists():
         check_db_usable(db, create=False)
+    if batch:
+        return _print_batches(_batches(db, experiment), as_json)
     if backtest:
         _print_backtests(_backtests(db, experiment), as_json)
     if width is None or depth is None:
@@ -67,12 +79,16 @@ def suggest_command(width: int | None, depth: int | None, db: Path | None, exper
 
 
 def _check_options(width: int | None, depth: int | None, backtest: bool, as_json: bool,
-                   append_to: Path | None) -> None:
+                   append_to: Path | None, batch: bool = False) -> None:
     """One line and exit 2 for options that do not go together."""
+    if batch and (width is not None or depth is not None or backtest or append_to is not None):
+        fail("--batch reports every size of the experiment: it goes without --width/--depth, --backtest and --append")
+    if batch:
+        return
     if (width is None) != (depth is None) or (width is None and not backtest):
         fail("--width and --depth are needed together (or --backtest alone, to compare the rules)")
     if as_json and (not backtest or width is not None):
-        fail("--json goes with --backtest alone (without --width/--depth)")
+        fail("--json goes with --backtest alone or --batch (without --width/--depth)")
     if append_to is not None and append_to.exists():
         fail(f"{append_to}: already exists; --append writes a new sweep file (a TOML file cannot take a "
              "second [model] table)")
@@ -165,3 +181,62 @@ def _write_sweep(s: Any, db: Path, path: Path) -> None:
     except OSError as e:
         fail(f"{path}: cannot write: {e}")
     click.echo(f"\nwrote {path}: `scaletui run --headless {path}` trains this run as experiment {name!r}")
+
+
+# --------------------------------------------------------------------------- --batch
+
+
+def _batches(db: Path, experiment: str | None) -> Any:
+    from scaletui.services.suggest import SuggestError, batch_suggestions
+
+    try:
+        return batch_suggestions(db, experiment)
+    except (SuggestError, ValueError) as e:
+        fail(str(e))
+
+
+def _print_batches(b: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(_batches_json(b), indent=2))
+        return
+    click.echo(f"experiment:   {b.experiment!r}" if b.experiment else "experiment:   none with measurements")
+    if not b.sizes:
+        click.echo(f"no gradient noise scale measured{_without(b)}: runs record it every few logging steps "
+                   "(batch size 2 or more); train the sweep (again) with this version to measure it")
+        return
+    click.echo(f"critical batch size B_crit ~ B_simple = tr(Sigma)/|G|^2 (McCandlish et al. 2018), over the last "
+               f"{b.tail_fraction:.0%} of each run's measurements{_without(b)}")
+    click.echo(f"  {'size':<16} {'runs':>4} {'batch':>6} {'B_simple':>9} {'95% interval':>17} "
+               f"{'running, tail':>17} {'meas.':>9} {'suggest':>7}")
+    for size in b.sizes:
+        click.echo("  " + _size_line(size))
+    click.echo("why: below B_crit, doubling the batch about halves the steps for the same loss; above it, a larger "
+               "batch costs more examples for little gain. B_simple grows as the loss falls, so it is read at the "
+               "end of training.")
+
+
+def _without(b: Any) -> str:
+    return f" ({b.runs_without} run(s) without measurements left out)" if b.runs_without else ""
+
+
+def _size_line(size: Any) -> str:
+    c = size.crit
+    name = f"{size.arch} w{size.width} d{size.depth}"
+    batch = "/".join(str(x) for x in size.batch_sizes)
+    estimate = "-" if c.b_crit is None else f"{c.b_crit:.0f}"
+    interval = "-" if c.low is None else f"[{c.low:.0f}, {c.high:.0f}]"
+    spread = "-" if c.spread is None else f"{c.spread[0]:.0f}-{c.spread[1]:.0f}"
+    suggest = "-" if size.suggested is None else str(size.suggested)
+    line = (f"{name:<16} {size.runs:>4} {batch:>6} {estimate:>9} {interval:>17} {spread:>17} "
+            f"{c.tail:>4}/{c.measurements:<4} {suggest:>7}")
+    return line if c.b_crit is not None else line + "  (|G|^2 not resolved: noise dominates)"
+
+
+def _batches_json(b: Any) -> dict[str, Any]:
+    sizes = [{"arch": s.arch, "width": s.width, "depth": s.depth, "params": s.params, "runs": s.runs,
+              "batch_sizes": list(s.batch_sizes), "b_crit": s.crit.b_crit, "stderr": s.crit.stderr,
+              "low": s.crit.low, "high": s.crit.high, "spread": list(s.crit.spread) if s.crit.spread else None,
+              "measurements": s.crit.measurements, "tail_measurements": s.crit.tail,
+              "suggested_batch_size": s.suggested} for s in b.sizes]
+    return {"experiment": b.experiment, "tail_fraction": b.tail_fraction, "runs_without": b.runs_without,
+            "sizes": sizes}

@@ -58,9 +58,11 @@ from scaletui.engine.loop import (
     checkpoint_payload,
     record_eval,
     record_losses,
+    record_noise,
     restore_run,
 )
 from scaletui.engine.models import build_model, forward_flops, model_info, weight_layers
+from scaletui.engine.noise_scale import half_gradients, half_size, measures_noise, member_squared_norms
 from scaletui.engine.optim import build_optimizer, lr_at
 from scaletui.engine.stacked import STACKABLE_ARCHS, StackedModel, StackedProbe, evaluate_members, member_losses
 from scaletui.engine.stacked_optim import MemberOptState, StackedOptimizer, clip_members
@@ -337,8 +339,15 @@ class _Bundle:
         idx = torch.stack([r.sampler.next() for r in stack.runs])  # (M, B)
         x = self.data.x_train[idx]  # (M, B, *input_shape)
         y = self.data.y_train[idx] if stack.labels is None else torch.gather(stack.labels, 1, idx)  # (M, B)
-        losses = member_losses(stack.model(x), y)  # (M,)
+        logits = stack.model(x)  # (M, B, num_classes)
+        losses = member_losses(logits, y)  # (M,)
+        batch = stack.runs[0].sampler.batch_size
+        half = None
+        if measures_noise(step, tc.log_every, batch):  # every member's first-half gradient (loop.py's way)
+            h = half_size(batch)
+            half = half_gradients(member_losses(logits[:, :h], y[:, :h]).sum(), list(stack.model.params.views.values()))
         stack.model.backward(losses)
+        noise = None if half is None else member_squared_norms(half, stack.model.params.grad, batch)  # (2, M)
         log_now = step % tc.log_every == 0 or step == tc.steps
         if log_now:
             stack.probe.before_step(grads_will_change=tc.grad_clip is not None)
@@ -352,7 +361,7 @@ class _Bundle:
         eval_now = step % tc.eval_every == 0 or step == tc.steps
         checkpoint_now = step % tc.checkpoint_every == 0 and step < tc.steps
         if log_now:
-            self._send(step, lrs, stack.probe.after_step())
+            self._send(step, lrs, stack.probe.after_step(), noise)
         elif eval_now or checkpoint_now:
             self._send(step)
         stack.model.params.zero_grad()  # after logging: the rare NaN count reads the grads
@@ -363,21 +372,25 @@ class _Bundle:
             for i, r in enumerate(self.stack.runs):
                 self._checkpoint(self.stack, i, r)
 
-    def _send(self, step: int, lrs: list[float] | None = None, norms: torch.Tensor | None = None) -> None:
-        """Every member's pending train losses (and layer norms) to the host in ONE .tolist(), then to
-        each member's sink; members whose losses diverged leave (at the next `_settle`)."""
+    def _send(self, step: int, lrs: list[float] | None = None, norms: torch.Tensor | None = None,
+              noise: torch.Tensor | None = None) -> None:
+        """Every member's pending train losses (and layer norms, and the (2, M) squared norms of a noise
+        measurement) to the host in ONE .tolist(), then to each member's sink; members whose losses
+        diverged leave (at the next `_settle`)."""
         stack = self.stack
         if stack is None or not stack.pending:
             return
-        window = len(stack.pending)
-        parts = stack.pending + ([] if norms is None else list(norms))
-        columns = list(zip(*torch.stack(parts).tolist(), strict=True))  # (W [+ 3T], M) -> host: the sync point
+        window, n_norms = len(stack.pending), 0 if norms is None else len(norms)
+        parts = stack.pending + ([] if norms is None else list(norms)) + ([] if noise is None else list(noise))
+        columns = list(zip(*torch.stack(parts).tolist(), strict=True))  # (W [+ 3T] [+ 2], M) -> host: the sync
         stack.pending.clear()
         for i, r in enumerate(stack.runs):
             values = list(columns[i])
-            stats = None if norms is None else stack.probe.layer_stats(i, step, values[window:])
+            stats = None if norms is None else stack.probe.layer_stats(i, step, values[window : window + n_norms])
             lr = None if lrs is None else lrs[i]
             error = record_losses(step, values[:window], r.progress, self.tc.divergence_factor, r.sink, lr, stats)
+            if noise is not None:
+                record_noise(step, values[-2], values[-1], r.sampler, r.progress, r.sink)
             if error is not None:
                 r.outcome = r.progress.outcome(RunStatus.DIVERGED, error)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,14 @@ from torch import nn
 
 from scaletui.core.records import LayerStats, MetricRecord, RunOutcome, Sink, StopSignal
 from scaletui.core.specs import EarlyStopping, RunSpec
-from scaletui.core.vocabulary import DebiasedEma, EarlyStoppingMetric, RunStatus
+from scaletui.core.vocabulary import (
+    NOISE_G2_METRIC,
+    NOISE_SCALE_METRIC,
+    NOISE_TRACE_METRIC,
+    DebiasedEma,
+    EarlyStoppingMetric,
+    RunStatus,
+)
 from scaletui.engine.checkpoints import load_latest_checkpoint, save_checkpoint
 from scaletui.engine.data import Dataset, load_dataset, resolve_device
 from scaletui.engine.models import (
@@ -39,6 +47,7 @@ from scaletui.engine.models import (
     training_memory_bytes,
     weight_layers,
 )
+from scaletui.engine.noise_scale import half_gradients, half_size, measurement_pieces, measures_noise, squared_norms
 from scaletui.engine.optim import build_optimizer, lr_at
 from scaletui.engine.probes import LayerProbe
 
@@ -113,6 +122,9 @@ class Progress:
     ema_count: int = 0
     stop_best: float | None = None  # early stopping: best value of its metric so far
     stop_bad: int = 0  # early stopping: evaluations since it last improved
+    noise_g2: float = 0.0  # gradient noise scale: EMA of the |G|^2 estimates, not yet debiased
+    noise_trace: float = 0.0  # and of the tr(Sigma) estimates
+    noise_count: int = 0
 
     def __post_init__(self) -> None:
         self.recent = deque(self.recent, maxlen=self.log_window)
@@ -130,6 +142,16 @@ class Progress:
             ema = DebiasedEma(raw=self.ema, count=self.ema_count)
             ema.update(test_loss)
             self.ema, self.ema_count = ema.raw, ema.count
+
+    def record_noise(self, g2: float, trace: float) -> float | None:
+        """Add one measurement's unbiased |G|^2 and tr(Sigma); returns the running B_simple: the ratio of
+        their debiased EMAs (None while the |G|^2 average is not positive)."""
+        g2_ema = DebiasedEma(raw=self.noise_g2, count=self.noise_count)
+        trace_ema = DebiasedEma(raw=self.noise_trace, count=self.noise_count)
+        g2_ema.update(g2)
+        trace_ema.update(trace)
+        self.noise_g2, self.noise_trace, self.noise_count = g2_ema.raw, trace_ema.raw, g2_ema.count
+        return trace_ema.value / g2_ema.value if g2_ema.value > 0 else None
 
     @property
     def smoothed_test_loss(self) -> float | None:
@@ -316,7 +338,12 @@ def _train(
         idx = sampler.next()  # (B,)
         logits = model(data.x_train[idx])  # (B, *input_shape) -> (B, num_classes)
         loss = F.cross_entropy(logits, data.y_train[idx])
+        half = None
+        if measures_noise(step, tc.log_every, sampler.batch_size):  # always a logging step
+            h = half_size(sampler.batch_size)  # the first half's gradient, through this step's graph
+            half = half_gradients(F.cross_entropy(logits[:h], data.y_train[idx[:h]]), params)
         loss.backward()
+        noise = None if half is None else squared_norms(half, _grads(params), sampler.batch_size)
         log_now = step % tc.log_every == 0 or step == tc.steps
         if log_now:
             probe.before_step(grads_will_change=tc.grad_clip is not None)  # weight snapshot
@@ -332,7 +359,8 @@ def _train(
         error = None
         if log_now:
             norms = probe.after_step()  # 3T 0-d tensors on the device
-            error = _send_losses(step, pending, progress, tc.divergence_factor, sink, lr, probe, norms)
+            error = _send_losses(step, pending, progress, tc.divergence_factor, sink, lr, probe, norms,
+                                 noise, sampler)
         elif eval_now or checkpoint_now:
             error = _send_losses(step, pending, progress, tc.divergence_factor, sink)
         optimizer.zero_grad(set_to_none=True)  # after logging: the rare NaN count reads the grads
@@ -357,16 +385,44 @@ def _send_losses(
     lr: float | None = None,
     probe: LayerProbe | None = None,
     norms: list[torch.Tensor] | None = None,
+    noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+    sampler: EpochSampler | None = None,
 ) -> str | None:
-    """Move the window's train losses (and the probe's norms, if given) to the host in ONE .tolist(),
-    send them to the sink, clear the window. Returns why the run diverged, or None."""
+    """Move the window's train losses (and the probe's norms and the noise measurement's two squared
+    norms of one of `sampler`'s batches, if given) to the host in ONE .tolist(), send them to the sink,
+    clear the window. Returns why the run diverged, or None."""
     if not pending:
         return None
-    values = torch.stack(pending + (norms or [])).tolist()  # (W + 3T,) -> host: the sync point
-    losses = values[: len(pending)]
+    norms = norms or []
+    values = torch.stack(pending + norms + list(noise or ())).tolist()  # (W + 3T [+ 2],) -> host: the sync
+    window = len(pending)
     pending.clear()
-    stats = probe.layer_stats(step, values[len(losses) :]) if probe is not None and norms else None
-    return record_losses(step, losses, progress, factor, sink, lr, stats)
+    stats = probe.layer_stats(step, values[window : window + len(norms)]) if probe is not None and norms else None
+    error = record_losses(step, values[:window], progress, factor, sink, lr, stats)
+    if noise is not None and sampler is not None:
+        record_noise(step, values[-2], values[-1], sampler, progress, sink)
+    return error
+
+
+def _grads(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The parameters' gradients after backward (zeros for a parameter the loss did not reach)."""
+    return [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+
+
+def record_noise(step: int, sq_small: float, sq_big: float, sampler: EpochSampler, progress: Progress,
+                 sink: Sink) -> None:
+    """Record one noise-scale measurement (host values of engine/noise_scale.py's squared norms of one
+    of `sampler`'s batches): its unbiased |G|^2 and tr(Sigma), and the running B_simple. A non-finite
+    measurement (a diverging run) is left out, so it cannot poison the running average. Shared with
+    the batched loop."""
+    g2, trace = measurement_pieces(sq_small, sq_big, sampler.batch_size, sampler.n)
+    if not (math.isfinite(g2) and math.isfinite(trace)):
+        return
+    rows = [MetricRecord(step, NOISE_G2_METRIC, g2), MetricRecord(step, NOISE_TRACE_METRIC, trace)]
+    b_simple = progress.record_noise(g2, trace)
+    if b_simple is not None:
+        rows.append(MetricRecord(step, NOISE_SCALE_METRIC, b_simple))
+    sink.metrics(rows)
 
 
 def record_losses(

@@ -18,6 +18,14 @@ swept dropout (at least `MIN_LRS` values per size), the dropout for the new dept
 (`propose_dropout`, judged on the deepest swept size). Learning rates are compared at the best run's
 dropout and dropouts at the best run's base learning rate, so a sweep over both never mixes the two.
 
+Batch size. `batch_suggestions` proposes the critical batch size of every size (width, depth) of an
+experiment from the gradient noise scale the training loops measure (engine/noise_scale.py, metrics
+`grad_noise_g2` and `grad_noise_trace`): B_crit ~ B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018),
+from the means of the last half of each run's measurements, pooled over the size's runs (seeds, learning
+rates), with a standard error, the spread of the running estimate and the numbers of measurements
+(`analysis.noise_scale.critical_batch`). Runs that diverged or failed are left out; runs still training
+count with what they have measured so far.
+
 Target size: MLP and residual-MLP parameter counts are computed from the config (`mlp_params`), so nothing
 here imports torch. `sweep_file_text` writes a complete, runnable one-run sweep: the config of the
 context's best run with the target width, depth and the proposed rate.
@@ -33,6 +41,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from scaletui.analysis.configurator import (
     Backtest,
     DropoutProposal,
@@ -45,10 +55,11 @@ from scaletui.analysis.configurator import (
     propose_dropout,
     propose_lr,
 )
+from scaletui.analysis.noise_scale import TAIL_FRACTION, CriticalBatch, NoisePieces, critical_batch, suggested_batch
 from scaletui.core.datasets import DATASETS
 from scaletui.core.rows import RunSummary
 from scaletui.core.specs import DataSpec, ModelSpec, RunSpec, TrainSpec
-from scaletui.core.vocabulary import DENSE_ARCHS, LrRule, RunStatus
+from scaletui.core.vocabulary import DENSE_ARCHS, NOISE_G2_METRIC, NOISE_TRACE_METRIC, LrRule, RunStatus
 from scaletui.store.reader import Reader
 
 if sys.version_info >= (3, 11):
@@ -278,3 +289,94 @@ def sweep_file_text(s: Suggestion, *, name: str, db: Path) -> str:
     lines += ["", "[train.early_stopping]"]
     lines += [f"{k} = {_toml_value(v)}" for k, v in spec["train"]["early_stopping"].items()]
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- the batch size from the noise scale
+
+
+@dataclass(frozen=True)
+class SizeBatch:
+    """The critical batch size of one size of an experiment, with its evidence."""
+
+    arch: str
+    width: int
+    depth: int
+    params: int | None
+    runs: int  # runs with measurements
+    batch_sizes: tuple[int, ...]  # the batch sizes those runs trained with (usually one)
+    crit: CriticalBatch
+
+    @property
+    def suggested(self) -> int | None:
+        """B_crit rounded to a power of two; None when B_simple was not resolved."""
+        return None if self.crit.b_crit is None else suggested_batch(self.crit.b_crit)
+
+
+@dataclass(frozen=True)
+class BatchSuggestions:
+    experiment: str | None
+    sizes: tuple[SizeBatch, ...]  # by arch, width, depth
+    runs_without: int  # runs of the experiment (not diverged or failed) with no measurement
+    tail_fraction: float = TAIL_FRACTION
+
+
+_LEFT_OUT = (RunStatus.DIVERGED, RunStatus.FAILED)
+
+
+def batch_suggestions(db_path: Path, experiment: str | None) -> BatchSuggestions:
+    """The critical batch size per size of `experiment` (default: the latest one with measurements)."""
+    if not Path(db_path).exists():
+        return BatchSuggestions(experiment, (), 0)
+    with Reader(db_path) as reader:
+        names = [e.name for e in reader.experiments()]
+        if experiment is not None and experiment not in names:
+            raise SuggestError(f"{db_path}: no experiment named {experiment!r} (have: {', '.join(names) or 'none'})")
+        for name in [experiment] if experiment else reversed(names):
+            measured, without = _measured_runs(reader, name)
+            if measured or experiment is not None:
+                return BatchSuggestions(name, _by_size(measured), without)
+    return BatchSuggestions(experiment, (), 0)
+
+
+@dataclass(frozen=True)
+class _Measured:
+    row: RunSummary
+    batch_size: int
+    pieces: NoisePieces
+
+
+def _measured_runs(reader: Reader, experiment: str | None) -> tuple[list[_Measured], int]:
+    """The experiment's runs with noise-scale measurements, and how many usable runs have none."""
+    measured, without = [], 0
+    for row in reader.runs(experiment):
+        if row.status in _LEFT_OUT or not row.width or not row.depth or not row.arch:
+            continue
+        spec = reader.run_spec(row.id)
+        pieces = _pieces(reader, row.id)
+        if spec is None or not len(pieces):
+            without += 1
+            continue
+        measured.append(_Measured(row, spec.train.batch_size, pieces))
+    return measured, without
+
+
+def _pieces(reader: Reader, run_id: int) -> NoisePieces:
+    """A run's |G|^2 and tr(Sigma) estimates, paired by step (a step holding only one of them is skipped)."""
+    g2 = dict(reader.metric_series(run_id, NOISE_G2_METRIC))
+    trace = dict(reader.metric_series(run_id, NOISE_TRACE_METRIC))
+    steps = sorted(step for step in g2.keys() & trace.keys() if math.isfinite(g2[step]) and math.isfinite(trace[step]))
+    return NoisePieces(np.array([g2[s] for s in steps]), np.array([trace[s] for s in steps]))
+
+
+def _by_size(measured: list[_Measured]) -> tuple[SizeBatch, ...]:
+    groups: dict[tuple[str, int, int], list[_Measured]] = {}
+    for m in measured:
+        groups.setdefault((str(m.row.arch), m.row.width or 0, m.row.depth or 0), []).append(m)
+    return tuple(_size(key, runs) for key, runs in sorted(groups.items()))
+
+
+def _size(key: tuple[str, int, int], runs: list[_Measured]) -> SizeBatch:
+    arch, width, depth = key
+    params = Counter(r.row.params for r in runs if r.row.params).most_common(1)
+    return SizeBatch(arch, width, depth, int(params[0][0]) if params else None, len(runs),
+                     tuple(sorted({r.batch_size for r in runs})), critical_batch([r.pieces for r in runs]))

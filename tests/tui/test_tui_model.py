@@ -15,7 +15,7 @@ import pytest
 
 from scaletui.core.records import ModelInfo
 from scaletui.core.specs import RunSpec
-from scaletui.core.vocabulary import AlertKind, RunStatus, Severity
+from scaletui.core.vocabulary import NOISE_SCALE_METRIC, AlertKind, RunStatus, Severity
 from scaletui.store.writer import Store, StoreSink
 from scaletui.tui.model import (
     bucket_max,
@@ -217,7 +217,8 @@ def test_state_applies_snapshots_and_switches_tracked_runs(db: Path) -> None:
     assert state.badges == {3: "VANISH"}
     poller.track(4, [])
     state.apply(poller.poll())
-    assert set(state.series) == {(4, "train_loss"), (4, "test_loss")} and state.layers_of == 4
+    assert set(state.series) == {(4, "train_loss"), (4, "test_loss"), (4, NOISE_SCALE_METRIC)}
+    assert state.layers_of == 4
     running = state.runs[5]
     assert state.test_loss(running) == pytest.approx(sweepdb.curve(16, 2, 20, 60) + 0.05)  # latest evaluation
     assert state.test_loss(state.runs[1]) == state.runs[1].loss  # finished: the loss rule's value

@@ -5,6 +5,11 @@ spike shows), the latest gradient norm and the latest weight norm. The header gi
 first layer's gradient norm to the last one's (a tiny ratio is vanishing gradients in the early
 layers, seen at a glance) and a red badge when any non-finite gradient value was counted.
 
+Above the layers, one line shows the run's gradient noise scale: the running B_simple = tr(Sigma) / |G|^2
+the training loop records every few logging steps (McCandlish et al. 2018: about the critical batch size,
+past which a larger batch stops buying proportionally fewer steps), as a sparkline and its latest value
+with the number of measurements. `scaletui suggest --batch` turns it into a batch size per model size.
+
 Lines are reused across runs and ticks (a sparkline's `data` is swapped); only a change in the number
 of layers mounts or removes lines at the end. A new line is built with its layer's data, so it draws
 that data from its first frame, whenever it is mounted and laid out (not after some later update).
@@ -20,8 +25,9 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widget import Widget
 from textual.widgets import Label, Sparkline, Static
 
+from scaletui.core.vocabulary import NOISE_SCALE_METRIC
 from scaletui.tui.model import bucket_max
-from scaletui.tui.state import LayerSeries, SweepState
+from scaletui.tui.state import LayerSeries, Series, SweepState
 from scaletui.tui.widgets.quiet import update_text
 
 SPARK_POINTS = 120  # bounded input for a sparkline, whatever the length of the run
@@ -86,6 +92,36 @@ class LayerLine(Horizontal):
         return f"g {_latest(self.series.grad)} w {_latest(self.series.weight)}{flag}"
 
 
+def noise_series(state: SweepState) -> Series | None:
+    """The running B_simple of the run whose layers the pane shows (None: none recorded, or no run)."""
+    return None if state.layers_of is None else state.series.get((state.layers_of, NOISE_SCALE_METRIC))
+
+
+def noise_text(series: Series | None) -> str:
+    """The latest B_simple and how many measurements it averages, or why there is none."""
+    if series is None or not len(series.values):
+        return "B -"
+    latest = series.values[-1]
+    shown = f"{latest:.0f}" if abs(latest) >= 10 else f"{latest:.3g}"  # a batch size: no 1.9e+03
+    return f"B {shown} ({len(series.values)})"
+
+
+class NoiseLine(Horizontal):
+    """noise scale | sparkline of B_simple | its latest value (measurements): a layer line's layout."""
+
+    def __init__(self) -> None:
+        super().__init__(id="grad-noise", classes="layer-line")
+
+    def compose(self) -> ComposeResult:
+        yield Label("noise scale", classes="layer-name")
+        yield Sparkline([], classes="layer-spark")
+        yield Label(noise_text(None), classes="layer-value")
+
+    def show(self, series: Series | None) -> None:
+        self.query_one(Sparkline).data = bucket_max(series.values, SPARK_POINTS) if series is not None else []
+        update_text(self.query_one(".layer-value", Label), noise_text(series))
+
+
 class GradPane(Widget):
     """Header plus one LayerLine per layer of the selected run."""
 
@@ -94,10 +130,12 @@ class GradPane(Widget):
 
     def compose(self) -> ComposeResult:
         yield Static("gradients: no run selected", id="grad-header")
+        yield NoiseLine()
         yield VerticalScroll(id="grad-lines")
 
     def show(self, state: SweepState) -> None:
         update_text(self.query_one("#grad-header", Static), header_text(state))
+        self.query_one(NoiseLine).show(noise_series(state))
         box = self.query_one("#grad-lines", VerticalScroll)
         lines = list(box.query(LayerLine))
         wanted = sorted(state.layers)
