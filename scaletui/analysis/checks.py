@@ -201,7 +201,8 @@ def _floor_warnings(law: FittedLaw, y: FloatArray) -> list[str]:
     if e is None or NEGLIGIBLE_E * float(y.min()) <= e:
         return []
     coef = f" (A = {law.params['A']:.3g})" if "A" in law.params else ""
-    return [f"E = {e:.3g} is ~0{coef}: the data show no loss floor; E is not identified (try M1, the pure power law)"]
+    hint = " (try M1, the pure power law)" if len(law.variables) == 1 else ""  # M1 has one variable only
+    return [f"E = {e:.3g} is ~0{coef}: the data show no loss floor; E is not identified{hint}"]
 
 
 def _interval_warnings(intervals: Mapping[str, tuple[float, float]], level: float) -> list[str]:

@@ -87,18 +87,31 @@ MIN_SIZES_FOR_SWEEP_FIT = 3
 @click.option("--regimes", is_flag=True,
               help="Fit the law at every training length (each shared evaluation step, or each value of a swept "
                    "`steps`): how alpha and the ranking of sizes move, and which sizes cross (not stored).")
+@click.option("--frontier", is_flag=True,
+              help="The compute-optimal frontier of a sweep with a data axis (train.steps): fit L(N, D) = "
+                   "E + A/N^alpha + B/D^beta (N = params, D = examples seen) and report N_opt(C), D_opt(C) with "
+                   "intervals (Hoffmann et al. 2022, C = k N D), the run closest to optimal, and a terminal plot "
+                   "(not stored).")
+@click.option("--budget", "budgets", multiple=True, type=click.FloatRange(min=0, min_open=True), metavar="C",
+              help="With --frontier: a compute budget in training FLOPs; repeatable [default: the smallest, middle "
+                   "and largest run's compute, and 10x the largest].")
 def fit_command(db: Path | None, experiment: str | None, x: str, group_by: str | None, loss_rule: str | None, form: str,
                 predict_at: tuple[str, ...], upper_bound: float | None, loss_space: str, delta: float | None,
                 n_bootstrap: int, level: float, seed: int, as_json: bool, png: Path | None, csv_path: Path | None,
                 csv_x: str | None, csv_d: str | None, csv_compute: str | None, csv_y: str | None,
                 csv_group: str | None, drop_highest: int, no_save: bool, strategies: bool, target_loss: float | None,
-                path_text: str | None, regimes: bool) -> None:
+                path_text: str | None, regimes: bool, frontier: bool, budgets: tuple[float, ...]) -> None:
     """Fit a scaling law (choosing its form by held-out error), with intervals, band and checks, and store it."""
     from scaletui.core.vocabulary import LossRule
     from scaletui.services.fitting import FitInputError, FitSpec
 
     compare = Compare(strategies, regimes, target_loss, path_text)
-    compare.check(csv_path=csv_path, group_by=group_by, predict_at=predict_at, png=png)
+    _check_frontier(frontier, budgets, compare, {
+        "--csv": csv_path, "--group-by": group_by, "--predict": predict_at or None, "--upper-bound": upper_bound,
+        "--x": None if x == "params" else x, "--csv-x": csv_x, "--csv-y": csv_y, "--csv-d": csv_d,
+        "--csv-compute": csv_compute, "--csv-group": csv_group, "--drop-highest": drop_highest or None})
+    if not frontier:
+        compare.check(csv_path=csv_path, group_by=group_by, predict_at=predict_at, png=png)
     csv_only = {"--csv-x": csv_x, "--csv-y": csv_y, "--csv-d": csv_d, "--csv-compute": csv_compute,
                 "--csv-group": csv_group, "--drop-highest": drop_highest or None}
     given = [flag for flag, value in csv_only.items() if value is not None]
@@ -108,6 +121,9 @@ def fit_command(db: Path | None, experiment: str | None, x: str, group_by: str |
     spec = FitSpec(x=x, group_by=group_by, loss_rule=LossRule(loss_rule) if loss_rule else None, form=form,
                    n_bootstrap=n_bootstrap, level=level, seed=seed, loss_space=loss_space, delta=delta,
                    upper_bound=upper_bound, predict=tuple(_predict_point(p) for p in predict_at))
+    if frontier:
+        _frontier(db, experiment, spec, budgets, png, as_json)
+        return
     if compare.asked:
         _compare(db, experiment, spec, compare, as_json)
         return
@@ -185,6 +201,53 @@ def _compare(db: Path, experiment: str | None, spec: FitSpec, compare: Compare, 
         _print_strategies(out["strategies"])
     if "regimes" in out:
         _print_regimes(out["regimes"])
+
+
+def _check_frontier(frontier: bool, budgets: tuple[float, ...], compare: Compare, others: dict[str, Any]) -> None:
+    """--budget needs --frontier; --frontier reads a sweep's runs itself (N = params, D = examples seen), so the
+    options that choose another x, a CSV file, curves or predictions are refused rather than ignored."""
+    if budgets and not frontier:
+        fail("--budget: only with --frontier")
+    if not frontier:
+        return
+    if compare.asked:
+        fail(f"--frontier: not with {'--strategies' if compare.strategies else '--regimes'} (run them one at a time)")
+    for flag, value in others.items():
+        if value is not None:
+            fail(f"{flag}: not with --frontier (it fits L(N, D) of a sweep's runs: N = params, D = examples seen)")
+
+
+def _frontier(db: Path, experiment: str | None, spec: FitSpec, budgets: tuple[float, ...], png: Path | None,
+              as_json: bool) -> None:
+    """The compute-optimal frontier of a sweep: printed (with a terminal plot) or as JSON, and a PNG if asked."""
+    from scaletui.services.fitting import FitInputError
+    from scaletui.services.frontier import frontier_experiment
+
+    if not db.exists():
+        fail(f"{db}: no such database (run a sweep first, or pass --db)")
+    _upgrade(db)
+    check_db_usable(db, create=False)
+    try:
+        report = frontier_experiment(db, experiment, spec, budgets)
+    except FitInputError as exc:
+        fail(str(exc))
+    if as_json:
+        click.echo(json.dumps({"frontier": report.to_json()}, indent=2))
+    else:
+        _print_frontier(report)
+    if png is not None:
+        _write_frontier_png(report, png, announce=not as_json)
+
+
+def _write_frontier_png(report: Any, png: Path, *, announce: bool) -> None:
+    from scaletui.services.plotting import write_frontier_png
+
+    try:
+        write_frontier_png(report, png)
+    except OSError as exc:
+        fail(f"{png}: cannot write the plot ({exc.strerror or exc})")
+    if announce:
+        console().print(f"plot written to {png}", markup=False, highlight=False)
 
 
 def _predict_point(text: str) -> tuple[float, ...]:
@@ -529,3 +592,70 @@ def _ranks_table(t: Any) -> Any:
     for j, size in enumerate(t.sizes):
         table.add_row(size, *("-" if v != v else str(int(v)) for v in ranks[:, j]))
     return table
+
+
+# ----------------------------------------------------------------------------- the compute-optimal frontier
+
+
+def _print_frontier(report: Any) -> None:
+    """The law, the policy (a, b with intervals), N_opt and D_opt at each budget, the run closest to optimal,
+    warnings, and loss against compute as a terminal plot."""
+    from rich.table import Table
+
+    from scaletui.services.frontier import D_TEXT
+    from scaletui.services.plotting import frontier_text
+
+    r, out = report, console()
+    level = f"{r.level:.0%}"
+    boot = f"{r.n_resamples} bootstrap resamples over (N, D) points" if r.n_resamples else "no bootstrap"
+    for line in (f"{r.experiment}: compute-optimal frontier of L(N, D) = E + A/N^alpha + B/D^beta; loss = "
+                 f"{r.loss_label}; {r.n_runs} runs, {len(r.points)} (N, D) points; {boot}; not stored",
+                 f"N = params; D = {D_TEXT}; {r.compute_text}",
+                 f"L = {_num(r.law.params['E'])} + {_num(r.law.params['A'])}/N^{r.law.params['alpha']:.3f} + "
+                 f"{_num(r.law.params['B'])}/D^{r.law.params['beta']:.3f} (rms log error {r.rms_log_error:.3g})"):
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+    out.print(_params_rows(r, level))
+    out.print(f"N_opt = G (C/k)^a, D_opt = G^-1 (C/k)^b (Hoffmann et al. 2022, Approach 3): a = {r.a:.3f} "
+              f"{_interval(*r.a_interval)}, b = {r.b:.3f} {_interval(*r.b_interval)}", markup=False,
+              highlight=False, soft_wrap=True)
+    table = Table("budget C (FLOPs)", f"N_opt ({level})", f"D_opt ({level})", "D/N", f"frontier loss ({level})",
+                  "", box=None)
+    for b in r.budgets:
+        note = "FAR BEYOND THE DATA" if b.far else (f"{' and '.join(b.outside)} extrapolated" if b.outside else "")
+        table.add_row(_num(b.compute), f"{_num(b.n_opt)} {_interval(*b.n_interval)}",
+                      f"{_num(b.d_opt)} {_interval(*b.d_interval)}", _num(b.d_per_n),
+                      f"{_num(b.loss)} {_interval(b.loss_interval[0], b.loss_interval[1], 4)}", note)
+    out.print(table)
+    for line in _closest_lines(r):
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+    for w in r.warnings:
+        out.print(f"warning: {w}", markup=False, highlight=False, soft_wrap=True)
+    out.print(frontier_text(r), markup=False, highlight=False, soft_wrap=True)
+    out.print()
+
+
+def _params_rows(r: Any, level: str) -> Any:
+    from rich.table import Table
+
+    table = Table("parameter", "value", f"{level} interval", "meaning", box=None)
+    meanings = _meanings(r.law.form)
+    for name, value in r.law.params.items():
+        lo, hi = r.intervals.get(name, (float("nan"), float("nan")))
+        table.add_row(name, _num(value), _interval(lo, hi, 4), meanings.get(name, ""))
+    return table
+
+
+def _point_text(p: Any) -> str:
+    q = p.placement
+    shape = f"width {p.width}, " if p.width is not None else ""
+    side = "bigger" if q.log10_n_ratio > 0 else "smaller"
+    return (f"N={q.n:.4g}, D={q.d:.4g} ({shape}{p.steps} steps; runs {', '.join(map(str, p.run_ids))}): loss "
+            f"{q.loss:.4g} at C={q.compute:.3g}, {q.ratio:.3f}x the frontier's {q.frontier_loss:.4g} there; N is "
+            f"{10 ** abs(q.log10_n_ratio):.3g}x {side} than N_opt(C)")
+
+
+def _closest_lines(r: Any) -> list[str]:
+    lines = [f"closest to optimal (loss / frontier loss at its compute): {_point_text(r.points[r.closest])}"]
+    if r.closest_by_size != r.closest:
+        lines.append(f"closest to N_opt(C) in log N: {_point_text(r.points[r.closest_by_size])}")
+    return lines

@@ -15,14 +15,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from scaletui.analysis.forms import predict
+from scaletui.analysis.forms import law_values, predict
+from scaletui.analysis.frontier import frontier_loss as frontier_loss_at
+from scaletui.analysis.frontier import n_opt, policy_bands
 from scaletui.services.fit_report import FitReport
 
-__all__ = ["law_text", "write_png"]
+if TYPE_CHECKING:
+    from scaletui.services.frontier import FrontierReport
+
+__all__ = ["frontier_text", "law_text", "write_frontier_png", "write_png"]
 
 
 def law_text(report: FitReport) -> str:
@@ -120,3 +125,137 @@ def _default_title(reports: Sequence[FitReport]) -> str:
         return ""
     r = reports[0]
     return f"{r.source}: loss = {r.loss_label}" if r.loss_label else r.source
+
+
+# ----------------------------------------------------------------------------- the compute-optimal frontier
+
+FRONTIER_POINTS = 80
+
+
+def _compute_grid(report: FrontierReport) -> np.ndarray:
+    """Compute budgets spanning the runs and the asked budgets, for the frontier's curve."""
+    values = [p.placement.compute for p in report.points] + [b.compute for b in report.budgets]
+    return np.geomspace(min(values) / 1.5, max(values) * 1.5, FRONTIER_POINTS)
+
+
+def _frontier_band(report: FrontierReport, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                       np.ndarray] | None:
+    """(loss lo, loss hi, N_opt lo, N_opt hi) over `grid` from the bootstrap draws; None without them."""
+    boot = report.boot
+    if boot is None or boot.n_done == 0:
+        return None
+    bands = policy_bands(boot.names, boot.samples, grid, k=report.k, level=report.level)
+    return bands.loss[0], bands.loss[1], bands.n_opt[0], bands.n_opt[1]
+
+
+def _size_lines(ax: Any, report: FrontierReport, colors: Any, sizes: list[float]) -> None:
+    """The law along each trained model size: L(N, D) against C = k N D over the D range the sweep trained."""
+    ds = [p.placement.d for p in report.points]
+    d = np.geomspace(min(ds), max(ds), 60)
+    for size, color in zip(sizes, colors, strict=True):
+        ax.plot(report.k * size * d, law_values("CHINCHILLA", report.law.params, np.full_like(d, size), d), "-",
+                color=color, lw=0.8, alpha=0.5)
+
+
+def _loss_panel(ax: Any, report: FrontierReport, grid: np.ndarray, band: Any, cmap: Any) -> None:
+    sizes = sorted({p.placement.n for p in report.points})
+    colors = cmap(np.linspace(0.0, 0.9, len(sizes)))
+    _size_lines(ax, report, colors, sizes)
+    for p in report.points:
+        q = p.placement
+        ax.errorbar([q.compute], [q.loss], yerr=[[q.loss - p.loss_range[0]], [p.loss_range[1] - q.loss]], fmt="o",
+                    color=colors[sizes.index(q.n)], ms=4, capsize=2)
+    ax.plot(grid, frontier_loss_at(report.law.params, grid, report.k), "k-", lw=1.8, label="frontier L(N_opt, D_opt)")
+    if band is not None:
+        ax.fill_between(grid, band[0], band[1], color="k", alpha=0.12, lw=0, label=f"{report.level:.0%} interval")
+    best = report.points[report.closest].placement
+    ax.plot([best.compute], [best.loss], "*", color="crimson", ms=14, mec="k",
+            label=f"closest run: N={best.n:.3g}, D={best.d:.3g} ({best.ratio:.3f}x the frontier)")
+    for n_text, color in ((f"N={s:.3g}", c) for s, c in zip(sizes, colors, strict=True)):
+        ax.plot([], [], "o-", color=color, ms=4, lw=0.8, label=n_text)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training compute C (FLOPs)")
+    ax.set_ylabel(report.loss_label)
+    ax.legend(fontsize=6, frameon=False)
+
+
+def _size_panel(ax: Any, report: FrontierReport, grid: np.ndarray, band: Any) -> None:
+    ax.plot(grid, n_opt(report.law.params, grid, report.k), "k-", lw=1.8,
+            label=f"N_opt(C) = G (C/{report.k:.3g})^{report.a:.3f}")
+    if band is not None:
+        ax.fill_between(grid, band[2], band[3], color="k", alpha=0.12, lw=0, label=f"{report.level:.0%} interval")
+    points = [p.placement for p in report.points]
+    ratios = np.array([q.ratio for q in points])
+    dots = ax.scatter([q.compute for q in points], [q.n for q in points], c=ratios, cmap="magma_r", s=22,
+                      edgecolors="k", linewidths=0.3, label="trained runs (colour: loss / frontier loss)")
+    ax.figure.colorbar(dots, ax=ax, label="loss / frontier loss")
+    for b in report.budgets:
+        ax.errorbar([b.compute], [b.n_opt], yerr=[[b.n_opt - b.n_interval[0]], [b.n_interval[1] - b.n_opt]]
+                    if np.isfinite(b.n_interval[0]) else None, fmt="x", color="crimson", ms=7, capsize=3)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training compute C (FLOPs)")
+    ax.set_ylabel("model size N (params)")
+    ax.legend(fontsize=6, frameon=False)
+
+
+def write_frontier_png(report: FrontierReport, path: str | Path, *, dpi: int = 200) -> Path:
+    """Two panels: loss against compute (each trained point, the law along each model size, the frontier and
+    its band, the closest run starred), and N_opt(C) with its band beside each run's N (budgets as crosses)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    grid = _compute_grid(report)
+    band = _frontier_band(report, grid)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5), constrained_layout=True)
+    try:
+        _loss_panel(left, report, grid, band, plt.get_cmap("viridis"))
+        _size_panel(right, report, grid, band)
+        fig.suptitle(f"{report.experiment}: compute-optimal frontier of L(N, D) = E + A/N^alpha + B/D^beta; "
+                     f"loss = {report.loss_label}; C = {report.k:.3g} N D", fontsize=9)
+        out = Path(path)
+        fig.savefig(out, dpi=dpi)
+    finally:
+        plt.close(fig)
+    return out
+
+
+def _log_ticks(lo: float, hi: float, n: int) -> tuple[list[float], list[str]]:
+    ticks = np.linspace(lo, hi, n) if hi > lo else np.array([lo])
+    return ticks.tolist(), [f"{10 ** t:.3g}" for t in ticks]
+
+
+def frontier_text(report: FrontierReport, width: int = 78, height: int = 20) -> str:
+    """Loss against compute for a terminal (plotext, no colours): the frontier as a line, each trained (N, D)
+    as its model size's digit (1 = smallest), the closest run as X, and a key line below (plotext's own legend
+    would cover the smallest runs, top left). Log10 axes drawn by hand (plotext's own log axes fail below 1,
+    where losses live), ticks labelled in the original units."""
+    import plotext as plt
+
+    grid = _compute_grid(report)
+    best = frontier_loss_at(report.law.params, grid, report.k)
+    sizes = sorted({p.placement.n for p in report.points})
+    plt.clear_figure()
+    plt.plotsize(width, height)
+    plt.theme("clear")
+    plt.plot(np.log10(grid).tolist(), np.log10(best).tolist(), marker="braille")
+    for i, size in enumerate(sizes):
+        pts = [p.placement for p in report.points if p.placement.n == size]
+        plt.scatter([float(np.log10(q.compute)) for q in pts], [float(np.log10(q.loss)) for q in pts],
+                    marker=_size_marker(i))
+    top = report.points[report.closest].placement
+    plt.scatter([float(np.log10(top.compute))], [float(np.log10(top.loss))], marker="X")
+    ys = np.log10([p.placement.loss for p in report.points] + best.tolist())
+    plt.xticks(*_log_ticks(float(np.log10(grid[0])), float(np.log10(grid[-1])), 5))
+    plt.yticks(*_log_ticks(float(ys.min()), float(ys.max()), 4))
+    plt.xlabel("training compute C (FLOPs, log)")
+    plt.ylabel(f"{report.loss_label} (log)")
+    key = ", ".join(f"{_size_marker(i)} N={size:.3g}" for i, size in enumerate(sizes))
+    return f"{plt.uncolorize(plt.build())}\nline: the frontier; points: {key}; X: the closest run"
+
+
+def _size_marker(i: int) -> str:
+    return str(i + 1) if i < 9 else "o"
