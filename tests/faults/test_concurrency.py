@@ -2,9 +2,16 @@
 
 The poller does what the live app does every tick (runs changed since a rev cursor, new train
 losses since a step cursor, new events, alerts, status counts) through `scaletui.store.Reader`.
-The external reader is the `sqlite3` shell when it is installed (a user's ad hoc queries, with
-no busy timeout), else a separate Python process with plain `sqlite3`. Nobody may see
-`database is locked`, and every count must equal what the runner reported.
+The external reader is the `sqlite3` shell when it is installed (a user's ad hoc queries), else a
+separate Python process with plain `sqlite3`. Nobody may see `database is locked`, and every count
+must equal what the runner reported.
+
+The external reader waits up to 2 s on a lock (`.timeout 2000`), as README "The database" tells users
+to: in WAL mode SQLite itself hands a reader SQLITE_BUSY, with no writer involved, in the instant when
+the last connection to the file closes (it holds an exclusive lock while it checkpoints and removes the
+WAL) or a new first connection rebuilds the WAL index (sqlite.org/wal.html, "Sometimes Queries Return
+SQLITE_BUSY In WAL Mode"). Without a timeout the shell failed so twice in about ten full test runs, when a
+writer process closed its last connection; that instant is SQLite's, not a lock scaletui holds.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ PYTHON_READER = """
 import pathlib, sqlite3, sys
 db, stop, queries = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3:]
 while not stop.exists():
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0)
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2)
     for q in queries:
         conn.execute(q).fetchall()
     conn.close()
@@ -44,7 +51,8 @@ def external_reader(db: Path, stop: Path) -> subprocess.Popen[str]:
     """Query the file in a loop from another program until `stop` exists; errors go to its stderr."""
     if shutil.which("sqlite3"):
         statements = "; ".join(QUERIES) + ";"
-        loop = f'until [ -e "{stop}" ]; do sqlite3 -bail "file:{db}?mode=ro" "{statements}" >/dev/null || exit 1; done'
+        loop = (f'until [ -e "{stop}" ]; do sqlite3 -bail -cmd ".timeout 2000" "file:{db}?mode=ro" "{statements}" '
+                '>/dev/null || exit 1; done')
         return subprocess.Popen(["bash", "-c", loop], stderr=subprocess.PIPE, text=True)
     return subprocess.Popen([sys.executable, "-c", PYTHON_READER, str(db), str(stop), *QUERIES],
                             stderr=subprocess.PIPE, text=True)

@@ -47,6 +47,10 @@ REVIEWED_SQL_BUILDERS: dict[tuple[str, str, str], str] = {
     ("store/reader.py", "fits", "sql"): "optional WHERE clauses joined from constant strings; values are `?`",
     ("store/reader.py", "read", "sql"): "the inner reader of `_typed` and `final_losses`, executing their `sql`",
     ("store/reader.py", "final_losses", "sql"): "a constant SELECT plus an optional constant WHERE; values are `?`",
+    ("store/predictions.py", "insert_prediction", "columns"): "quoted keys of the row dict literal in the function",
+    ("store/predictions.py", "insert_prediction", "marks"): "one `?` per column",
+    ("store/reader.py", "predictions", "sql"):
+        "optional WHERE clauses joined from constant strings (one `?` per run id); values are `?`",
     ("store/reader.py", "events_since", "_EVENTS + ' ORDER BY id LIMIT ?'"): "two module constants; values are `?`",
     ("store/reader.py", "events_since", "_EVENTS + ' AND run_id = ? ORDER BY id LIMIT ?'"):
         "two module constants; values are `?`",
