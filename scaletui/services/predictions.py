@@ -257,9 +257,10 @@ def score_predictions(db_path: str | Path, experiment: str | None = None) -> lis
     from scaletui.store.writer import Store
 
     with Store(db_path) as store:
-        ids = [p.id for p, s in closed if store.score_prediction(p.id, s)]
+        ids = {p.id for p, s in closed if store.score_prediction(p.id, s)}
+    first = min(ids, default=0)  # read back only from the first closed one: the ledger grows to thousands
     with Reader(db_path) as reader:
-        return [p for p in reader.predictions(experiment) if p.id in ids]
+        return [p for p in reader.predictions(experiment, after_id=first - 1) if p.id in ids]
 
 
 class _RunsView:
