@@ -152,3 +152,56 @@ def test_default_experiments_toml_is_valid() -> None:
 def test_written_file_round_trips(tmp_path: Path) -> None:
     path = write_toml(tmp_path / "s.toml", tiny_sweep(tmp_path, tmp_path))
     assert len(load_sweep(path).runs) == 4
+
+
+# --------------------------------------------------------------------------- executor, ray_address, max_retries
+
+
+@pytest.mark.parametrize(
+    ("experiment", "expected"),
+    [
+        ({"executor": "slurm"}, "experiments.toml: experiment.executor: must be one of local | ray, got 'slurm'"),
+        ({"executor": ["local", "ray"]}, "experiments.toml: experiment.executor: must be one of local | ray"),
+        ({"executor": "ray", "ray_address": "head"}, 'experiments.toml: experiment.ray_address: must be "auto" or'),
+        ({"executor": "ray", "ray_address": "head:0"}, "experiments.toml: experiment.ray_address: must be"),
+        ({"executor": "ray", "ray_address": "ray://head:10001"}, "experiments.toml: experiment.ray_address: must be"),
+        ({"executor": "ray", "ray_address": 6379}, "experiments.toml: experiment.ray_address: must be"),
+        ({"ray_address": "auto"}, 'experiments.toml: experiment.ray_address: is only used with executor = "ray"'),
+        ({"max_retries": -1}, "experiments.toml: experiment.max_retries: must be a non-negative integer, got -1"),
+        ({"max_retries": 1.5}, "experiments.toml: experiment.max_retries: must be a non-negative integer, got 1.5"),
+    ],
+)
+def test_bad_executor_keys_name_file_and_key(tmp_path: Path, experiment: dict[str, Any], expected: str) -> None:
+    message = error_of(tmp_path, experiment=experiment)
+    assert message.startswith(expected), message
+    assert "\n" not in message
+
+
+def test_executor_keys_default_to_local_and_one_retry(tmp_path: Path) -> None:
+    sweep = sweep_from(tmp_path)
+    assert (sweep.executor, sweep.ray_address, sweep.max_retries) == ("local", None, 1)
+    ray = sweep_from(tmp_path, experiment={"executor": "ray", "ray_address": "10.0.0.5:6379", "max_retries": 0})
+    assert (ray.executor, ray.ray_address, ray.max_retries) == ("ray", "10.0.0.5:6379", 0)
+    assert sweep_from(tmp_path, experiment={"executor": "ray", "ray_address": "auto"}).ray_address == "auto"
+
+
+def test_run_options_override_the_executor_keys(tmp_path: Path) -> None:
+    from scaletui.core.config import with_executor
+
+    sweep = sweep_from(tmp_path)
+    assert with_executor(sweep, None, None) == sweep
+    joined = with_executor(sweep, None, "127.0.0.1:6379")  # an address implies ray
+    assert (joined.executor, joined.ray_address) == ("ray", "127.0.0.1:6379")
+    assert with_executor(joined, "local", None).executor == "local"
+    with pytest.raises(ConfigError, match=r"^--ray-address: must be \"auto\" or host:port"):
+        with_executor(sweep, "ray", "nowhere")
+    with pytest.raises(ConfigError, match=r"^--ray-address: is only used with --executor ray$"):
+        with_executor(sweep, "local", "auto")
+
+
+def test_ray_refuses_entrypoint_sweeps_for_now(tmp_path: Path) -> None:
+    train = tmp_path / "train.py"
+    train.write_text("def main(config, run):\n    pass\n")
+    doc = {"experiment": {"name": "own", "executor": "ray"}, "train": {"entrypoint": "train.py:main", "steps": 10}}
+    with pytest.raises(ConfigError, match=r'experiment.executor: "ray" does not run train.entrypoint sweeps yet'):
+        build_sweep(doc, tmp_path / "experiments.toml")

@@ -27,7 +27,7 @@ from scaletui.cli.common import (
     load_sweep_or_fail,
     print_group_alerts,
 )
-from scaletui.core.vocabulary import DEFAULT_SWEEP_FILE, RunEventKind
+from scaletui.core.vocabulary import DEFAULT_SWEEP_FILE, ExecutorKind, RunEventKind
 
 if TYPE_CHECKING:
     from scaletui.core.config import Sweep
@@ -45,14 +45,21 @@ if TYPE_CHECKING:
 @click.option("--workers", type=click.IntRange(min=1), help="Worker processes (overrides experiment.workers).")
 @click.option("--fresh", is_flag=True, help="Forget this sweep's earlier runs and checkpoints and start over.")
 @click.option("--dry-run", is_flag=True, help="Validate FILE and print the expanded sweep without training.")
-def run_command(file: Path, headless: bool, db: Path | None, workers: int | None, fresh: bool, dry_run: bool) -> None:
+@click.option("--executor", type=click.Choice(ExecutorKind.choices()),
+              help="Where runs train: local worker processes or a Ray cluster (overrides experiment.executor).")
+@click.option("--ray-address", metavar="ADDR",
+              help='Join the Ray cluster at ADDR ("auto" or host:port; implies --executor ray).')
+def run_command(file: Path, headless: bool, db: Path | None, workers: int | None, fresh: bool, dry_run: bool,
+                executor: str | None, ray_address: str | None) -> None:
     """Train the sweep in FILE (resuming what an earlier run left unfinished)."""
     if dry_run:  # a plan needs no data on disk: say what a real run needs instead of refusing
-        print_dry_run(load_sweep_or_fail(file, db, workers, check_data=False))
+        print_dry_run(_with_executor(load_sweep_or_fail(file, db, workers, check_data=False), executor, ray_address))
         return
-    sweep = load_sweep_or_fail(file, db, workers)
+    sweep = _with_executor(load_sweep_or_fail(file, db, workers), executor, ray_address)
     if not headless:
-        run_args = (("--workers", str(workers)) if workers else ()) + (("--fresh",) if fresh else ())
+        run_args = ((("--workers", str(workers)) if workers else ()) + (("--fresh",) if fresh else ())
+                    + (("--executor", executor) if executor else ())
+                    + (("--ray-address", ray_address) if ray_address else ()))
         from scaletui.cli.app import open_app
 
         open_app(sweep.db, sweep, start=True, run_args=run_args)
@@ -66,9 +73,19 @@ def run_command(file: Path, headless: bool, db: Path | None, workers: int | None
     sys.exit(EXIT_STOPPED if result.interrupted else result.exit_code)
 
 
+def _with_executor(sweep: Sweep, executor: str | None, ray_address: str | None) -> Sweep:
+    """The sweep with --executor / --ray-address applied, or their one-line error and exit 2."""
+    from scaletui.core.config import ConfigError, with_executor
+
+    try:
+        return with_executor(sweep, executor, ray_address)
+    except ConfigError as e:
+        fail(str(e))
+
+
 def run_headless(sweep: Sweep, fresh: bool) -> SweepResult:
     from scaletui.core.datasets import DatasetUnavailable
-    from scaletui.services.runner import SweepBusy, run_sweep
+    from scaletui.services.runner import ClusterUnusable, SweepBusy, run_sweep
     from scaletui.store.errors import StoreError, StoreWriteFailed
 
     stop = threading.Event()
@@ -80,7 +97,7 @@ def run_headless(sweep: Sweep, fresh: bool) -> SweepResult:
             )
     except DatasetUnavailable as e:
         fail(f"{sweep.source.name}: data.dataset: {e}")
-    except SweepBusy as e:
+    except (SweepBusy, ClusterUnusable) as e:
         fail(str(e))
     except StoreWriteFailed as e:  # mid-sweep: one line, and a code of its own (runs may need a resume)
         click.echo(f"error: {e}", err=True)
@@ -203,7 +220,11 @@ def print_dry_run(sweep: Sweep) -> None:
     out = console()
     axes = ", ".join(f"{k} ({len(v)})" for k, v in {**sweep.axes, **sweep.user_axes}.items())
     out.print(f"{sweep.source}: {sweep.name}: {len(sweep.runs)} runs over {axes}")
-    out.print(f"database {sweep.db}, {sweep.workers} workers x {sweep.threads_per_worker} threads")
+    if sweep.executor is ExecutorKind.RAY:
+        cluster = f"the Ray cluster at {sweep.ray_address}" if sweep.ray_address else "a local Ray instance"
+        out.print(f"database {sweep.db}, on {cluster}, threads per run: {sweep.threads_per_worker}")
+    else:
+        out.print(f"database {sweep.db}, {sweep.workers} workers x {sweep.threads_per_worker} threads")
     if sweep.entrypoint is not None:
         out.print(_entrypoint_plan(sweep))
         return

@@ -41,12 +41,15 @@ from scaletui.core.vocabulary import (
     DEFAULT_DATA_DIR,
     DEFAULT_DB,
     DEFAULT_LOSS_METRIC,
+    DEFAULT_MAX_RETRIES,
     DEFAULT_SWEEP_FILE,
+    RAY_ADDRESS_AUTO,
     Arch,
     BatchRuns,
     Choice,
     Device,
     EarlyStoppingMetric,
+    ExecutorKind,
     Init,
     LossRule,
     LrScaling,
@@ -132,6 +135,18 @@ def device_name(v: Any) -> str | None:
     return None if ok else f"must be {' | '.join(Device.choices())} | cuda:N"
 
 
+def ray_address(v: Any) -> str | None:
+    """`experiment.ray_address`: "auto" or the head's host:port (the GCS address `ray start --head` prints).
+    A `ray://` client address is refused: the executor's record writer must run on this machine's node."""
+    problem = f'must be "{RAY_ADDRESS_AUTO}" or host:port (the address `ray start --head` printed)'
+    if not isinstance(v, str) or v.startswith("ray://"):
+        return problem
+    if v == RAY_ADDRESS_AUTO:
+        return None
+    host, _, port = v.rpartition(":")
+    return None if host.strip() and port.isdigit() and 0 < int(port) < 65536 else problem
+
+
 def optional(check: Check) -> Check:
     """`false` switches an optional setting off (TOML has no null)."""
 
@@ -164,6 +179,9 @@ EXPERIMENT_KEYS: dict[str, Key] = {
     "batch_runs": Key(optional(batch_runs_value), BatchRuns.AUTO.value, axis=False),  # false: every run alone
     "loss": Key(text, DEFAULT_LOSS_METRIC, axis=False),  # the metric that is "the loss" (entrypoint sweeps)
     "higher_is_better": Key(boolean, False, axis=False),  # of `loss` (entrypoint sweeps)
+    "executor": Key(one_of(ExecutorKind), ExecutorKind.LOCAL.value, axis=False),  # where runs train
+    "ray_address": Key(ray_address, None, axis=False),  # executor = "ray": unset starts a Ray of this machine
+    "max_retries": Key(non_negative_int, DEFAULT_MAX_RETRIES, axis=False),  # per run lost with its worker/node
 }
 DATA_KEYS: dict[str, Key] = {
     "dataset": Key(one_of(tuple(DATASETS)), DataSpec().dataset),
@@ -262,6 +280,9 @@ class Sweep:
     user_axes: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # `user.<key>` -> values, in file order
     loss_metric: str = DEFAULT_LOSS_METRIC  # experiment.loss
     higher_is_better: bool = False  # experiment.higher_is_better
+    executor: ExecutorKind = ExecutorKind.LOCAL  # experiment.executor (or `run --executor`)
+    ray_address: str | None = None  # experiment.ray_address: None starts a local Ray, else "auto" or host:port
+    max_retries: int = DEFAULT_MAX_RETRIES  # experiment.max_retries: retries of a run lost with its worker or node
 
     @property
     def datasets(self) -> tuple[DataSpec, ...]:
@@ -314,7 +335,8 @@ def build_sweep(
         _check_entrypoint_keys(sections, err)
     else:
         _check_builtin_loss(exp, err)
-    grid = _collect_axes(sections, err)
+    grid = _collect_axes(sections, err)  # checks the experiment keys' values too
+    executor = _executor(exp, entrypoint is not None, err)
     grid.update(_collect_user_axes(user, err))
     zips = _check_zip(exp.get("zip", []), grid, err)
     max_runs = exp.get("max_runs", MAX_RUNS_DEFAULT)
@@ -348,7 +370,41 @@ def build_sweep(
         user_axes={k: v for k, v in axes.items() if k.startswith(USER_PREFIX)},
         loss_metric=exp.get("loss", DEFAULT_LOSS_METRIC),
         higher_is_better=exp.get("higher_is_better", False),
+        executor=executor,
+        ray_address=exp.get("ray_address"),
+        max_retries=exp.get("max_retries", DEFAULT_MAX_RETRIES),
     )
+
+
+# ---------------------------------------------------------------------------
+# Where the runs train: experiment.executor, ray_address, max_retries
+# ---------------------------------------------------------------------------
+def _executor(exp: Mapping[str, Any], has_entrypoint: bool, err: _Errors) -> ExecutorKind:
+    """The sweep's executor (its keys' values are checked already); a Ray-only key without it is an error, so
+    nobody believes it applies."""
+    executor = ExecutorKind(exp.get("executor", EXPERIMENT_KEYS["executor"].default))
+    if executor is not ExecutorKind.RAY:
+        if "ray_address" in exp:
+            raise err.at("experiment.ray_address", 'is only used with executor = "ray"')
+        return executor
+    if has_entrypoint:
+        raise err.at("experiment.executor", '"ray" does not run train.entrypoint sweeps yet; use "local"')
+    return executor
+
+
+def with_executor(sweep: Sweep, executor: str | None, address: str | None) -> Sweep:
+    """The sweep with `scaletui run --executor / --ray-address` applied (an address implies "ray"); bad
+    values raise ConfigError naming the option."""
+    if address is not None:
+        problem = ray_address(address)
+        if problem:
+            raise ConfigError(f"--ray-address: {problem}, got {_show(address)}")
+        if executor == ExecutorKind.LOCAL:
+            raise ConfigError('--ray-address: is only used with --executor ray')
+    kind = ExecutorKind(executor) if executor else ExecutorKind.RAY if address else sweep.executor
+    if kind is ExecutorKind.RAY and sweep.entrypoint is not None:
+        raise ConfigError('--executor: "ray" does not run train.entrypoint sweeps yet; use "local"')
+    return replace(sweep, executor=kind, ray_address=address if address is not None else sweep.ray_address)
 
 
 # ---------------------------------------------------------------------------

@@ -14,8 +14,10 @@ Shape of a sweep run:
   process by 1.3-1.85x). A worker trains one task
   at a time and writes each run's records to SQLite itself through its own
   `StoreSink`, and tells the runner as each run of a bundle ends;
-- a later executor (Ray, a cluster queue) only has to honour `Executor.run`:
-  the engine and the store do not change.
+- the Ray executor (services/ray_executor.py, `experiment.executor = "ray"`) honours the
+  same `Executor.run` with Ray tasks; its workers call `run_task` with a stand-in for the
+  store and sinks that ship records to one writer on the database's node: the engine and
+  the store do not change.
 
 Robustness choices, each because of a way real sweeps die:
 - every worker talks to the runner over its own pipe, never a shared queue, so
@@ -54,12 +56,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from scaletui.core.config import Sweep
-from scaletui.core.records import LayerStats, MetricRecord, ModelInfo, RunOutcome
+from scaletui.core.records import LayerStats, MetricRecord, ModelInfo, RunOutcome, Sink, StopSignal
 from scaletui.core.specs import RunSpec
-from scaletui.core.vocabulary import RunEventKind, RunStatus
+from scaletui.core.vocabulary import ExecutorKind, RunEventKind, RunStatus
 
 if TYPE_CHECKING:
     from scaletui.services.entrypoint import EntryRun
@@ -130,6 +132,7 @@ class SweepResult:
         return 0 if all(s.ok for s in self.statuses.values()) and not self.interrupted else 1
 
 
+@runtime_checkable
 class Executor(Protocol):
     """Where runs execute. Must deliver RunEvents and honour `should_stop`."""
 
@@ -143,6 +146,11 @@ class Executor(Protocol):
 # ---------------------------------------------------------------------------
 class SweepBusy(RuntimeError):
     """The sweep cannot start as asked because another live process is running its runs."""
+
+
+class ClusterUnusable(RuntimeError):
+    """The sweep's Ray cluster cannot run it (unreachable, too small for a run, another version, no
+    `ray` installed): one line, raised before anything is written (services/ray_executor.py)."""
 
 
 def checkpoint_dir_for(sweep_checkpoints: Path, database_id: str, spec: RunSpec) -> Path:
@@ -162,7 +170,33 @@ def run_sweep(
     """Prepare data, register runs, reap orphans, and train what is not finished.
 
     `on_plan(to_run, total)` is called once the database says how many of the sweep's runs still
-    need training (the rest finished earlier), before any starts: front ends count progress with it."""
+    need training (the rest finished earlier), before any starts: front ends count progress with it.
+
+    Without an explicit `executor`, `sweep.executor` chooses: local worker processes, or a Ray
+    cluster, which is joined and checked first (ClusterUnusable before anything is written)."""
+    if executor is None and sweep.executor is ExecutorKind.RAY:
+        try:
+            from scaletui.services.ray_executor import RayCluster
+        except ModuleNotFoundError as e:
+            if e.name != "ray":
+                raise
+            raise ClusterUnusable(f"{sweep.source.name}: experiment.executor: \"ray\" needs Ray installed: "
+                                  "pip install 'scaletui[ray]'") from None
+        with RayCluster.join(sweep) as cluster:
+            return _run_sweep(sweep, fresh, on_event, should_stop, cluster.executor, on_plan)
+    local = executor or (lambda config: LocalProcessExecutor(sweep.workers, config))
+    return _run_sweep(sweep, fresh, on_event, should_stop, local, on_plan)
+
+
+def _run_sweep(
+    sweep: Sweep,
+    fresh: bool,
+    on_event: Callable[[RunEvent], None],
+    should_stop: Callable[[], bool],
+    executor: Executor | Callable[[WorkerConfig], Executor],
+    on_plan: Callable[[int, int], None],
+) -> SweepResult:
+    """run_sweep with its executor, or the function that makes one from the workers' config."""
     if sweep.entrypoint is None:
         prepare_datasets(sweep)  # may raise DatasetUnavailable before the database is touched
     from scaletui.store.writer import Store
@@ -194,11 +228,13 @@ def run_sweep(
     todo = [member for task in tasks for member in task.members]
     tasks = longest_first(tasks)
     on_plan(len(todo), len(sweep.runs))
-    executor = executor or LocalProcessExecutor(sweep.workers, worker_config(sweep, database_id))
+    if not isinstance(executor, Executor):
+        executor = executor(worker_config(sweep, database_id))
     from scaletui.services.monitor import SweepMonitor
 
     with SweepMonitor(sweep, experiment_id, [run_id for run_id, _ in todo]):  # live alerts; never fails the sweep
         executor.run(tasks, record, lambda: should_stop() or bool(storage_failures))
+    _score_ledger(sweep)  # what the monitor's final pass predicted after the last run's finish
     if storage_failures:
         from scaletui.store.errors import StoreWriteFailed
 
@@ -592,7 +628,7 @@ class _RunStop:
 class ReportingSink:
     """Forwards every record to the store's sink and tells the runner how the run is going."""
 
-    def __init__(self, inner: Any, conn: Connection, run_id: int, spec: RunSpec) -> None:
+    def __init__(self, inner: Any, conn: EventPipe, run_id: int, spec: RunSpec) -> None:
         self.inner = inner
         self.conn = conn
         self.run_id = run_id
@@ -632,7 +668,7 @@ class ReportingSink:
         return RunEvent(kind, self.run_id, self.spec.label, steps=self.spec.train.steps, **kw)
 
 
-def _send(conn: Connection, event: RunEvent) -> None:
+def _send(conn: EventPipe, event: RunEvent) -> None:
     try:
         conn.send(event)
     except (BrokenPipeError, OSError):
@@ -671,26 +707,47 @@ def worker_main(config: WorkerConfig, conn: Connection, stop_flag: Any) -> None:
         clear_stop_requests(os.getpid())
 
 
-def run_task(task: Task, config: WorkerConfig, conn: Connection, stop: _WorkerStop) -> list[RunOutcome]:
+class EventPipe(Protocol):
+    """How a worker tells the runner about its runs: its end of the pipe (a local worker), or the Ray
+    executor's event channel (services/ray_executor.py)."""
+
+    def send(self, obj: Any) -> None: ...
+
+
+class TaskStop(Protocol):
+    """A worker's stop signal for its current task (`_WorkerStop` here, the Ray executor's own there)."""
+
+    def is_set(self) -> bool: ...
+
+    def member(self, run_id: int) -> StopSignal: ...
+
+
+def run_task(task: Task, config: WorkerConfig, conn: EventPipe, stop: TaskStop, *, store: Any = None,
+             open_sink: Callable[[int], Sink] | None = None) -> list[RunOutcome]:
     """Train the task's run (or bundle), record how each run ended and tell the runner (FINISHED per
-    run, as each ends); an exception fails the runs it interrupted, never the worker."""
-    from scaletui.store.writer import Store
+    run, as each ends); an exception fails the runs it interrupted, never the worker.
+
+    Run states go to `store` and records to the sinks `open_sink(run_id)` makes: by default the
+    database's `Store` and a `StoreSink` on its file; a Ray worker, which has no database, passes the
+    executor's writer client for both (services/ray_executor.py)."""
+    from scaletui.store.writer import Store, StoreSink
 
     if task.entry is not None:
         return [_run_entry(task, task.entry, config, conn, stop)]
-    store = Store(config.db)
+    store = store if store is not None else Store(config.db)
+    sinks = open_sink or (lambda run_id: StoreSink(config.db, run_id))
     if task.others:
-        return _run_bundle(task, config, conn, stop, store)
-    outcome = _run_alone(task.run_id, task.spec, config, conn, stop, store)
+        return _run_bundle(task, config, conn, stop, store, sinks)
+    outcome = _run_alone(task.run_id, task.spec, config, conn, stop, store, sinks)
     _report_finished(conn, task.run_id, task.spec, outcome)
     return [outcome]
 
 
-def _run_alone(run_id: int, spec: RunSpec, config: WorkerConfig, conn: Connection, stop: _WorkerStop,
-               store: Any) -> RunOutcome:
+def _run_alone(run_id: int, spec: RunSpec, config: WorkerConfig, conn: EventPipe, stop: TaskStop,
+               store: Any, open_sink: Callable[[int], Sink]) -> RunOutcome:
     from scaletui.engine.loop import train_run
 
-    sink = _start_sink(run_id, spec, config, conn, store)
+    sink = _start_sink(run_id, spec, conn, store, open_sink)
     try:
         outcome = train_run(
             spec,
@@ -707,13 +764,14 @@ def _run_alone(run_id: int, spec: RunSpec, config: WorkerConfig, conn: Connectio
     return outcome
 
 
-def _run_bundle(task: Task, config: WorkerConfig, conn: Connection, stop: _WorkerStop, store: Any) -> list[RunOutcome]:
+def _run_bundle(task: Task, config: WorkerConfig, conn: EventPipe, stop: TaskStop, store: Any,
+                open_sink: Callable[[int], Sink]) -> list[RunOutcome]:
     """Train the task's runs as one batched model (engine/batched.py); each run is marked running, records
     through its own sink, and is finished in the store and reported the moment it ends."""
     from scaletui.engine.batched import Member, train_bundle
 
     runs = task.members
-    sinks = [_start_sink(run_id, spec, config, conn, store) for run_id, spec in runs]
+    sinks = [_start_sink(run_id, spec, conn, store, open_sink) for run_id, spec in runs]
     members = [Member(spec, sink, stop.member(run_id), checkpoint_dir_for(config.checkpoint_dir, config.database_id,
                                                                            spec), store.recorded_step(run_id))
                for (run_id, spec), sink in zip(runs, sinks, strict=True)]  # fmt: skip
@@ -736,7 +794,7 @@ def _run_bundle(task: Task, config: WorkerConfig, conn: Connection, stop: _Worke
     return [outcomes[i] for i in range(len(runs))]
 
 
-def _run_entry(task: Task, entry: EntryRun, config: WorkerConfig, conn: Connection, stop: _WorkerStop) -> RunOutcome:
+def _run_entry(task: Task, entry: EntryRun, config: WorkerConfig, conn: EventPipe, stop: TaskStop) -> RunOutcome:
     """Call the user's function on one run (services/entrypoint.py) and tell the runner how it goes."""
     from scaletui.services.entrypoint import checkpoint_folder, run_entry, start_run
 
@@ -763,12 +821,11 @@ def _run_entry(task: Task, entry: EntryRun, config: WorkerConfig, conn: Connecti
     return outcome
 
 
-def _start_sink(run_id: int, spec: RunSpec, config: WorkerConfig, conn: Connection, store: Any) -> ReportingSink:
+def _start_sink(run_id: int, spec: RunSpec, conn: EventPipe, store: Any, open_sink: Callable[[int], Sink]
+                ) -> ReportingSink:
     """Mark the run running in this process and give it its own sink (its records, its progress)."""
-    from scaletui.store.writer import StoreSink
-
     store.mark_running(run_id, os.getpid(), socket.gethostname())
-    return ReportingSink(StoreSink(config.db, run_id), conn, run_id, spec)
+    return ReportingSink(open_sink(run_id), conn, run_id, spec)
 
 
 def _failed(store: Any, runs: list[tuple[int, ReportingSink]], exc: Exception) -> list[RunOutcome]:
@@ -782,6 +839,6 @@ def _failed(store: Any, runs: list[tuple[int, ReportingSink]], exc: Exception) -
     return outcomes
 
 
-def _report_finished(conn: Connection, run_id: int, spec: RunSpec, outcome: RunOutcome) -> None:
+def _report_finished(conn: EventPipe, run_id: int, spec: RunSpec, outcome: RunOutcome) -> None:
     _send(conn, RunEvent(RunEventKind.FINISHED, run_id, spec.label, step=outcome.step, steps=spec.train.steps,
                          status=outcome.status, error=outcome.error, train_loss=outcome.final_train_loss))
