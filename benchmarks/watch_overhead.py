@@ -17,12 +17,19 @@ cost of logging; the summary is the geometric mean of the ratios with a 95% boot
 interval (resampling the triples). Goal: watch <= 1.03x. The interleaving and the interval are
 benchmarks/paired.py's, shared with overhead.py.
 
-    python benchmarks/watch_overhead.py [--reps 9] [--seconds 1.5] [--device cpu|cuda] [--threads 1]
+    python benchmarks/watch_overhead.py [--reps 9] [--seconds 1.5] [--device cpu|cuda] [--threads 1] [--steady-heap]
+
+`--steady-heap` fixes glibc's malloc trim and mmap thresholds for the process. Left to themselves they
+move with the process's history, and whether a loop's freed per-step tensors sit at the top of the heap
+(given back to the OS at every step, and faulted in again at the next) is luck: measured at w512 d8,
+identical loops took from 15 to over 1000 minor page faults per step, 0-4% of a step, in every version
+alike; that noise is larger than the cost being measured. With the thresholds fixed the faults go.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import os
 import random
@@ -37,7 +44,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `paired`, when imported from elsewhere
-from paired import Clock, RatioCI, Timing, interleaved, ratio_ci
+from paired import Clock, RatioCI, Timing, interleaved, load_average, ratio_ci
 
 import scaletui
 
@@ -85,6 +92,18 @@ def loop(width: int, depth: int, steps: int, device: torch.device, db: Path | No
     return timing
 
 
+def steady_heap() -> str:
+    """Fix glibc's trim threshold (1 GiB: freed memory stays mapped) and mmap threshold (32 MiB, its
+    maximum: tensors below it come from the heap), which otherwise change as the process frees memory."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return "not glibc, left as they are"
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    fixed = libc.mallopt(m_trim_threshold, 1 << 30) == 1 and libc.mallopt(m_mmap_threshold, 32 << 20) == 1
+    return "trim 1 GiB, mmap 32 MiB" if fixed else "mallopt refused, left as they are"
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -122,7 +141,8 @@ def report(width: int, depth: int, steps: int, times: dict[str, list[Timing]]) -
     cpu_watch = _ratios(times, "log", "watch", "cpu").mean
     ok = cpu_watch <= GOAL
     print(f"w{width:<4d} d{depth:<2d} {steps:5d} {per_step['bare']:7.3f} {per_step['log']:7.3f} "
-          f"{per_step['watch']:7.3f} | wall: {cells[0]} | cpu: {cells[1]} | {'ok' if ok else 'OVER'}", flush=True)
+          f"{per_step['watch']:7.3f} | wall: {cells[0]} | cpu: {cells[1]} | {'ok' if ok else 'OVER'} "
+          f"| load {load_average()}", flush=True)
     return ok
 
 
@@ -132,14 +152,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.5, help="length of one timed loop")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine's other core writes)")
+    parser.add_argument("--steady-heap", action="store_true", help="fix glibc's malloc thresholds (see above)")
     args = parser.parse_args()
+    if args.steady_heap:
+        print(f"malloc thresholds: {steady_heap()}")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"torch {torch.__version__} on {device}, {args.threads} thread(s), {os.cpu_count()} cores; {args.reps} "
           f"rotating triples per size of ~{args.seconds:g} s loops; watch every 25 optimizer steps (the default); "
           f"goal watch/log <= {GOAL}x (judged on process CPU time)")
     print("size      steps  ms/step: bare   log  watch | watch/log (95% CI)   log/bare (95% CI), wall clock | "
-          "the same, process CPU time")
+          "the same, process CPU time | load average 1/5/15 min")
     with tempfile.TemporaryDirectory() as folder:
         ok = [report(w, d, steps, measure(w, d, steps, args.reps, device, Path(folder)))
               for w, d in CONFIGS for steps in [steps_for(w, d, args.seconds, device)]]

@@ -185,3 +185,23 @@ def test_init_and_log_without_watch_never_import_torch(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
     assert not loaded & {"torch", "textual", "scipy"}, sorted(loaded & {"torch", "textual", "scipy"})
+
+
+def test_unwatched_steps_run_no_pre_step_hook(db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between measurements the watch only counts steps (one post-step hook): the hook that snapshots the
+    weights is installed for the watched steps alone, so an unwatched step never calls it."""
+    calls: list[int] = []
+    before = own_run._Watch._before
+
+    def counted(self: Any, optimizer: Any, args: Any, kwargs: Any) -> None:
+        calls.append(self._count)
+        before(self, optimizer, args, kwargs)
+
+    monkeypatch.setattr(own_run._Watch, "_before", counted)
+    model = mlp()
+    with scaletui.init(db=db, experiment="w", config={}, loss="train_loss") as run:
+        run.watch(model, every=25)
+        train(model, run, 60)
+    assert calls == [0, 25, 50]
+    assert rows(db, "SELECT DISTINCT step FROM layer_stats ORDER BY step") == [(0,), (25,), (50,)]
+

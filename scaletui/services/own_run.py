@@ -16,6 +16,10 @@ function. Either way the handle guarantees the same things:
   `LayerProbe` around every `every`-th step of the optimizer that trains the model (global optimizer
   hooks, so any `torch.optim` optimizer works without being passed in), and hands them to the next
   `log` call, which moves them to the host with its own tensors: one transfer per logging step.
+  Between measurements a step runs one counting hook and nothing else of the watch: the hook that
+  snapshots the weights is installed only for the watched steps. (Profiled on a 512x8 MLP: a watched
+  step costs ~5 ms more, ~20% of a step, all of it the snapshot copy, the update and the fused norms,
+  memory-bound; at the default cadence that is ~0.8% of the steps.)
   torch is imported only when `watch` is called, or when a tensor is logged (then it is loaded already).
 * After a resume, the first step the loop logs says where it restarted: the run's records from that
   step on are replaced by what it logs now (in the transaction that writes the first new ones).
@@ -379,16 +383,30 @@ class _Watch:
         self._last_answer = False
         self._count = 0  # steps of the model's optimizer seen
         self._armed = False
-        self._handles = [register_optimizer_step_pre_hook(self._before), register_optimizer_step_post_hook(self._after)]
+        self._register_before = register_optimizer_step_pre_hook
+        self._counting: Any = register_optimizer_step_post_hook(self._after)
+        self._snapshotting: Any = None  # the pre-step hook, installed only while the next step is watched
+        self._schedule()
 
     def take(self) -> list[Any] | None:
         pending, self.pending = self.pending, None
         return pending
 
     def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        for handle in (self._counting, self._snapshotting):
+            if handle is not None:
+                handle.remove()
+        self._counting = self._snapshotting = None
+
+    def _schedule(self) -> None:
+        """Install the pre-step hook for a watched step and take it out after, so an unwatched step runs
+        one hook (the counting one) and no other Python of the watch."""
+        due = self._count % self.every == 0
+        if due and self._snapshotting is None and self._counting is not None:
+            self._snapshotting = self._register_before(self._before)
+        elif not due and self._snapshotting is not None:
+            self._snapshotting.remove()
+            self._snapshotting = None
 
     def _trains_model(self, optimizer: Any) -> bool:
         if optimizer is self._last_optimizer:  # the hot path: the same optimizer, every step
@@ -415,6 +433,7 @@ class _Watch:
             self._armed = False
             self._guarded(self._measure)
         self._count += 1
+        self._schedule()
 
     def _measure(self) -> None:
         self.pending = self.probe.after_step()
