@@ -21,6 +21,7 @@ from scaletui.tui.widgets.grad_pane import LayerLine
 from scaletui.tui.widgets.loss_pane import LossPane
 from tests.tui import sweepdb
 from tests.tui.test_app_pilot import NOW, loaded, until
+from tests.tui.test_fit_views import columns_fit
 
 
 @pytest.fixture
@@ -104,6 +105,7 @@ def test_fit_view_80x24(snap_compare, app: ScaleApp, monkeypatch: pytest.MonkeyP
         await pilot.press("f")
         await until(pilot, lambda: bool(app.query(fit_pane.FitPane)) and app.query_one(fit_pane.FitPane).complete,
                     timeout=60)
+        await until(pilot, lambda: columns_fit(app.query_one(fit_pane.FitPane)), timeout=30)
         await pilot.pause(0.2)
 
     assert snap_compare(app, terminal_size=(80, 24), run_before=fitted)

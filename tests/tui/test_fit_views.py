@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.widgets import DataTable, Static
 
@@ -53,6 +54,18 @@ def grid_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def columns(pane: FitPane) -> list[str]:
     return [str(c.label) for c in pane.query_one("#fit-table", DataTable).columns.values()]
+
+
+def columns_fit(pane: FitPane) -> bool:
+    """Every column of the pane's table is as wide as its widest cell: DataTable measures new rows on idle,
+    so right after a refill (the bootstrap's intervals replacing dashes) a column can still be narrow."""
+    table = pane.query_one("#fit-table", DataTable)
+    for index, column in enumerate(table.columns.values()):
+        cells = [Text(line).cell_len for row in range(table.row_count)
+                 for line in str(table.get_row_at(row)[index]).split("\n")]  # a narrow table's 2-line cells
+        if max(cells, default=0) > column.content_width:
+            return False
+    return True
 
 
 def text(pane: FitPane, selector: str) -> str:
@@ -191,6 +204,7 @@ def view_after(presses: int):  # type: ignore[no-untyped-def]
         await until(pilot, lambda: bool(a.query(FitPane)) and a.query_one(FitPane).complete, timeout=60)
         await pilot.press(*("w",) * presses)
         await until(pilot, shown(a.query_one(FitPane), view), timeout=60)
+        await until(pilot, lambda: columns_fit(a.query_one(FitPane)), timeout=30)  # widths follow content lazily
         await pilot.pause(0.2)
 
     return run_before
