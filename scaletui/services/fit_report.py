@@ -197,7 +197,7 @@ class FitReport:
 
     def to_json(self) -> dict[str, Any]:
         """A plain, JSON-ready summary (NaN and infinities become null)."""
-        clean: dict[str, Any] = _clean(_report_json(self))
+        clean: dict[str, Any] = json_clean(_report_json(self))
         return clean
 
 
@@ -258,11 +258,12 @@ def _band_json(band: Band | None) -> dict[str, Any] | None:
             "level": band.level, "n_resamples": band.n_resamples, "extrapolation_rate": band.extrapolation_rate}
 
 
-def _clean(value: Any) -> Any:
+def json_clean(value: Any) -> Any:
+    """JSON-ready: NaN and infinities become null, numpy scalars Python numbers, keys strings, tuples lists."""
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_clean(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [json_clean(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):

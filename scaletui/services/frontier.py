@@ -56,6 +56,7 @@ from scaletui.analysis.frontier import (
 from scaletui.analysis.solve import Bootstrap, FitOptions, bootstrap, fit_law
 from scaletui.core.datasets import DATASETS
 from scaletui.core.rows import RunSummary
+from scaletui.services.fit_report import json_clean
 from scaletui.services.fitting import AUTO, FitInputError, FitSpec, flat_config, resolve_experiment
 from scaletui.store.reader import Reader
 
@@ -230,7 +231,7 @@ class FrontierReport:
                 "for forward + backward; Hoffmann et al.'s C = 6 N D is k = 6)")
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = _clean({
+        out: dict[str, Any] = json_clean({
             "experiment": self.experiment, "loss": self.loss_label, "form": self.law.form,
             "law": self.law.params, "intervals": {n: list(v) for n, v in self.intervals.items()},
             "N": "params", "D": D_TEXT, "compute": self.compute_text, "k": self.k, "k_range": list(self.k_range),
@@ -241,19 +242,6 @@ class FrontierReport:
             "points": [p.to_json() for p in self.points], "closest": self.points[self.closest].to_json(),
             "closest_by_size": self.points[self.closest_by_size].to_json(), "warnings": list(self.warnings)})
         return out
-
-
-def _clean(value: Any) -> Any:
-    """JSON without NaN or inf (null instead)."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # ----------------------------------------------------------------------------- checks

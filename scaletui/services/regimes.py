@@ -25,6 +25,7 @@ from scaletui.analysis.regimes import Regimes, fit_regimes
 from scaletui.analysis.solve import FitOptions
 from scaletui.core.rows import RunSummary
 from scaletui.core.vocabulary import FitX, LossRule
+from scaletui.services.fit_report import json_clean
 from scaletui.services.fitting import FitInputError, FitSpec, flat_config, loss_at_steps, resolve_experiment, run_x
 from scaletui.services.strategies import law_form, resample_unit
 from scaletui.store.reader import Reader
@@ -66,7 +67,7 @@ class RegimesReport:
     def to_json(self) -> dict[str, Any]:
         r, t = self.regimes, self.regimes.table
         ranks = t.ranks()
-        out: dict[str, Any] = _clean({
+        out: dict[str, Any] = json_clean({
             "experiment": self.experiment, "loss": self.loss_label, "x": self.x, "regime": r.axis,
             "resampled": self.unit, "runs": self.n_runs, "form": r.form, "dropped_steps": list(self.dropped_steps),
             "alpha_relative_range": r.alpha_rel_range, "stopped": r.stopped,
@@ -80,19 +81,6 @@ class RegimesReport:
                            "bigger_wins_at": list(c.wins_at), "flips_between": [list(f) for f in c.flips]}
                           for c in r.crossings]})  # fmt: skip
         return out
-
-
-def _clean(value: Any) -> Any:
-    """JSON without NaN or inf (null instead)."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _usable(*values: float | None) -> bool:

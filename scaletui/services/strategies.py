@@ -24,6 +24,7 @@ from scaletui.analysis.solve import FitOptions
 from scaletui.analysis.strategies import FLOPS, PARAMS, AxisFit, Comparison, FitPlan, Grid, compare_strategies
 from scaletui.core.rows import RunSummary
 from scaletui.core.vocabulary import FitX, LossRule
+from scaletui.services.fit_report import json_clean
 from scaletui.services.fitting import AUTO, FitInputError, FitSpec, flat_config, resolve_experiment, run_x
 from scaletui.store.reader import Reader
 
@@ -87,7 +88,8 @@ class StrategiesReport:
 
     def to_json(self) -> dict[str, Any]:
         c = self.comparison
-        out: dict[str, Any] = _clean({"experiment": self.experiment, "loss": self.loss_label, "resampled": self.unit,
+        out: dict[str, Any] = json_clean({
+                       "experiment": self.experiment, "loss": self.loss_label, "resampled": self.unit,
                        "runs": self.n_runs, "skipped_runs": self.n_skipped, "form": c.form,
                        "flops": "flops_per_example x steps trained x batch_size (forward pass)",
                        "target_loss": c.target, "target_given": c.target_given, "cheapest": c.cheapest,
@@ -109,19 +111,6 @@ def _axis_json(fit: AxisFit) -> dict[str, Any]:
     return {"law": {"form": fit.law.form, **fit.law.params}, "alpha_interval": list(fit.alpha_interval),
             "cost": fit.cost, "cost_interval": list(fit.cost_interval), "reach": fit.reach, "where": fit.where,
             "x_range": list(fit.x_range)}
-
-
-def _clean(value: Any) -> Any:
-    """JSON without NaN or inf (null instead)."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # ----------------------------------------------------------------------------- reading the grid
@@ -193,7 +182,6 @@ def compare_experiment(db_path: str | Path, experiment: str | None, spec: FitSpe
         raise FitInputError(f"{what}: {exc}") from None
     return StrategiesReport(read.experiment, read.loss_label, read.unit, read.grid.width.size, read.skipped,
                             comparison)
-
 
 
 # ----------------------------------------------------------------------------- plain text
