@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,6 @@ def _hold_schema() -> None:
 
 
 def _hold_step(step: int) -> None:
-    from scaletui.engine import models
     from scaletui.services import runner
 
     stops: list[Any] = []  # the worker's stop signal, caught as the worker makes it
@@ -103,41 +103,34 @@ def _hold_step(step: int) -> None:
         stops.append(self)
 
     runner._WorkerStop.__init__ = init  # type: ignore[method-assign]
-    real_build = models.build_model
-
-    def build_model(spec: Any, *args: Any, **kwargs: Any) -> Any:
-        model = real_build(spec, *args, **kwargs)
-        calls = [0]
-
-        def forward_pre_hook(module: Any, inputs: Any) -> None:
-            calls[0] += module.training  # evaluation runs in eval mode and does not count
-            if module.training and calls[0] == step:
-                _wait_for_stop(stops)
-
-        model.register_forward_pre_hook(forward_pre_hook)
-        return model
-
-    models.build_model = build_model  # the loop imports it by name, after this runs
+    _at_training_step(step, lambda: _wait_for_stop(stops))
 
 
 def _pause_step(step: int) -> None:
+    _at_training_step(step, lambda: _pause("pause"))
+
+
+def _at_training_step(step: int, action: Callable[[], None], shape: tuple[int, int] | None = None) -> None:
+    """Run `action` in the forward pass of training step `step` of every model built (only of width x depth
+    `shape` when given)."""
     from scaletui.engine import models
 
     real_build = models.build_model
 
     def build_model(spec: Any, *args: Any, **kwargs: Any) -> Any:
         model = real_build(spec, *args, **kwargs)
-        calls = [0]
+        if shape is None or (spec.width, spec.depth) == shape:
+            calls = [0]
 
-        def forward_pre_hook(module: Any, inputs: Any) -> None:
-            calls[0] += module.training  # evaluation runs in eval mode and does not count
-            if module.training and calls[0] == step:
-                _pause("pause")
+            def forward_pre_hook(module: Any, inputs: Any) -> None:
+                calls[0] += module.training  # evaluation runs in eval mode and does not count
+                if module.training and calls[0] == step:
+                    action()
 
-        model.register_forward_pre_hook(forward_pre_hook)
+            model.register_forward_pre_hook(forward_pre_hook)
         return model
 
-    models.build_model = build_model
+    models.build_model = build_model  # the loop imports it by name, after this runs
 
 
 def _wait_for_stop(stops: list[Any]) -> None:
@@ -150,25 +143,12 @@ def _wait_for_stop(stops: list[Any]) -> None:
 
 
 def _raise_in_step(exc: str, width: int, depth: int, step: int) -> None:
-    from scaletui.engine import models
-
     error = {"RuntimeError": RuntimeError, "MemoryError": MemoryError}[exc]
-    real_build = models.build_model
 
-    def build_model(spec: Any, *args: Any, **kwargs: Any) -> Any:
-        model = real_build(spec, *args, **kwargs)
-        if (spec.width, spec.depth) == (width, depth):
-            calls = [0]
+    def fail() -> None:
+        raise error(f"injected fault in training step {step}")
 
-            def forward_pre_hook(module: Any, inputs: Any) -> None:
-                calls[0] += module.training  # evaluation runs in eval mode and does not count
-                if module.training and calls[0] == step:
-                    raise error(f"injected fault in training step {step}")
-
-            model.register_forward_pre_hook(forward_pre_hook)
-        return model
-
-    models.build_model = build_model  # the loop imports it by name, after this runs
+    _at_training_step(step, fail, (width, depth))
 
 
 def _install(spec: str) -> None:
