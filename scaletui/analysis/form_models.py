@@ -108,6 +108,16 @@ class Data:
         shared = self.distinct
         return self if shared is None else shared.data
 
+    def grouped(self, w: FloatArray) -> tuple[Data, FloatArray]:
+        """This data set and weight rows w (R, n) with the points ordered by their distinct point (seeds
+        of one size next to each other), or both unchanged when they already are or none repeat. A fit's
+        answer does not depend on the order of its points; the solver's per-size sums are faster this way."""
+        shared = self.distinct
+        if shared is None or shared.grouped:
+            return self, w
+        order = shared.order
+        return Data(self.u[:, order], self.centre, self.y[order], self.upper_bound, self.top), w[:, order]
+
     @cached_property
     def distinct(self) -> Distinct | None:
         """The data's distinct points (`Distinct`), or None when no two points share their variables."""
@@ -137,6 +147,7 @@ class Distinct:
     index: FloatArray  # (n,): the distinct point of each point
     order: FloatArray  # (n,): the points sorted by their distinct point
     starts: FloatArray  # (k,): where each distinct point's run begins in `order`
+    grouped: bool  # the points are already sorted by their distinct point (`order` is the identity)
 
     @staticmethod
     def of(data: Data, points: FloatArray, index: FloatArray) -> Distinct:
@@ -144,11 +155,13 @@ class Distinct:
         starts = np.searchsorted(index[order], np.arange(points.shape[1]))
         mean_logy = np.bincount(index, data.logy) / np.bincount(index)
         at = Data(points, data.centre, np.exp(mean_logy), data.upper_bound, data.y_top)
-        return Distinct(at, index, order, starts)
+        return Distinct(at, index, order, starts, bool(np.all(np.diff(index) >= 0)))
 
     def fold(self, values: FloatArray) -> FloatArray:
-        """Per-point values (R, n) summed over each distinct point's points: (R, k)."""
-        return np.add.reduceat(values[:, self.order], self.starts, axis=1)
+        """Per-point values (R, n) summed over each distinct point's points: (R, k). On grouped points
+        a plain segment sum; otherwise the gather that groups them first costs 2-4x the sum (the
+        solver folds three (R, n) arrays every iteration, hence `Data.grouped`)."""
+        return np.add.reduceat(values if self.grouped else values[:, self.order], self.starts, axis=1)
 
     def spread(self, values: FloatArray) -> FloatArray:
         """Per-distinct-point values (R, k) repeated for each of its points: (R, n)."""
