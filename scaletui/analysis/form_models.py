@@ -16,8 +16,11 @@ Two residual spaces (see `solve.LossSpec`): "log", r = log L_hat - log L (relati
 as Hoffmann et al. and Besiroglu et al.), and "log_excess", the residual in the space where the form is
 a power law, r = log g(L_hat) - log g(L) with g(L) = L - E (M2, BNSL, CHINCHILLA) or
 (L - E)/(E0 - L)^gamma (M4) - the objective of Alabdulmohsin et al.'s M2 and M4 code. Forms without a
-floor (M1, M3) have one space. Rows whose weight is 0 (held-out points) may violate L > E; their
-residuals are computed on a clipped value and then ignored by the objective.
+floor (M1, M3) have one space of their own. A third space, "log1p", r = log(1 + L_hat) - log(1 + L)
+(the mean squared log error that Caballero et al. fit BNSL with), needs nothing of a form but its
+"log" residuals and Jacobian: `solve` derives it for every form. Rows whose weight is 0 (held-out
+points) may violate L > E; their residuals are computed on a clipped value and then ignored by the
+objective.
 
 Seeds. Every form is linear in some parameters once the others are fixed (the coefficients
 and the floor of M2, BNSL and CHINCHILLA in loss units; log E and alpha of M3 in log units; log A,
@@ -40,6 +43,7 @@ from scaletui.analysis.forms import m4_excess
 
 __all__ = [
     "LOG",
+    "LOG1P",
     "LOG_EXCESS",
     "MODELS",
     "Data",
@@ -57,6 +61,7 @@ FloatArray = np.ndarray
 Residuals = tuple[np.ndarray, "np.ndarray | None"]
 LOG = "log"
 LOG_EXCESS = "log_excess"
+LOG1P = "log1p"  # log(1 + L_hat) - log(1 + L): derived from "log" by the solver for every form (solve._residuals)
 TINY = 1e-300
 E_MIN_FRACTION = 1e-6  # E >= this x smallest loss: below it E is zero for every purpose
 FLOOR_MARGIN = 1e-3  # in "log_excess", E <= (1 - margin) x smallest loss (log(L - E) must exist)

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 X_CHOICES = ("params", "width", "depth", "flops", "examples", "steps")
 FORM_CHOICES = ("auto", "M1", "M2", "M3", "M4", "BNSL1", "BNSL2", "CHINCHILLA", "offset", "power")
 LOSS_RULES = ("final", "best", "smoothed")
-LOSS_SPACES = ("log", "log_excess")
+LOSS_SPACES = ("auto", "log", "log1p", "log_excess")
 HEADLESS_BOOTSTRAP = 200  # the closing fit of a headless run: quick, still an honest interval
 MIN_SIZES_FOR_SWEEP_FIT = 3
 
@@ -54,8 +54,10 @@ MIN_SIZES_FOR_SWEEP_FIT = 3
               help="Predict the loss, with its band, at this size (N,D for the two-variable law); repeatable.")
 @click.option("--upper-bound", type=click.FloatRange(min=0, min_open=True),
               help="The metric's known maximum (an error rate: 1): only forms that stay below it (M4) are fitted.")
-@click.option("--loss-space", type=click.Choice(LOSS_SPACES), default="log", show_default=True,
-              help="Residuals minimised: log loss, or log of the loss above the floor (M2/M4's own code).")
+@click.option("--loss-space", type=click.Choice(LOSS_SPACES), default="auto", show_default=True,
+              help="Residuals minimised: log loss; log(1 + loss) (BNSL's own code); log of the loss above the "
+                   "floor (M2/M4's own code); auto: log, and the chosen form also on log(1 + loss) if that "
+                   "predicts the held-out sizes better.")
 @click.option("--delta", type=click.FloatRange(min=0, min_open=True),
               help="Huber threshold on the residuals (inf: least squares) [default: 0.01; 1e-3 for N and D].")
 @click.option("--bootstrap", "n_bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
@@ -426,11 +428,14 @@ def _forms_table(report: FitReport) -> Any:
 
 
 def _heading(r: FitReport) -> str:
+    from scaletui.analysis.form_models import LOG
+
     what = f"{r.source}" + (f" ({r.group})" if r.group else "")
     rule = f"loss = {r.loss_label}" if r.loss_label else "loss from CSV"
     diverged = f", {r.n_diverged} diverged excluded" if r.n_diverged else ""
     boot = f", {r.boot.n_done} bootstrap resamples over {r.resample_unit or 'rows'}" if r.boot else ""
     how = {"forced": "forced", "held-out error": "chosen by held-out error"}.get(r.chosen_by, r.chosen_by)
+    how += "" if r.law.loss_space == LOG else f", fitted on {r.law.loss_space} residuals"
     return (f"{what}: L({r.x_name}) = {r.law.form}, {r.formula} ({how}); {rule}; {r.n_points} points, "
             f"{r.n_sizes} sizes{diverged}{boot}")
 

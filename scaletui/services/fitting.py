@@ -51,7 +51,16 @@ from scaletui.analysis.select import (
     extrapolation_rate,
     select_form,
 )
-from scaletui.analysis.solve import Bootstrap, FitOptions, FitStopped, LossSpec, bootstrap, default_loss
+from scaletui.analysis.solve import (
+    SPACES,
+    Bootstrap,
+    FitOptions,
+    FitStopped,
+    LossSpec,
+    bootstrap,
+    default_alt_spaces,
+    default_loss,
+)
 from scaletui.analysis.stability import Stability, exponent_stability
 from scaletui.core.rows import ExperimentRow, RunSummary
 from scaletui.core.specs import RunSpec
@@ -111,6 +120,7 @@ AUTO = "auto"
 FORM_ALIASES: dict[str, str] = {"offset": "M2", "power": "M1"}
 #: Every accepted `form`: auto, a form of analysis.forms, or an alias.
 FORMS: tuple[str, ...] = (AUTO, *LAW_FORMS, *FORM_ALIASES)
+LOSS_SPACES: tuple[str, ...] = (AUTO, *SPACES)  # `FitSpec.loss_space`
 
 
 class FitInputError(ValueError):
@@ -134,8 +144,10 @@ def form_name(name: str) -> str:
 class FitSpec:
     """The choices behind a fit: the same as `scaletui fit`'s flags and the fit pane's keys.
 
-    form: "auto" or a form's name (see `form_name`). loss_space / delta: the objective (delta None:
-    the measured default, `analysis.solve.default_loss`: 0.01 for one variable, 1e-3 for L(N, D)).
+    form: "auto" or a form's name (see `form_name`). loss_space / delta: the objective ("auto": log
+    residuals, and the chosen form also tried on log(1 + L) residuals, kept if it predicts the held-out
+    sizes better: `SelectOptions.alt_spaces`; delta None: the measured default,
+    `analysis.solve.default_loss`: 0.01 for one variable, 1e-3 for L(N, D)).
     upper_bound: the metric's known maximum (an error rate: 1), which only forms finite as x -> 0
     (M4) respect. predict: points to predict with a band: (x,) each, or (N, D) for L(N, D).
     """
@@ -148,7 +160,7 @@ class FitSpec:
     level: float = 0.9
     seed: int = 0
     stability: bool = True  # refit at every evaluation step (costs one small warm fit per step)
-    loss_space: str = "log"
+    loss_space: str = AUTO
     delta: float | None = None
     upper_bound: float | None = None
     predict: tuple[tuple[float, ...], ...] = ()
@@ -158,22 +170,27 @@ class FitSpec:
         return form_name(self.form)
 
     def loss(self, n_vars: int) -> LossSpec:
+        """The objective forms are fitted and compared with ("auto": the default's, "log")."""
+        default = default_loss(n_vars)
+        space = default.space if self.loss_space == AUTO else self.loss_space
         try:
-            return LossSpec(self.loss_space, default_loss(n_vars).delta if self.delta is None else self.delta)
+            return LossSpec(space, default.delta if self.delta is None else self.delta)
         except ValueError as exc:
-            raise FitInputError(str(exc)) from None
+            raise FitInputError(f"loss space: {exc}") from None
 
     def select_options(self, n_vars: int) -> SelectOptions:
-        """How forms are fitted and compared for a curve of `n_vars` variables."""
+        """How forms are fitted and compared for a curve of `n_vars` variables: with loss_space "auto",
+        the chosen form is also tried in the default's other residual spaces (`default_alt_spaces`)."""
         name = self.form_name
         fit = FitOptions(loss=self.loss(n_vars), upper_bound=self.upper_bound)
-        return SelectOptions(forms=DEFAULT_FORMS if name == AUTO else (name,), fit=fit)
+        alt = default_alt_spaces(n_vars) if self.loss_space == AUTO else ()
+        return SelectOptions(forms=DEFAULT_FORMS if name == AUTO else (name,), fit=fit, alt_spaces=alt)
 
     def options_json(self, n_vars: int = 1) -> dict[str, Any]:
         """What `fits.options_json` keeps: enough to refit the same way."""
         loss = self.loss(n_vars)
         return {"form": self.form_name, "group_by": self.group_by, "n_bootstrap": self.n_bootstrap,
-                "level": self.level, "seed": self.seed, "loss_space": loss.space, "delta": loss.delta,
+                "level": self.level, "seed": self.seed, "loss_space": self.loss_space, "delta": loss.delta,
                 "upper_bound": self.upper_bound, "predict": [list(p) for p in self.predict]}
 
 
@@ -400,7 +417,8 @@ def _select(curve: _Curve, spec: FitSpec, stop: StopCheck | None) -> tuple[FormS
     selection = select_form(curve.xs, curve.loss, opts, stop)
     if selection.best is None or selection.best.law is None:
         raise _no_law(curve.what, selection)
-    return selection.best, selection, opts
+    law = selection.best.law  # its bootstrap and band refit it on the residuals it was chosen with
+    return selection.best, selection, replace(opts, fit=replace(opts.fit, loss=LossSpec(law.loss_space, law.delta)))
 
 
 def _selection_warnings(selection: Selection) -> list[str]:

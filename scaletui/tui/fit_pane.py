@@ -41,6 +41,7 @@ from textual.widgets import DataTable, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 from textual_plotext import PlotextPlot
 
+from scaletui.analysis.form_models import LOG
 from scaletui.analysis.forms import ONE_VARIABLE_FORMS, predict
 from scaletui.analysis.strategies import DEPTH, WIDTH
 from scaletui.core.rows import PredictionRow
@@ -427,7 +428,8 @@ class FitPane(Widget, can_focus=True):
         diverged = f", {r.n_diverged} diverged excluded" if r.n_diverged else ""
         boot = (f"{PANE_BOOTSTRAP} bootstrap resamples, 90% intervals" if complete
                 else "bootstrap running: intervals and band follow")
-        return (f"{r.source}: {r.formula}, x = {r.x_name} ({r.law.form}, {r.chosen_by}); loss = {r.loss_label}; "
+        space = "" if r.law.loss_space == LOG else f", {r.law.loss_space} residuals"
+        return (f"{r.source}: {r.formula}, x = {r.x_name} ({r.law.form}, {r.chosen_by}{space}); loss = {r.loss_label}; "
                 f"{r.n_points} runs, {r.n_sizes} sizes{diverged}; {boot}")
 
     def _show_table(self, reports: tuple[FitReport, ...]) -> None:

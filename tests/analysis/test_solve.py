@@ -15,7 +15,7 @@ from formdata import EPOCH, SIZES, TRUE, noisy
 from scipy.optimize import lsq_linear, minimize
 
 from scaletui.analysis.form_models import Data, model, nnls_small, normal_equations
-from scaletui.analysis.forms import law_values
+from scaletui.analysis.forms import law_values, predict
 from scaletui.analysis.solve import (
     FitOptions,
     LossSpec,
@@ -120,6 +120,36 @@ def test_loss_space_log_excess_recovers_a_noiseless_offset_law() -> None:
     assert law.loss_space == "log_excess"
     for key, want in TRUE["M2"].items():
         assert law.params[key] == pytest.approx(want, rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["M1", "M2", "M4", "BNSL1"])
+def test_loss_space_log1p_minimises_the_squared_log_of_one_plus_the_loss(name: str) -> None:
+    """"log1p" (Caballero et al.'s objective) on seeds that share their sizes: the objective is the
+    mean squared log error computed directly, no bounded L-BFGS-B run from the answer improves it,
+    and noiseless data gives the true parameters back."""
+    x, y = noisy(name, sizes=np.geomspace(1e3, 1e7, 32) if name == "BNSL1" else SIZES)
+    x, y = np.repeat(x, 3), np.repeat(y, 3) * np.tile([0.99, 1.0, 1.01], x.size)  # seeds: Distinct points
+    options = FitOptions(loss=LossSpec("log1p", math.inf))
+    law = fit_law(name, x, y, options=options)
+    assert law.loss_space == "log1p"
+    direct = 0.5 * float(np.sum((np.log1p(predict(law, x)) - np.log1p(y)) ** 2))
+    assert law.objective == pytest.approx(direct, rel=1e-9)
+    m, data = prepare(name, x, y)
+    w = np.ones((1, x.size))
+    fits = fit_rows(m, data, w, options)
+    lo, hi = m.bounds(data, w, "log")
+
+    def value(theta: np.ndarray) -> float:
+        r, _ = m.residuals(theta[None], data, "log")
+        return 0.5 * float(np.sum((np.log1p(np.exp(r[0] + data.logy)) - np.log1p(y)) ** 2))
+
+    with np.errstate(all="ignore"):
+        res = minimize(value, fits.theta[0], method="L-BFGS-B", bounds=list(zip(lo[0], hi[0], strict=True)),
+                       options={"ftol": 1e-15, "gtol": 1e-14, "maxiter": 5000})
+    assert fits.value[0] <= res.fun * (1 + 1e-9)
+    clean = fit_law(name, SIZES, law_values(name, TRUE[name], SIZES), options=options) if name != "BNSL1" else None
+    for key, want in (TRUE[name].items() if clean is not None else ()):
+        assert clean.params[key] == pytest.approx(want, rel=1e-3), key
 
 
 def test_a_weight_of_zero_is_the_same_as_leaving_the_point_out() -> None:
