@@ -199,9 +199,17 @@ def test_run_options_override_the_executor_keys(tmp_path: Path) -> None:
         with_executor(sweep, "local", "auto")
 
 
-def test_ray_refuses_entrypoint_sweeps_for_now(tmp_path: Path) -> None:
+def test_entrypoint_sweeps_run_on_ray_from_the_file_or_the_options(tmp_path: Path) -> None:
+    from scaletui.core.config import with_executor
+
     train = tmp_path / "train.py"
     train.write_text("def main(config, run):\n    pass\n")
-    doc = {"experiment": {"name": "own", "executor": "ray"}, "train": {"entrypoint": "train.py:main", "steps": 10}}
-    with pytest.raises(ConfigError, match=r'experiment.executor: "ray" does not run train.entrypoint sweeps yet'):
-        build_sweep(doc, tmp_path / "experiments.toml")
+    doc = {"experiment": {"name": "own", "executor": "ray", "ray_address": "127.0.0.1:6379"},
+           "train": {"entrypoint": "train.py:main", "steps": 10}}
+    sweep = build_sweep(doc, tmp_path / "experiments.toml")
+    assert (sweep.executor, sweep.ray_address) == ("ray", "127.0.0.1:6379")
+    assert sweep.entrypoint is not None and sweep.entrypoint.target == "train.py:main"
+    local = build_sweep({**doc, "experiment": {"name": "own"}}, tmp_path / "experiments.toml")
+    joined = with_executor(local, None, "10.0.0.5:6379")  # --ray-address alone
+    assert (joined.executor, joined.ray_address, joined.entrypoint) == ("ray", "10.0.0.5:6379", local.entrypoint)
+    assert with_executor(local, "ray", None).executor == "ray"

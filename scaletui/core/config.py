@@ -336,7 +336,7 @@ def build_sweep(
     else:
         _check_builtin_loss(exp, err)
     grid = _collect_axes(sections, err)  # checks the experiment keys' values too
-    executor = _executor(exp, entrypoint is not None, err)
+    executor = _executor(exp, err)
     grid.update(_collect_user_axes(user, err))
     zips = _check_zip(exp.get("zip", []), grid, err)
     max_runs = exp.get("max_runs", MAX_RUNS_DEFAULT)
@@ -379,16 +379,12 @@ def build_sweep(
 # ---------------------------------------------------------------------------
 # Where the runs train: experiment.executor, ray_address, max_retries
 # ---------------------------------------------------------------------------
-def _executor(exp: Mapping[str, Any], has_entrypoint: bool, err: _Errors) -> ExecutorKind:
+def _executor(exp: Mapping[str, Any], err: _Errors) -> ExecutorKind:
     """The sweep's executor (its keys' values are checked already); a Ray-only key without it is an error, so
     nobody believes it applies."""
     executor = ExecutorKind(exp.get("executor", EXPERIMENT_KEYS["executor"].default))
-    if executor is not ExecutorKind.RAY:
-        if "ray_address" in exp:
-            raise err.at("experiment.ray_address", 'is only used with executor = "ray"')
-        return executor
-    if has_entrypoint:
-        raise err.at("experiment.executor", '"ray" does not run train.entrypoint sweeps yet; use "local"')
+    if executor is not ExecutorKind.RAY and "ray_address" in exp:
+        raise err.at("experiment.ray_address", 'is only used with executor = "ray"')
     return executor
 
 
@@ -402,8 +398,6 @@ def with_executor(sweep: Sweep, executor: str | None, address: str | None) -> Sw
         if executor == ExecutorKind.LOCAL:
             raise ConfigError('--ray-address: is only used with --executor ray')
     kind = ExecutorKind(executor) if executor else ExecutorKind.RAY if address else sweep.executor
-    if kind is ExecutorKind.RAY and sweep.entrypoint is not None:
-        raise ConfigError('--executor: "ray" does not run train.entrypoint sweeps yet; use "local"')
     return replace(sweep, executor=kind, ray_address=address if address is not None else sweep.ray_address)
 
 

@@ -12,6 +12,10 @@ How a run ends is decided here, from what the function did:
   when it returned because it was asked to stop (`run.should_stop`): a later sweep resumes it;
 * it raised: `failed` with the exception's first line; the worker and the sweep go on;
 * the database refused its records: `StoreWriteFailed`, which stops the sweep (as built-in runs do).
+
+Where the run's state and records go is its *ledger*: the database file from a local worker
+(`LocalLedger`), or the Ray executor's writer from a Ray node, which writes them with the same store
+code (`record_end` here, `OwnRunSink` there).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from scaletui.core.config import Entrypoint, Sweep
 from scaletui.core.records import RunOutcome, StopSignal
@@ -35,8 +39,15 @@ from scaletui.core.rows import ExperimentLoss
 from scaletui.core.specs import RunSpec
 from scaletui.core.thresholds import Thresholds
 from scaletui.core.vocabulary import RunSource, RunStatus
-from scaletui.services.own_records import RunStorageError, canonical_config, default_label, own_outcome, own_run_row
-from scaletui.services.own_run import RunHandle
+from scaletui.services.own_records import (
+    RunStorageError,
+    RunStore,
+    canonical_config,
+    default_label,
+    own_outcome,
+    own_run_row,
+)
+from scaletui.services.own_run import RunHandle, attached_run
 from scaletui.store.errors import StoreWriteFailed
 from scaletui.store.reader import Reader
 from scaletui.store.writer import Store, default_host
@@ -158,7 +169,7 @@ def _import_module(entrypoint: Entrypoint) -> Any:
     return importlib.import_module(entrypoint.module)
 
 
-class ReportingHandle(RunHandle):
+class ReportingHandle(RunHandle[RunStore]):
     """A RunHandle that also tells the runner how far the run is (for progress bars), at most every
     PROGRESS_INTERVAL_S: one clock read per `log` call."""
 
@@ -186,18 +197,65 @@ def checkpoint_folder(checkpoint_dir: Path, database_id: str, key: str) -> Path:
     return Path(checkpoint_dir) / database_id / key
 
 
-def start_run(db: Path, run_id: int, stop: StopSignal, folder: Path, progress: Progress | None,
+class RunLedger(Protocol):
+    """Where an entrypoint run's state and records go: `LocalLedger` (the database file, from a local
+    worker) or, on a Ray node, the executor's writer (services/ray_executor.py `ShippedLedger`)."""
+
+    def mark_running(self, run_id: int, pid: int, host: str) -> None: ...
+
+    def attach(self, run_id: int, stop: StopSignal, folder: Path, thresholds: Thresholds | None
+               ) -> ReportingHandle: ...
+
+    def end(self, handle: ReportingHandle, status: RunStatus, error: str | None) -> RunOutcome: ...
+
+
+class LocalLedger:
+    """An entrypoint run's database is the file at `db`, which this process opens itself."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = Path(db)
+        self._store: Store | None = None  # the attached handle's, closed at the run's end
+
+    def mark_running(self, run_id: int, pid: int, host: str) -> None:
+        with Store(self.db) as store:
+            store.mark_running(run_id, pid, host)
+
+    def attach(self, run_id: int, stop: StopSignal, folder: Path, thresholds: Thresholds | None
+               ) -> ReportingHandle:
+        self._store = Store(self.db)
+        return ReportingHandle.on(self._store, attached_run(self.db, run_id), stop=stop, checkpoint_dir=folder,
+                                  thresholds=thresholds)
+
+    def end(self, handle: ReportingHandle, status: RunStatus, error: str | None) -> RunOutcome:
+        with self._store or Store(self.db) as store:  # the handle's own store, closed with the run
+            return record_end(store, handle.id, handle.loss, status, error)
+
+
+def record_end(store: Store, run_id: int, loss: ExperimentLoss, status: RunStatus, error: str | None
+               ) -> RunOutcome:
+    """Mark the run's end in `store`, with its loss from what the database holds (see `own_outcome`)."""
+    with Reader(store.path) as reader:
+        outcome = own_outcome(reader, run_id, loss, status, error)
+    if status is RunStatus.FAILED:
+        store.mark_failed(run_id, error or "")
+    elif status is RunStatus.INTERRUPTED:
+        store.mark_interrupted(run_id, error or "stopped")
+    else:
+        store.finish_own_run(run_id, outcome, loss.metric)
+    return outcome
+
+
+def start_run(ledger: RunLedger, run_id: int, stop: StopSignal, folder: Path, progress: Progress | None,
               thresholds: Thresholds | None = None) -> ReportingHandle:
     """Mark the run running in this process and attach a handle to it (its folder made)."""
-    with Store(db) as store:
-        store.mark_running(run_id, os.getpid(), socket.gethostname())
+    ledger.mark_running(run_id, os.getpid(), socket.gethostname())
     folder.mkdir(parents=True, exist_ok=True)
-    handle = ReportingHandle.attach(db, run_id, stop=stop, checkpoint_dir=folder, thresholds=thresholds)
+    handle = ledger.attach(run_id, stop, folder, thresholds)
     handle.progress = progress
     return handle
 
 
-def run_entry(handle: RunHandle, entrypoint: Entrypoint) -> RunOutcome:
+def run_entry(handle: ReportingHandle, entrypoint: Entrypoint, ledger: RunLedger) -> RunOutcome:
     """Call the user's function on the run and record how it ended (see the module docstring)."""
     try:
         function = load_entrypoint(entrypoint)
@@ -205,33 +263,20 @@ def run_entry(handle: RunHandle, entrypoint: Entrypoint) -> RunOutcome:
     except Exception as exc:
         log.debug("run %s failed:\n%s", handle.id, traceback.format_exc())
         _close(handle)
-        return _end(handle, RunStatus.FAILED, describe(exc))
+        return ledger.end(handle, RunStatus.FAILED, describe(exc))
     _close(handle)
     if handle.should_stop:
         where = f"at step {handle.step}" if handle.step is not None else "before any step"
-        return _end(handle, RunStatus.INTERRUPTED, f"stopped {where}")
-    return _end(handle, RunStatus.DONE, None)
+        return ledger.end(handle, RunStatus.INTERRUPTED, f"stopped {where}")
+    return ledger.end(handle, RunStatus.DONE, None)
 
 
-def _close(handle: RunHandle) -> None:
+def _close(handle: ReportingHandle) -> None:
     """Write everything the run logged; a database that refuses it stops the sweep."""
     try:
         handle.close()
     except RunStorageError as exc:
         raise StoreWriteFailed(handle.store.path, str(exc)) from exc
-
-
-def _end(handle: RunHandle, status: RunStatus, error: str | None) -> RunOutcome:
-    with Reader(handle.store.path) as reader:
-        outcome = own_outcome(reader, handle.id, handle.loss, status, error)
-    with handle.store as store:  # the handle's own store, closed with the run
-        if status is RunStatus.FAILED:
-            store.mark_failed(handle.id, error or "")
-        elif status is RunStatus.INTERRUPTED:
-            store.mark_interrupted(handle.id, error or "stopped")
-        else:
-            store.finish_own_run(handle.id, outcome, handle.loss.metric)
-    return outcome
 
 
 def describe(exc: BaseException) -> str:

@@ -27,10 +27,10 @@ import numbers
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from scaletui.core.records import Alert, LayerStats, MetricRecord, RunOutcome
 from scaletui.core.rows import ExperimentLoss
@@ -39,7 +39,7 @@ from scaletui.core.vocabulary import AlertKind, DebiasedEma, RunSource, RunStatu
 from scaletui.store.alerts import alert_subject
 from scaletui.store.reader import Reader
 from scaletui.store.schema import HYPERPARAMETERS
-from scaletui.store.writer import OwnRunRow, OwnRunSink, Store
+from scaletui.store.writer import OwnRunRow, OwnRunSink
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,47 @@ MAX_PENDING = 100_000  # log calls waiting to be written before `log` waits for 
 DIAGNOSE_EVERY_S = 5.0  # detectors run at most this often, and take at most ~2% of one core
 TRAIN_TAIL = 25  # final_train_loss: the mean of this many last train losses (as the built-in loop's window)
 _DIAGNOSED = ("train_loss", "test_loss", "test_acc", "train_acc")
+
+
+# --------------------------------------------------------------------------- where a run's records go
+
+
+class RunStore(Protocol):
+    """What a run handle writes besides its records: its sizes and its live alerts. The database's
+    `Store` on this machine; on a Ray node, the executor's stand-in that sends them to its writer."""
+
+    @property
+    def path(self) -> Path: ...
+
+    def set_sizes(self, run_id: int, sizes: Mapping[str, int]) -> None: ...
+
+    def sync_alerts(self, experiment_id: int, alerts: Sequence[Alert], subjects: Iterable[str] = ()) -> int: ...
+
+
+class RunSink(Protocol):
+    """Where `RecordWriter`'s thread puts one run's records: everything given before a `flush` is
+    written by it, in one transaction (`LocalRunSink`: the database file here; on a Ray node, a batch
+    shipped to the executor's writer, which writes it with `OwnRunSink` in one transaction there)."""
+
+    def metrics(self, rows: Sequence[MetricRecord]) -> None: ...
+
+    def layer_stats(self, rows: Sequence[LayerStats]) -> None: ...
+
+    def queue_event(self, kind: str, message: str) -> None: ...
+
+    def replace_from(self, step: int) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def release(self) -> None:
+        """Let go of the destination after the last flush (writes nothing more)."""
+
+
+class LocalRunSink(OwnRunSink):
+    """The run's records straight into the database file on this machine."""
+
+    def release(self) -> None:
+        self.db.close()
 
 
 # --------------------------------------------------------------------------- errors
@@ -206,7 +247,7 @@ class RunDiagnoser:
     loop's `train_loss`, else the experiment's loss metric when lower is better (a `cost` logged every
     step: its NaN or blow-up is a divergence too)."""
 
-    def __init__(self, store: Store, experiment_id: int, run_id: int, loss: ExperimentLoss, facts: RunFacts,
+    def __init__(self, store: RunStore, experiment_id: int, run_id: int, loss: ExperimentLoss, facts: RunFacts,
                  thresholds: Thresholds | None = None) -> None:
         self.store, self.experiment_id, self.run_id, self.facts = store, experiment_id, run_id, facts
         self.thresholds = thresholds  # a sweep's [diagnostics]; None: the documented defaults
@@ -284,10 +325,11 @@ class RecordWriter:
 
     def __init__(self, db_path: str | Path, run_id: int, *, diagnoser: RunDiagnoser | None = None,
                  flush_seconds: float = FLUSH_SECONDS, heartbeat_seconds: float = HEARTBEAT_SECONDS,
-                 max_pending: int = MAX_PENDING) -> None:
+                 max_pending: int = MAX_PENDING, sink: RunSink | None = None) -> None:
         self.path = Path(db_path)
         self.run_id = run_id
-        self._sink = OwnRunSink(self.path, run_id)  # opened here: a database it cannot open fails at the call
+        # opened here: a database it cannot open fails at the call
+        self._sink: RunSink = sink if sink is not None else LocalRunSink(self.path, run_id)
         self._diagnoser = diagnoser
         self._flush_seconds, self._heartbeat_seconds, self._max_pending = flush_seconds, heartbeat_seconds, max_pending
         self._queue: deque[tuple[int, Any]] = deque()
@@ -413,6 +455,6 @@ class RecordWriter:
 
     def _close_sink(self) -> None:
         try:
-            self._sink.db.close()
+            self._sink.release()
         except Exception:
             log.debug("run %s: closing the sink failed", self.run_id, exc_info=True)

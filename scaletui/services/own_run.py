@@ -1,8 +1,9 @@
 """A handle on one run of your own training loop: `log`, `watch`, `summary`, `flush`, `close`.
 
-`scaletui.init` returns one (with a lifecycle around it: statuses, signals); the runner will hand one,
+`scaletui.init` returns one (with a lifecycle around it: statuses, signals); the runner hands one,
 bound to a run it registered, its stop signal and its checkpoint folder, to a `train.entrypoint`
-function. Either way the handle guarantees the same things:
+function, on this machine or on a Ray node (where what it writes travels to the executor's writer).
+Either way the handle guarantees the same things:
 
 * Bad input fails at the call site, before anything is queued: a metric name that is not one line of
   text or clashes with a reserved name (`ReservedMetricKey`), a value that is not a number
@@ -34,13 +35,14 @@ import sys
 import time
 import weakref
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from scaletui.core.records import LayerStats, MetricRecord, StopSignal
 from scaletui.core.rows import ExperimentLoss
 from scaletui.core.thresholds import Thresholds
-from scaletui.services.own_records import RecordWriter, RunDiagnoser, RunFacts, RunStorageError
+from scaletui.services.own_records import RecordWriter, RunDiagnoser, RunFacts, RunSink, RunStorageError, RunStore
 from scaletui.store.reader import Reader
 from scaletui.store.writer import SIZE_COLUMNS, Store
 
@@ -79,16 +81,48 @@ class RunClosed(RuntimeError):
     """The run handle was used after its run ended."""
 
 
-_Handle = TypeVar("_Handle", bound="RunHandle")
+StoreT = TypeVar("StoreT", bound=RunStore)
+_Handle = TypeVar("_Handle", bound="RunHandle[Any]")
 
 
-class RunHandle:
-    """One run of your own loop, already registered and running; see the module docstring."""
+@dataclass(frozen=True)
+class AttachedRun:
+    """What a handle on a run someone else registered starts from, read from the database (picklable:
+    on a Ray node the executor's writer reads it and sends it to the worker)."""
 
-    def __init__(self, store: Store, run_id: int, *, experiment: str, experiment_id: int, key: str, label: str,
+    run_id: int
+    experiment: str
+    experiment_id: int
+    key: str
+    label: str
+    config: Mapping[str, Any]
+    loss: ExperimentLoss
+    last_step: int | None
+
+
+def attached_run(db_path: str | Path, run_id: int) -> AttachedRun:
+    """The registered run `run_id` as a handle needs it (ValueError when there is none with an experiment)."""
+    with Reader(db_path) as reader:
+        row = reader.run(run_id)
+        if row is None or row.experiment is None:
+            raise ValueError(f"{db_path}: no run {run_id} with an experiment")
+        experiment = next(e for e in reader.experiments() if e.name == row.experiment)
+        config = reader.user_config(run_id) or {}
+    loss = ExperimentLoss(experiment.loss_metric, experiment.higher_is_better, experiment.loss_rule)
+    return AttachedRun(run_id, experiment.name, experiment.id, row.key, row.label, config, loss, row.step)
+
+
+class RunHandle(Generic[StoreT]):
+    """One run of your own loop, already registered and running; see the module docstring.
+
+    `store` takes the run's sizes and alerts, `sink` its records (default: the database file at
+    `store.path`, through a `LocalRunSink`); a Ray worker passes stand-ins for both that send them to
+    the executor's writer (services/ray_executor.py)."""
+
+    def __init__(self, store: StoreT, run_id: int, *, experiment: str, experiment_id: int, key: str, label: str,
                  config: Mapping[str, Any], loss: ExperimentLoss, last_step: int | None,
                  stop: StopSignal | None = None, checkpoint_dir: Path | None = None,
-                 thresholds: Thresholds | None = None) -> None:
+                 thresholds: Thresholds | None = None, sink: RunSink | None = None) -> None:
         self.store, self.id, self.key, self.label = store, run_id, key, label
         self.experiment, self.experiment_id, self.loss = experiment, experiment_id, loss
         self.config: Mapping[str, Any] = dict(config)
@@ -97,7 +131,7 @@ class RunHandle:
         self._stop = stop
         self._facts = _facts(config)
         diagnoser = RunDiagnoser(store, experiment_id, run_id, loss, self._facts, thresholds)
-        self._writer = RecordWriter(store.path, run_id, diagnoser=diagnoser)
+        self._writer = RecordWriter(store.path, run_id, diagnoser=diagnoser, sink=sink)
         self._step: int | None = None  # the last step logged through this handle
         self._keys_ok: set[str] = set()
         self._deferred: list[tuple[int, str, Any]] = []  # (step, key, accelerator tensor)
@@ -110,16 +144,17 @@ class RunHandle:
                checkpoint_dir: Path | None = None, thresholds: Thresholds | None = None) -> _Handle:
         """A handle on a run someone else registered and marked running (the runner, for an entrypoint):
         it writes the run's records and sizes, and changes nothing about its status."""
-        with Reader(db_path) as reader:
-            row = reader.run(run_id)
-            if row is None or row.experiment is None:
-                raise ValueError(f"{db_path}: no run {run_id} with an experiment")
-            experiment = next(e for e in reader.experiments() if e.name == row.experiment)
-            config = reader.user_config(run_id) or {}
-        loss = ExperimentLoss(experiment.loss_metric, experiment.higher_is_better, experiment.loss_rule)
-        return cls(Store(db_path), run_id, experiment=experiment.name, experiment_id=experiment.id, key=row.key,
-                   label=row.label, config=config, loss=loss, last_step=row.step, stop=stop,
-                   checkpoint_dir=checkpoint_dir, thresholds=thresholds)
+        return cls.on(Store(db_path), attached_run(db_path, run_id), stop=stop, checkpoint_dir=checkpoint_dir,
+                      thresholds=thresholds)
+
+    @classmethod
+    def on(cls: type[_Handle], store: RunStore, run: AttachedRun, *, stop: StopSignal | None = None,
+           checkpoint_dir: Path | None = None, thresholds: Thresholds | None = None,
+           sink: RunSink | None = None) -> _Handle:
+        """A handle on `run`, writing through `store` (and `sink`, when not the database file here)."""
+        return cls(store, run.run_id, experiment=run.experiment, experiment_id=run.experiment_id, key=run.key,
+                   label=run.label, config=run.config, loss=run.loss, last_step=run.last_step, stop=stop,
+                   checkpoint_dir=checkpoint_dir, thresholds=thresholds, sink=sink)
 
     # ----------------------------------------------------------------- what a loop calls
 

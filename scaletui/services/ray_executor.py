@@ -26,16 +26,24 @@ Shape, and why:
 - **Stop.** The driver's stop (Ctrl-C) is a flag in the writer, answered with every shipment: runs
   flush, checkpoint and become `interrupted`, as with local workers. A killed driver takes its Ray job
   with it; the next sweep reaps its runs as today (dead pids on this host, no heartbeat elsewhere).
+  The app's stop of one run (`k`) reaches a worker on the app's machine as a local worker's does (a
+  request file, then SIGUSR1, which the worker handles); one on another machine, through the
+  database: the app leaves a request in `stop_requests`, the writer reads it (at most every
+  STOP_POLL_S) and names the run in its next answer to that run's worker, which stops exactly it.
+- **Entrypoint runs** (`train.entrypoint`) run the user's function on the node with the same run
+  handle as on a local worker, whose records, sizes, alerts and end go to the writer instead of the
+  file (`ShippedLedger`), written there with the store's code (`OwnRunSink`, `record_end`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -46,10 +54,13 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 import scaletui
 from scaletui.core.config import Sweep
-from scaletui.core.records import LayerStats, MetricRecord, ModelInfo, RunOutcome, StopSignal
+from scaletui.core.records import Alert, LayerStats, MetricRecord, ModelInfo, RunOutcome, StopSignal
+from scaletui.core.rows import ExperimentLoss
 from scaletui.core.specs import RunSpec
+from scaletui.core.thresholds import Thresholds
 from scaletui.core.vocabulary import RAY_ADDRESS_AUTO, Device, RunEventKind, RunStatus
 from scaletui.services.runner import STOP_GRACE_S, ClusterUnusable, RunEvent, Task, WorkerConfig, run_task
+from scaletui.store.stop_requests import StopRequests
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +224,26 @@ class Shipment:
     events: tuple[tuple[str, str], ...] = ()
 
 
+@dataclass(frozen=True)
+class OwnShipment:
+    """A batch of one entrypoint run's records (what its handle's writer thread flushes at once), to be
+    written in one transaction by the writer's `OwnRunSink`, as a local run's `LocalRunSink` would."""
+
+    metrics: tuple[MetricRecord, ...] = ()
+    layers: tuple[LayerStats, ...] = ()
+    events: tuple[tuple[str, str], ...] = ()
+    replace_from: int | None = None  # a resumed loop restarted here: the run's records from it on go first
+
+
+@dataclass(frozen=True)
+class StopNews:
+    """The writer's answer to a worker's shipment or stop question: stop everything (the sweep stops,
+    or the attempt is no longer current), and which of the attempt's runs the app asked to stop."""
+
+    everything: bool = False
+    runs: frozenset[int] = frozenset()
+
+
 class Superseded(RuntimeError):
     """The writer refused a worker: the driver gave its attempt up (and may have started another)."""
 
@@ -233,10 +264,19 @@ class RecordWriter:
         self.attempts: dict[int, int] = {}  # run id -> the attempt allowed to write it
         self.events: list[RunEvent] = []
         self.stopping = False
+        self.requests = StopRequests(self.db)  # the app's `k` on runs it cannot signal
+        self.requested: set[int] = set()  # runs with a stop request, as last read
+        self._requests_read_at = -float("inf")
+        self.expected: set[int] = set()  # runs this writer has seen started
 
     # --- the driver's side
     def expect(self, run_ids: Sequence[int], attempt: int) -> None:
-        """`attempt` is about to start these runs: from now on only it may write them."""
+        """`attempt` is about to start these runs: from now on only it may write them. A stop request
+        left before this sweep first started a run is moot (the run was not running then); one made
+        since stays, so a retried run is stopped too."""
+        first = [run_id for run_id in run_ids if run_id not in self.expected]
+        self.expected.update(first)
+        self._answered(first)
         for run_id in run_ids:
             self._close(run_id)
             self.attempts[run_id] = attempt
@@ -254,9 +294,6 @@ class RecordWriter:
     def stop_all(self) -> None:
         self.stopping = True
 
-    def is_stopping(self) -> bool:
-        return self.stopping
-
     def take_events(self) -> list[RunEvent]:
         events, self.events = self.events, []
         return events
@@ -265,6 +302,7 @@ class RecordWriter:
         for run_id in list(self.sinks):
             self._close(run_id)
         self.store.close()
+        self.requests.close()
 
     # --- the workers' side
     def mark_running(self, run_id: int, attempt: int, pid: int, host: str) -> None:
@@ -275,15 +313,24 @@ class RecordWriter:
         self._allowed(run_id, attempt)
         return self.store.recorded_step(run_id)
 
-    def started(self, run_id: int, attempt: int, info: ModelInfo, resumed_from: int) -> bool:
+    def started(self, run_id: int, attempt: int, info: ModelInfo, resumed_from: int) -> StopNews:
         self._sink(run_id, attempt).started(info, resumed_from)
-        return self.stopping
+        return self.stop_news(attempt)
 
-    def write(self, run_id: int, attempt: int, shipment: Shipment) -> bool:
-        """Write a batch in one transaction; True tells the worker to stop (the sweep stops, or its
-        attempt is no longer current: then nothing is written)."""
+    def stop_news(self, attempt: int) -> StopNews:
+        """What the worker of `attempt` must stop: everything when the sweep stops, and its runs the
+        app asked to stop (the requests table is read at most every STOP_POLL_S)."""
+        if time.monotonic() - self._requests_read_at >= STOP_POLL_S:
+            self._requests_read_at = time.monotonic()
+            self.requested = self.requests.pending()
+        runs = frozenset(run_id for run_id in self.requested if self.attempts.get(run_id) == attempt)
+        return StopNews(self.stopping, runs)
+
+    def write(self, run_id: int, attempt: int, shipment: Shipment) -> StopNews:
+        """Write a batch in one transaction; the answer says what to stop (everything when its attempt
+        is no longer current: then nothing is written)."""
         if self.attempts.get(run_id) != attempt:
-            return True
+            return StopNews(everything=True)
         sink = self._sink(run_id, attempt)
         sink.metrics(shipment.metrics)  # buffered: this sink flushes only when told
         sink.layer_stats(shipment.layers)
@@ -291,17 +338,62 @@ class RecordWriter:
             sink.event(kind, message)  # flushes the rows with it
         if not shipment.events:
             sink.flush()
-        return self.stopping
+        return self.stop_news(attempt)
 
     def finish_run(self, run_id: int, attempt: int, outcome: RunOutcome) -> None:
         self._allowed(run_id, attempt)
         self._close(run_id)
         self.store.finish_run(run_id, outcome)
+        self._answered([run_id])
 
     def mark_failed(self, run_id: int, attempt: int, error: str) -> None:
         self._allowed(run_id, attempt)
         self._close(run_id)
         self.store.mark_failed(run_id, error)
+        self._answered([run_id])
+
+    # --- the workers' side, for an entrypoint run (its handle's store, sink and end)
+    def own_run(self, run_id: int, attempt: int) -> Any:
+        """What the run's handle starts from (`own_run.AttachedRun`), as a local worker reads it."""
+        from scaletui.services.own_run import attached_run
+
+        self._allowed(run_id, attempt)
+        return attached_run(self.db, run_id)
+
+    def set_sizes(self, run_id: int, attempt: int, sizes: dict[str, int]) -> None:
+        self._allowed(run_id, attempt)
+        self.store.set_sizes(run_id, sizes)
+
+    def sync_alerts(self, run_id: int, attempt: int, experiment_id: int, alerts: Sequence[Alert],
+                    subjects: Sequence[str]) -> int:
+        self._allowed(run_id, attempt)
+        return self.store.sync_alerts(experiment_id, alerts, subjects)
+
+    def write_own(self, run_id: int, attempt: int, shipment: OwnShipment) -> StopNews:
+        """`write` for an entrypoint run: one transaction of its `OwnRunSink` (which replaces the
+        records of a resumed run from where it restarted, in that same transaction)."""
+        if self.attempts.get(run_id) != attempt:
+            return StopNews(everything=True)
+        sink = self._sink(run_id, attempt, own=True)
+        if shipment.replace_from is not None:
+            sink.replace_from(shipment.replace_from)
+        sink.metrics(shipment.metrics)
+        sink.layer_stats(shipment.layers)
+        for kind, message in shipment.events:
+            sink.queue_event(kind, message)
+        sink.flush()
+        return self.stop_news(attempt)
+
+    def end_own_run(self, run_id: int, attempt: int, loss: ExperimentLoss, status: RunStatus, error: str | None
+                    ) -> RunOutcome:
+        """Record how an entrypoint run ended, as `entrypoint.LocalLedger.end` does on a local worker."""
+        from scaletui.services.entrypoint import record_end
+
+        self._allowed(run_id, attempt)
+        self._close(run_id)
+        outcome = record_end(self.store, run_id, loss, status, error)
+        self._answered([run_id])
+        return outcome
 
     def post(self, attempt: int, event: RunEvent) -> None:
         """An event for the driver's front end (started, progress, finished), unless its attempt is over."""
@@ -316,12 +408,13 @@ class RecordWriter:
         if self.attempts.get(run_id) != attempt:
             raise Superseded(f"run {run_id}: attempt {attempt} is no longer current")
 
-    def _sink(self, run_id: int, attempt: int) -> Any:
-        from scaletui.store.writer import StoreSink
+    def _sink(self, run_id: int, attempt: int, own: bool = False) -> Any:
+        from scaletui.store.writer import OwnRunSink, StoreSink
 
         self._allowed(run_id, attempt)
         if run_id not in self.sinks:  # it flushes only when told: one transaction per shipment
-            self.sinks[run_id] = StoreSink(self.db, run_id, flush_rows=2**62, flush_seconds=float("inf"))
+            self.sinks[run_id] = (OwnRunSink(self.db, run_id) if own
+                                  else StoreSink(self.db, run_id, flush_rows=2**62, flush_seconds=float("inf")))
         return self.sinks[run_id]
 
     def _close(self, run_id: int) -> None:
@@ -329,20 +422,50 @@ class RecordWriter:
         if sink is not None:
             sink.close()
 
+    def _answered(self, run_ids: Sequence[int]) -> None:
+        """These runs ended (or start afresh): their stop requests, if any, are answered or moot."""
+        asked = self.requests.pending() & set(run_ids)  # a small table, read only when runs end
+        if asked:
+            self.requests.drop(asked)
+            self.requested -= asked
+
 
 # ---------------------------------------------------------------------------
 # Inside a Ray worker
 # ---------------------------------------------------------------------------
 class WriterClient:
     """A Ray worker's line to the writer, for one attempt of one task: the `store` and the sinks
-    `runner.run_task` records through, the pipe its events go through, and the stop its runs watch."""
+    `runner.run_task` records through, the pipe its events go through, and the stop its runs watch.
 
-    def __init__(self, writer: Any, attempt: int) -> None:
+    A run stops when the sweep stops (Ctrl-C on the driver) or its attempt is fenced, both said by the
+    writer's answers; or when the app asked to stop it: through the writer (a request in the
+    database, for a run on another machine) or, on the app's own machine, with a request file and
+    SIGUSR1 to this process, taken as a local worker takes them (services/stop_requests.py)."""
+
+    def __init__(self, writer: Any, attempt: int, run_ids: Iterable[int] = ()) -> None:
         self.writer = writer
         self.attempt = attempt
-        self.stopping = False  # set by the writer's answers: to a shipment, or to `_ask_stop`
-        self._stop_question: Any = None  # an `is_stopping` call not yet answered
+        self.current = frozenset(run_ids)  # the task's runs
+        self.stopping = False  # stop everything: set by the writer's answers
+        self.requested: set[int] = set()  # runs of the task the app asked to stop
+        self.signalled = False  # SIGUSR1 arrived; its request files are not read yet
+        self._stop_question: Any = None  # a `stop_news` call not yet answered
         self._next_question = 0.0
+
+    def listen_for_signals(self) -> None:
+        """Take the app's SIGUSR1 as a local worker does (never Python's default for it: death). Ray
+        runs a task on its worker's main thread, where a handler can be installed."""
+        import signal
+        import threading
+
+        from scaletui.services.stop_requests import take_stop_requests
+
+        take_stop_requests(os.getpid())  # left for an earlier task of this process: moot
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGUSR1, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self.signalled = True  # a signal handler does as little as possible: the files are read later
 
     # the store's part
     def mark_running(self, run_id: int, pid: int, host: str) -> None:
@@ -366,9 +489,34 @@ class WriterClient:
 
     # the stop's part: checked every step, so it never waits for the writer
     def is_set(self) -> bool:
+        """Stop the task's run (a task of one run: the loop's StopSignal)."""
+        self._poll()
+        return self.stopping or bool(self.requested)
+
+    def run_stopping(self, run_id: int) -> bool:
+        self._poll()
+        return self.stopping or run_id in self.requested
+
+    def member(self, run_id: int) -> StopSignal:
+        """The StopSignal of one run of a bundle: its own request, or everything's stop."""
+        return _MemberStop(self, run_id)
+
+    def hear(self, news: StopNews) -> None:
+        self.stopping |= news.everything
+        self.requested |= news.runs & self.current
+
+    def _poll(self) -> None:
+        if self.signalled:
+            self._read_signal_requests()
         if not self.stopping and time.monotonic() >= self._next_question:
             self._ask_stop()
-        return self.stopping
+
+    def _read_signal_requests(self) -> None:
+        from scaletui.services.stop_requests import take_stop_requests
+
+        self.signalled = False
+        named = take_stop_requests(os.getpid())
+        self.requested |= (named & self.current) if named else self.current  # a bare SIGUSR1 stops the task
 
     def _ask_stop(self) -> None:
         """Read the answer to the last question if it came, and ask again: a stop reaches a run within
@@ -378,11 +526,8 @@ class WriterClient:
             ready, _ = ray.wait([self._stop_question], timeout=0)
             if not ready:
                 return
-            self.stopping |= bool(ray.get(self._stop_question))
-        self._stop_question = self.writer.is_stopping.remote()
-
-    def member(self, run_id: int) -> StopSignal:
-        return self  # the app's stop of one run is a local-executor feature; the sweep's stop reaches all
+            self.hear(ray.get(self._stop_question))
+        self._stop_question = self.writer.stop_news.remote(self.attempt)
 
     def call(self, method: str, *args: Any) -> Any:
         """A writer method, waited for; an exception there is raised here as itself (StoreWriteFailed)."""
@@ -391,6 +536,17 @@ class WriterClient:
         except ray.exceptions.RayTaskError as e:
             cause = e.cause if isinstance(e.cause, Exception) else e
             raise cause from None
+
+
+@dataclass(frozen=True)
+class _MemberStop:
+    """One bundle member's stop signal on a Ray worker."""
+
+    client: WriterClient
+    run_id: int
+
+    def is_set(self) -> bool:
+        return self.client.run_stopping(self.run_id)
 
 
 class ShippingSink:
@@ -407,7 +563,7 @@ class ShippingSink:
 
     def started(self, info: ModelInfo, resumed_from: int) -> None:
         self.flush()
-        self.client.stopping |= self.client.call("started", self.run_id, self.client.attempt, info, resumed_from)
+        self.client.hear(self.client.call("started", self.run_id, self.client.attempt, info, resumed_from))
 
     def metrics(self, rows: Sequence[MetricRecord]) -> None:
         self._metrics.extend(rows)
@@ -425,11 +581,86 @@ class ShippingSink:
         shipment = Shipment(tuple(self._metrics), tuple(self._layers), tuple(self._events))
         self._metrics, self._layers, self._events = [], [], []
         self._shipped_at = time.monotonic()
-        self.client.stopping |= self.client.call("write", self.run_id, self.client.attempt, shipment)
+        self.client.hear(self.client.call("write", self.run_id, self.client.attempt, shipment))
 
     def _maybe_ship(self) -> None:
         if len(self._metrics) + len(self._layers) >= SHIP_ROWS or time.monotonic() - self._shipped_at >= SHIP_SECONDS:
             self.flush()
+
+
+class ShippedRunStore:
+    """An entrypoint run's `own_records.RunStore` on a Ray node: its sizes and alerts go to the writer,
+    which takes them while this attempt is the run's current one."""
+
+    def __init__(self, client: WriterClient, db: Path, run_id: int) -> None:
+        self.client = client
+        self.path = db  # the driver's database: named in messages, never opened here
+        self.run_id = run_id
+
+    def set_sizes(self, run_id: int, sizes: Mapping[str, int]) -> None:
+        self.client.call("set_sizes", run_id, self.client.attempt, dict(sizes))
+
+    def sync_alerts(self, experiment_id: int, alerts: Sequence[Alert], subjects: Iterable[str] = ()) -> int:
+        return int(self.client.call("sync_alerts", self.run_id, self.client.attempt, experiment_id, list(alerts),
+                                    list(subjects)))
+
+
+class ShippedRunSink:
+    """An entrypoint run's `own_records.RunSink` on a Ray node: what its handle's writer thread flushes
+    at once travels to the writer as one `OwnShipment`, waited for (back-pressure: the handle's bounded
+    queue then holds the training thread), and is written there in one transaction."""
+
+    def __init__(self, client: WriterClient, run_id: int) -> None:
+        self.client = client
+        self.run_id = run_id
+        self._metrics: list[MetricRecord] = []
+        self._layers: list[LayerStats] = []
+        self._events: list[tuple[str, str]] = []
+        self._replace_from: int | None = None
+
+    def metrics(self, rows: Sequence[MetricRecord]) -> None:
+        self._metrics.extend(rows)
+
+    def layer_stats(self, rows: Sequence[LayerStats]) -> None:
+        self._layers.extend(rows)
+
+    def queue_event(self, kind: str, message: str) -> None:
+        self._events.append((kind, message))
+
+    def replace_from(self, step: int) -> None:
+        self._replace_from = step
+
+    def flush(self) -> None:
+        shipment = OwnShipment(tuple(self._metrics), tuple(self._layers), tuple(self._events), self._replace_from)
+        self._metrics, self._layers, self._events, self._replace_from = [], [], [], None
+        self.client.hear(self.client.call("write_own", self.run_id, self.client.attempt, shipment))
+
+    def release(self) -> None:
+        """Nothing to let go of: the writer closes the run's sink when the run ends."""
+
+
+class ShippedLedger:
+    """An entrypoint run's `entrypoint.RunLedger` on a Ray node: its state, records and end go to the
+    writer, which writes them with the same store code as a local worker's `LocalLedger`."""
+
+    def __init__(self, client: WriterClient, db: Path) -> None:
+        self.client = client
+        self.db = db
+
+    def mark_running(self, run_id: int, pid: int, host: str) -> None:
+        self.client.mark_running(run_id, pid, host)
+
+    def attach(self, run_id: int, stop: StopSignal, folder: Path, thresholds: Thresholds | None) -> Any:
+        from scaletui.services.entrypoint import ReportingHandle
+
+        run = self.client.call("own_run", run_id, self.client.attempt)
+        return ReportingHandle.on(ShippedRunStore(self.client, self.db, run_id), run, stop=stop, checkpoint_dir=folder,
+                                  thresholds=thresholds, sink=ShippedRunSink(self.client, run_id))
+
+    def end(self, handle: Any, status: RunStatus, error: str | None) -> RunOutcome:
+        outcome: RunOutcome = self.client.call("end_own_run", handle.id, self.client.attempt, handle.loss, status,
+                                               error)
+        return outcome
 
 
 def train_task(task: Task, config: WorkerConfig, writer: Any, attempt: int) -> str | None:
@@ -441,11 +672,14 @@ def train_task(task: Task, config: WorkerConfig, writer: Any, attempt: int) -> s
     from scaletui.store.errors import StoreWriteFailed
 
     torch.set_num_threads(config.threads)
-    for data in dict.fromkeys(replace(spec.data, label_noise=0.0) for _, spec in task.members):
-        prepare_dataset(data, config.data_dir)  # generated here when the data folder is not shared
-    client = WriterClient(writer, attempt)
+    if task.entry is None:  # the user's function brings its own data
+        for data in dict.fromkeys(replace(spec.data, label_noise=0.0) for _, spec in task.members):
+            prepare_dataset(data, config.data_dir)  # generated here when the data folder is not shared
+    client = WriterClient(writer, attempt, [run_id for run_id, _ in task.members])
+    client.listen_for_signals()
     try:
-        run_task(_on_assigned_gpu(task), config, client, client, store=client, open_sink=client.open_sink)
+        run_task(_on_assigned_gpu(task), config, client, client, store=client, open_sink=client.open_sink,
+                 ledger=ShippedLedger(client, config.db))
     except StoreWriteFailed as e:
         return e.reason
     finally:
@@ -461,7 +695,7 @@ def _on_assigned_gpu(task: Task) -> Task:
             return spec
         return replace(spec, train=replace(spec.train, device=Device.CUDA.value))
 
-    return Task(task.run_id, local(task.spec), tuple((run_id, local(spec)) for run_id, spec in task.others))
+    return replace(task, spec=local(task.spec), others=tuple((run_id, local(spec)) for run_id, spec in task.others))
 
 
 # ---------------------------------------------------------------------------
@@ -482,7 +716,7 @@ class _Flight:
     def unfinished(self) -> Task:
         """The task again, with only its runs still open (a bundle that lost some members keeps the rest)."""
         members = [(run_id, spec) for run_id, spec in self.task.members if run_id in self.open_runs]
-        return Task(members[0][0], members[0][1], tuple(members[1:]))
+        return replace(self.task, run_id=members[0][0], spec=members[0][1], others=tuple(members[1:]))
 
 
 class RayExecutor:

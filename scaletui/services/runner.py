@@ -64,7 +64,7 @@ from scaletui.core.specs import RunSpec
 from scaletui.core.vocabulary import ExecutorKind, RunEventKind, RunStatus
 
 if TYPE_CHECKING:
-    from scaletui.services.entrypoint import EntryRun
+    from scaletui.services.entrypoint import EntryRun, RunLedger
 
 log = logging.getLogger(__name__)
 
@@ -723,17 +723,17 @@ class TaskStop(Protocol):
 
 
 def run_task(task: Task, config: WorkerConfig, conn: EventPipe, stop: TaskStop, *, store: Any = None,
-             open_sink: Callable[[int], Sink] | None = None) -> list[RunOutcome]:
+             open_sink: Callable[[int], Sink] | None = None, ledger: RunLedger | None = None) -> list[RunOutcome]:
     """Train the task's run (or bundle), record how each run ended and tell the runner (FINISHED per
     run, as each ends); an exception fails the runs it interrupted, never the worker.
 
     Run states go to `store` and records to the sinks `open_sink(run_id)` makes: by default the
     database's `Store` and a `StoreSink` on its file; a Ray worker, which has no database, passes the
-    executor's writer client for both (services/ray_executor.py)."""
+    executor's writer client for both (services/ray_executor.py), and its `ledger` for an entrypoint run."""
     from scaletui.store.writer import Store, StoreSink
 
     if task.entry is not None:
-        return [_run_entry(task, task.entry, config, conn, stop)]
+        return [_run_entry(task, task.entry, config, conn, stop, ledger)]
     store = store if store is not None else Store(config.db)
     sinks = open_sink or (lambda run_id: StoreSink(config.db, run_id))
     if task.others:
@@ -794,9 +794,12 @@ def _run_bundle(task: Task, config: WorkerConfig, conn: EventPipe, stop: TaskSto
     return [outcomes[i] for i in range(len(runs))]
 
 
-def _run_entry(task: Task, entry: EntryRun, config: WorkerConfig, conn: EventPipe, stop: TaskStop) -> RunOutcome:
+def _run_entry(task: Task, entry: EntryRun, config: WorkerConfig, conn: EventPipe, stop: TaskStop,
+               ledger: RunLedger | None) -> RunOutcome:
     """Call the user's function on one run (services/entrypoint.py) and tell the runner how it goes."""
-    from scaletui.services.entrypoint import checkpoint_folder, run_entry, start_run
+    from scaletui.services.entrypoint import LocalLedger, checkpoint_folder, run_entry, start_run
+
+    ledger = ledger if ledger is not None else LocalLedger(config.db)
 
     steps = task.spec.train.steps
     clock = {"at": time.monotonic(), "step": 0}
@@ -810,12 +813,12 @@ def _run_entry(task: Task, entry: EntryRun, config: WorkerConfig, conn: EventPip
                                  train_loss=loss, steps_per_s=rate))
 
     folder = checkpoint_folder(config.checkpoint_dir, config.database_id, entry.key)
-    handle = start_run(config.db, task.run_id, stop, folder, progress, entry.thresholds)
+    handle = start_run(ledger, task.run_id, stop, folder, progress, entry.thresholds)
     resumed = handle.last_step or 0
     clock["step"] = resumed
     _send(conn, RunEvent(RunEventKind.STARTED, task.run_id, entry.label, step=resumed, steps=steps,
                          resumed_from=resumed))
-    outcome = run_entry(handle, entry.entrypoint)
+    outcome = run_entry(handle, entry.entrypoint, ledger)
     _send(conn, RunEvent(RunEventKind.FINISHED, task.run_id, entry.label, step=outcome.step, steps=steps,
                          status=outcome.status, error=outcome.error, train_loss=outcome.final_train_loss))
     return outcome

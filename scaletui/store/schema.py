@@ -303,8 +303,25 @@ def _v6_predictions(db: Database) -> None:
         db.execute(statement)
 
 
+_V7_STATEMENTS: tuple[str, ...] = (
+    # The app's `k` on a run it cannot signal (one on another machine, of a Ray sweep): the request
+    # waits here until the Ray executor's writer, which owns the database on the driver's machine,
+    # passes it on to the run's worker with its next answer (store/stop_requests.py). One per run.
+    """CREATE TABLE stop_requests (
+        run_id INTEGER PRIMARY KEY REFERENCES runs(id),
+        requested_at TEXT NOT NULL        -- when the app asked
+    )""",
+)
+
+
+def _v7_stop_requests(db: Database) -> None:
+    """Requests to stop one run, left in the database for a sweep whose workers are on other machines."""
+    for statement in _V7_STATEMENTS:
+        db.execute(statement)
+
+
 MIGRATIONS: list[Callable[[Database], None]] = [_v1_initial, _v2_alerts_fits, _v3_database_id, _v4_fit_forms,
-                                                _v5_own_runs, _v6_predictions]
+                                                _v5_own_runs, _v6_predictions, _v7_stop_requests]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # --------------------------------------------------------------------------- views

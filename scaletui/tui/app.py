@@ -20,7 +20,7 @@ How it stays responsive while the machine trains:
 * Training never runs here: the start key launches `scaletui run --headless` as a subprocess (its
   own session, output to a log file next to the database) from a thread worker; stopping sends it
   SIGINT, after which its runs flush, checkpoint and become `interrupted` (resumable). Stopping one
-  run sends SIGUSR1 to that run's worker process, when it runs on this host.
+  run asks that run's worker: by signal on this host, through the database elsewhere (a Ray sweep).
 * Nothing here imports torch, so the first frame appears as fast as textual can draw it.
 """
 
@@ -106,7 +106,7 @@ class ScaleApp(App[int]):
         Binding("s", "suggest", "suggest lr", show=False,
                 tooltip="configurator: learning rate and experiments.toml fragment for the next width"),
         Binding("k", "stop_run", "stop run", show=False,
-                tooltip="stop the selected run (it checkpoints; only for runs training on this host)"),
+                tooltip="stop the selected run (it checkpoints and becomes interrupted)"),
         Binding("X", "stop_sweep", "stop sweep", show=False,
                 tooltip="stop this app's sweep (its runs checkpoint and become interrupted; r resumes)"),
         Binding("escape", "clear_filter", "clear filter", show=False, tooltip="clear the filter"),

@@ -4,15 +4,17 @@ Training never runs in the app's process (PyTorch would hold the GIL and the UI 
 launches the sweep in its own session, output to a log file next to the database, from a thread
 worker that waits for it and posts `SweepStarted` and `SweepExited` (handled on the UI thread, which
 hands them back here). Stopping sends SIGINT, after which its runs flush, checkpoint and become
-`interrupted` (resumable). Stopping one run sends SIGUSR1 to its worker process, when it runs on this
-host. Signals are sent from a thread worker too: `os.kill` never blocks the UI.
+`interrupted` (resumable). Stopping one run (`k`) leaves a request naming it and sends SIGUSR1 to its
+worker process when it runs on this host (a local worker or a Ray worker); a run on another host, in
+a Ray sweep, is asked through the database, and the sweep's writer tells its worker
+(services/stop_requests.py). Signals and requests are sent from a thread worker too: neither
+`os.kill` nor a write to the database ever blocks the UI.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -24,6 +26,7 @@ from textual.app import App
 
 from scaletui.core.rows import RunSummary
 from scaletui.core.vocabulary import RunStatus
+from scaletui.services.stop_requests import signals_reach, stop_run
 from scaletui.tui.messages import SweepExited, SweepFailedToStart, SweepStarted
 
 SWEEP_GROUP = "sweep"  # the launching worker's group (its errors clear the sweep's note)
@@ -45,14 +48,15 @@ def describe_exit(code: int) -> str:
             130: "stopped; runs are resumable"}.get(code, f"exit code {code}")
 
 
-def stop_refusal(status: RunStatus | None, host: str | None, pid: int | None) -> str | None:
-    """Why the selected run cannot be stopped from here, or None when it can."""
+def stop_refusal(status: RunStatus | None, host: str | None) -> str | None:
+    """Why the selected run cannot be stopped from here, or None when it can (a run on another host
+    too: it is asked through the database)."""
     if status is None:
         return "no run selected"
     if status is not RunStatus.RUNNING:
         return f"the selected run is {status}, not running"
-    if host != socket.gethostname() or pid is None:
-        return f"the selected run trains on {host or 'an unknown host'}; stop it there"
+    if host is None:
+        return "the selected run's host is unknown; stop its sweep there"
     return None
 
 
@@ -144,13 +148,15 @@ class SweepControl:
         self.changed()
 
     def stop_run(self, run: RunSummary | None) -> None:
-        """SIGUSR1 to the run's worker: it checkpoints and becomes interrupted."""
-        reason = stop_refusal(run.status if run else None, run.host if run else None, run.pid if run else None)
-        if reason or run is None or run.pid is None:
+        """Ask the run's worker to stop it (services/stop_requests.py): it checkpoints and becomes interrupted."""
+        reason = stop_refusal(run.status if run else None, run.host if run else None)
+        if reason or run is None:
             self.app.notify(reason or "no run selected", severity="warning")
             return
-        self._signal(int(run.pid), signal.SIGUSR1)
-        self.app.notify(f"stopping {run.label}: it checkpoints and becomes interrupted")
+        self.app.run_worker(partial(stop_run, self.db_path, run.id, run.host, run.pid), name="stop-run",
+                            group="signals", thread=True, exit_on_error=False)
+        how = "" if signals_reach(run.host, run.pid) else f" (on {run.host}: its sweep's writer passes it on)"
+        self.app.notify(f"stopping {run.label}{how}: it checkpoints and becomes interrupted")
 
     def _signal(self, pid: int, signum: int) -> None:
         self.app.run_worker(partial(os.kill, pid, signum), name="signal", group="signals", thread=True,

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,11 @@ async def until(pilot, condition: Callable[[], bool], timeout: float = 10.0) -> 
 def table_ids(app: ScaleApp) -> list[int]:
     table = app.query_one(RunsTable)
     return [int(table.coordinate_to_cell_key((i, 0)).row_key.value) for i in range(table.row_count)]  # type: ignore[arg-type]
+
+
+def stop_requests(db: Path) -> list[tuple[int]]:
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute("SELECT run_id FROM stop_requests").fetchall()
 
 
 def loaded(app: ScaleApp) -> Callable[[], bool]:
@@ -174,7 +181,7 @@ def test_views_panes_help_and_log_and_smoothing_toggles(db: Path) -> None:
     asyncio.run(go())
 
 
-def test_start_without_sweep_file_and_stop_run_elsewhere_only_warn(db: Path) -> None:
+def test_start_without_sweep_file_warns_and_stop_run_elsewhere_asks_through_the_database(db: Path) -> None:
     async def go() -> None:
         app = ScaleApp(db, clock=lambda: NOW)
         async with app.run_test(size=(160, 48)) as pilot:
@@ -183,11 +190,13 @@ def test_start_without_sweep_file_and_stop_run_elsewhere_only_warn(db: Path) -> 
             assert app.sweep.proc is None
             assert app.view.selected == 5  # selected on open: it is training, on another host
             await pilot.press("k")
-            assert any("stop it there" in n.message for n in app._notifications)
+            assert any("on gpu-box-elsewhere: its sweep's writer passes it on" in n.message
+                       for n in app._notifications)
+            await until(pilot, lambda: stop_requests(db) == [(5,)])  # never signalled: a request its writer reads
 
     asyncio.run(go())
-    assert stop_refusal(None, None, None) == "no run selected"
-    assert stop_refusal(RunStatus.DONE, "h", 1) == "the selected run is done, not running"
+    assert stop_refusal(None, None) == "no run selected"
+    assert stop_refusal(RunStatus.DONE, "h") == "the selected run is done, not running"
 
 
 WRITER = textwrap.dedent("""
