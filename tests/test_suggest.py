@@ -14,6 +14,7 @@ import math
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,10 @@ from scaletui.cli.suggest import RULE_CHOICES
 from scaletui.core.config import load_sweep
 from scaletui.core.records import ModelInfo, RunOutcome
 from scaletui.core.specs import DataSpec, ModelSpec, RunSpec, TrainSpec
-from scaletui.core.vocabulary import RunStatus
+from scaletui.core.vocabulary import PredictionSource, PredictionStatus, RunStatus
+from scaletui.services.predictions import best_plan_runs, score_predictions
 from scaletui.services.suggest import SuggestError, backtests, suggest_for, suggestion
+from scaletui.store import Reader
 from scaletui.store.writer import Store, StoreSink
 from tests.conftest import REPO, run_cli, write_toml
 
@@ -214,13 +217,19 @@ def reduced_lr_transfer(tmp_path: Path, data_dir: Path) -> Path:
     return write_toml(tmp_path / "lr_transfer_small.toml", doc)
 
 
-def test_reduced_lr_transfer_end_to_end_backtests_and_chooses_by_evidence(tmp_path: Path,
-                                                                           shared_data_dir: Path) -> None:
-    sweep = reduced_lr_transfer(tmp_path, shared_data_dir)
-    db = str(tmp_path / "runs.db")
-    trained = run_cli("run", "--headless", str(sweep), "--db", db)
+@pytest.fixture(scope="module")
+def trained_lr_transfer(tmp_path_factory: pytest.TempPathFactory, shared_data_dir: Path) -> Path:
+    """The reduced lr-transfer sweep, trained once through the CLI for the tests below (they only read
+    it, or add a sweep of their own to it)."""
+    folder = tmp_path_factory.mktemp("lr_transfer")
+    sweep = reduced_lr_transfer(folder, shared_data_dir)
+    trained = run_cli("run", "--headless", str(sweep), "--db", str(folder / "runs.db"))
     assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr
+    return folder / "runs.db"
 
+
+def test_reduced_lr_transfer_end_to_end_backtests_and_chooses_by_evidence(trained_lr_transfer: Path) -> None:
+    db = str(trained_lr_transfer)
     out = run_cli("suggest", "--backtest", "--json", "--db", db)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
@@ -246,6 +255,66 @@ def test_reduced_lr_transfer_end_to_end_backtests_and_chooses_by_evidence(tmp_pa
     assert proposal.returncode == 0, proposal.stderr
     assert f"method:       {lr['winner']}" in proposal.stdout
     assert f"{lr['winner']} chosen by backtest (held out w64 d2" in proposal.stdout
+
+
+def test_suggest_records_its_predicted_loss_and_the_suggested_sweep_scores_it(trained_lr_transfer: Path,
+                                                                              tmp_path: Path) -> None:
+    """End to end: `suggest --append` records the new size's predicted loss in the ledger; training the
+    sweep it wrote (through the CLI) scores it against that sweep's own runs."""
+    db = str(trained_lr_transfer)
+    target = tmp_path / "next.toml"
+    out = run_cli("suggest", "--width", "128", "--depth", "2", "--db", db, "--append", str(target))
+    assert out.returncode == 0, out.stderr
+    assert "recorded as prediction #" in out.stdout, out.stdout
+    with Reader(trained_lr_transfer) as reader:
+        [entry] = reader.predictions("lr-transfer-small", status=PredictionStatus.OPEN)
+        runs = reader.runs("lr-transfer-small")
+    assert (entry.source, entry.width, entry.depth) == (PredictionSource.SUGGEST, 128, 2)
+    assert entry.inputs["scored_in"] == "lr-transfer-small-suggested"
+    # the law of each width's best learning rate: one run (one seed) per width, the lowest loss of its width
+    fitted = {r.id for r in runs if r.id in entry.inputs["run_ids"]}
+    best = {min((r for r in runs if r.width == w and r.loss is not None), key=lambda r: r.loss or 0.0).id
+            for w in (8, 16, 32, 64)}
+    assert fitted == best
+    assert entry.lo is not None and entry.hi is not None and entry.lo <= entry.predicted <= entry.hi
+
+    trained = run_cli("run", "--headless", str(target), "--db", db)
+    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr
+    with Reader(trained_lr_transfer) as reader:
+        [scored] = [p for p in reader.predictions("lr-transfer-small") if p.id == entry.id]
+        [run] = reader.runs("lr-transfer-small-suggested")
+    assert scored.status is PredictionStatus.SCORED, scored.note
+    assert scored.truth == pytest.approx(run.loss) and scored.n_truth == 1
+    assert scored.error == pytest.approx((entry.predicted - run.loss) / run.loss)
+
+
+def test_best_plan_runs_keep_each_sizes_best_rate_with_all_its_seeds(swept_db: Path) -> None:
+    with Reader(swept_db) as reader:
+        runs = reader.runs("lr-sweep")
+        kept = best_plan_runs(reader, runs)
+    by_id = {r.id: r for r in runs}
+    for width in SWEPT_WIDTHS:
+        mine = [by_id[i] for i in kept if by_id[i].width == width]
+        assert len({r.lr for r in mine}) == 1 and sorted(r.seed for r in mine) == [0, 1]
+        mean = {lr: np.mean([r.loss for r in runs if r.width == width and r.lr == lr]) for lr in GRID
+                if all(r.loss is not None for r in runs if r.width == width and r.lr == lr)}
+        assert mine[0].lr == min(mean, key=lambda lr: mean[lr])
+
+
+def test_a_suggested_sweep_under_another_plan_or_size_count_is_not_scored_against_it(swept_db: Path,
+                                                                                    tmp_path: Path) -> None:
+    target = tmp_path / "next.toml"
+    out = run_cli("suggest", "--width", "128", "--depth", "2", "--db", str(swept_db), "--experiment", "lr-sweep",
+                  "--append", str(target))
+    assert out.returncode == 0 and "recorded as prediction #" in out.stdout, out.stdout + out.stderr
+    sweep = load_sweep(target, check_data=False)
+    other = [replace(spec, train=replace(spec.train, steps=400)) for spec in sweep.runs]  # not the suggested plan
+    with Store(swept_db) as store:
+        exp = store.upsert_experiment(sweep.name, None, None, "final")
+        for run_id, _ in store.register_runs(exp, other, fresh=False):
+            store.finish_run(run_id, RunOutcome(RunStatus.DONE, step=400, final_test_loss=1.0))
+    [closed] = score_predictions(swept_db, sweep.name)
+    assert closed.status is PredictionStatus.UNSCORABLE and "train.steps 200 -> 400" in (closed.note or "")
 
 
 def test_cli_backtest_without_enough_sizes_says_why(swept_db: Path) -> None:

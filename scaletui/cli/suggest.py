@@ -19,6 +19,8 @@ as one object. Nothing to measure from (runs trained before the measurement exis
 target width and depth, with the proposed lr and lr_scaling = "none", over every seed the experiment ran),
 in the same database, as its own experiment `<experiment>-suggested`. `scaletui run FILE` trains it. FILE must
 not exist: TOML cannot hold a second [model] table, so appending to a sweep file would only produce an invalid one.
+It also records the size's predicted loss in the experiment's predictions ledger (source `suggest`; the law of
+each size's best run, services.predictions.record_for_sweep), scored when FILE's runs finish.
 """
 
 from __future__ import annotations
@@ -181,6 +183,26 @@ def _write_sweep(s: Any, db: Path, path: Path) -> None:
     except OSError as e:
         fail(f"{path}: cannot write: {e}")
     click.echo(f"\nwrote {path}: `scaletui run --headless {path}` trains this run as experiment {name!r}")
+    if s.experiment is not None:
+        _record_prediction(db, s.experiment, path)
+
+
+def _record_prediction(db: Path, experiment: str, path: Path) -> None:
+    """The suggested size's predicted loss, recorded in the ledger and scored when the sweep's runs finish.
+    A size the law cannot predict (too few sizes, too far out) is said in one line; the sweep stands."""
+    from scaletui.core.config import ConfigError, load_sweep
+    from scaletui.services.fitting import FitInputError
+    from scaletui.services.predictions import PredictError, record_for_sweep
+
+    try:
+        row = record_for_sweep(db, experiment, load_sweep(path, check_data=False))
+    except (PredictError, FitInputError, ConfigError) as e:
+        click.echo(f"no prediction recorded: {e}")
+        return
+    band = f" [{row.lo:.4g}, {row.hi:.4g}] ({row.level:.0%})" if row.lo is not None and row.hi is not None else ""
+    click.echo(f"predicted loss {row.predicted:.4g}{band} for {row.width}x{row.depth} by the law of {experiment!r}'s "
+               f"best run per size; recorded as prediction #{row.id}, scored when this sweep's runs finish "
+               f"(`scaletui predict --list --experiment {experiment}`)")
 
 
 # --------------------------------------------------------------------------- --batch

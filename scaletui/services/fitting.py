@@ -149,7 +149,8 @@ class FitSpec:
     sizes better: `SelectOptions.alt_spaces`; delta None: the measured default,
     `analysis.solve.default_loss`: 0.01 for one variable, 1e-3 for L(N, D)).
     upper_bound: the metric's known maximum (an error rate: 1), which only forms finite as x -> 0
-    (M4) respect. predict: points to predict with a band: (x,) each, or (N, D) for L(N, D).
+    (M4) respect. predict: points to predict with a band: (x,) each, or (N, D) for L(N, D). run_ids:
+    the runs to fit, when not all (the ledger's law of each size's best training plan).
     """
 
     x: str = FitX.PARAMS
@@ -164,6 +165,7 @@ class FitSpec:
     delta: float | None = None
     upper_bound: float | None = None
     predict: tuple[tuple[float, ...], ...] = ()
+    run_ids: tuple[int, ...] | None = None  # fit only these runs (None: every finished run of the experiment)
 
     @property
     def form_name(self) -> str:
@@ -191,7 +193,8 @@ class FitSpec:
         loss = self.loss(n_vars)
         return {"form": self.form_name, "group_by": self.group_by, "n_bootstrap": self.n_bootstrap,
                 "level": self.level, "seed": self.seed, "loss_space": self.loss_space, "delta": loss.delta,
-                "upper_bound": self.upper_bound, "predict": [list(p) for p in self.predict]}
+                "upper_bound": self.upper_bound, "predict": [list(p) for p in self.predict],
+                **({} if self.run_ids is None else {"run_ids": list(self.run_ids)})}
 
 
 # ----------------------------------------------------------------------------- points
@@ -338,7 +341,7 @@ def gather(reader: Reader, experiment: str | None, spec: FitSpec) -> Curves:
     _check_choices(spec)
     exp = resolve_experiment(reader, experiment)
     rule = spec.loss_rule or exp.loss_rule
-    rows = reader.runs(exp.name)
+    rows = [r for r in reader.runs(exp.name) if spec.run_ids is None or r.id in spec.run_ids]
     finished = [r for r in rows if r.ok]
     _check_group_by(reader, finished, spec.group_by)
     curves: dict[Hashable, list[RunPoint]] = defaultdict(list)

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from scaletui.analysis.configurator import mlp_params
+from scaletui.core.config import Sweep
 from scaletui.core.datasets import DATASETS
 from scaletui.core.rows import PredictionRow, RunSummary
 from scaletui.core.specs import RunSpec
@@ -54,6 +55,8 @@ from scaletui.store.predictions import NewPrediction, PredictionScore
 _NOT_PLAN = {("model", "width"), ("model", "depth"), ("seed",), ("experiment",), ("train", "device"),
              ("train", "checkpoint_every"), ("train", "log_every")}
 _NOT_PLAN_USER = {"width", "depth", "seed", "device"}
+#: `inputs` key of a prediction scored on another experiment's runs (a suggestion's own sweep).
+SCORED_IN = "scored_in"
 #: Statuses of a run that may still change its loss (interrupted runs resume).
 _UNFINISHED = {RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.INTERRUPTED}
 
@@ -189,12 +192,14 @@ def _refuse_trained(runs: Sequence[RunSummary], target: Target) -> None:
 
 
 def _law_for(db_path: str | Path, experiment: str, target: Target, form: str, n_bootstrap: int, level: float,
-             should_stop: StopCheck | None) -> FitReport:
-    """The law of the target's depth when it can be fitted, else the law over every run."""
+             should_stop: StopCheck | None, run_ids: tuple[int, ...] | None = None) -> FitReport:
+    """The law of the target's depth when it can be fitted, else the law over every run (of `run_ids`
+    when given)."""
     at = ((float(target.params),),)
     try:
         by_depth = fit_experiment(db_path, experiment, FitSpec(group_by="depth", form=form, n_bootstrap=n_bootstrap,
-                                                               level=level, predict=at, stability=False),
+                                                               level=level, predict=at, stability=False,
+                                                               run_ids=run_ids),
                                   should_stop=should_stop)
         wanted = f"depth={target.depth}"
         for report in by_depth.reports:
@@ -204,7 +209,8 @@ def _law_for(db_path: str | Path, experiment: str, target: Target, form: str, n_
         pass  # no per-depth law: fall back to the law over every run, which says why if it fails too
     try:
         pooled = fit_experiment(db_path, experiment, FitSpec(form=form, n_bootstrap=n_bootstrap, level=level,
-                                                             predict=at, stability=False), should_stop=should_stop)
+                                                             predict=at, stability=False, run_ids=run_ids),
+                                should_stop=should_stop)
     except FitInputError as exc:
         raise PredictError(str(exc)) from None
     return pooled.reports[0]
@@ -221,18 +227,71 @@ def _refuse_far(report: FitReport, target: Target) -> None:
 
 
 def _new_prediction(db_path: str | Path, report: FitReport, target: Target, source: PredictionSource,
-                    level: float) -> NewPrediction:
+                    level: float, plans: dict[str, dict[str, Any]] | None = None,
+                    extra: dict[str, Any] | None = None) -> NewPrediction:
+    """The ledger entry for `report`'s prediction at `target`, in the law's experiment: scored against the
+    plans it was fitted under, or against `plans` (by hash) when given."""
     pred = report.predictions[0]
-    with Reader(db_path) as reader:
-        by_id = {r.id: r for r in reader.runs(report.source)}
-        plans = {plan_hash(p): p for p in (_run_plan(reader, by_id[i]) for i in report.run_ids if i in by_id)}
+    if plans is None:
+        with Reader(db_path) as reader:
+            by_id = {r.id: r for r in reader.runs(report.source)}
+            plans = {plan_hash(p): p for p in (_run_plan(reader, by_id[i]) for i in report.run_ids if i in by_id)}
     band = (pred.lo, pred.hi) if math.isfinite(pred.lo) and math.isfinite(pred.hi) else (None, None)
     inputs = {"run_ids": list(report.run_ids), "sizes": sorted({float(v) for v in report.xs[0]}),
-              "options": report.options, "warnings": list(report.warnings), "loss_label": report.loss_label}
+              "options": report.options, "warnings": list(report.warnings), "loss_label": report.loss_label,
+              **(extra or {})}
     return NewPrediction(report.experiment_id or 0, source, target.width, target.depth, FitX.PARAMS.value,
                          float(target.params), report.group, report.loss_rule or "", float(pred.value), band[0],
                          band[1], level if band[0] is not None else None, report.law,
                          {"hashes": sorted(plans), "plans": plans}, inputs)
+
+
+def record_for_sweep(db_path: str | Path, experiment: str | None, sweep: Sweep, *, n_bootstrap: int = 1000,
+                     level: float = 0.9) -> PredictionRow:
+    """Predict the loss of the one size `sweep` trains (a sweep `scaletui suggest --append` wrote) from
+    `experiment`'s runs, and record it in `experiment`'s ledger, to be scored on the sweep's own runs:
+    `inputs.scored_in` names the sweep's experiment, whose runner scores it when they finish.
+
+    Which law: the law of each size's best training plan (`best_plan_runs`): with a learning-rate (or
+    dropout) sweep, the loss a size reaches at its best rate, which is what a suggested rate aims for;
+    the law over every run would average in the rates that were far off. Which truth: the mean loss of
+    the sweep's runs (every seed), under the sweep's plan only."""
+    upgrade(db_path)
+    sizes = {(s.model.width, s.model.depth) for s in sweep.runs}
+    if len(sizes) != 1:
+        raise PredictError(f"{sweep.name}: the sweep trains {len(sizes)} sizes; a prediction is for one")
+    (width, depth), = sizes
+    with Reader(db_path) as reader:
+        exp = resolve_experiment(reader, experiment)
+        runs = reader.runs(exp.name)
+        target = target_size(reader, runs, width, depth, None)
+        _refuse_trained(runs, target)
+        context = (sweep.runs[0].data.dataset, sweep.runs[0].model.arch, sweep.runs[0].train.optimizer)
+        ids = best_plan_runs(reader, [r for r in runs if (r.dataset, r.arch, r.optimizer) == context])
+    report = _law_for(db_path, exp.name, target, "auto", n_bootstrap, level, None, ids)
+    _refuse_far(report, target)
+    plans = {plan_hash(p): p for p in (plan_of(spec, None) for spec in sweep.runs)}
+    from scaletui.store.writer import Store
+
+    entry = _new_prediction(db_path, report, target, PredictionSource.SUGGEST, level, plans,
+                            {SCORED_IN: sweep.name, "fitted_on": "each size's best training plan"})
+    with Store(db_path) as store:
+        prediction_id = store.add_prediction(entry)
+    assert prediction_id is not None
+    return _one(db_path, prediction_id)
+
+
+def best_plan_runs(reader: Reader, runs: Sequence[RunSummary]) -> tuple[int, ...]:
+    """The finished runs of each size's best training plan: per width x depth, the plan (config without
+    size, seed and device) whose runs' mean loss, by the experiment's rule, is lowest. Runs that diverged
+    are not finished-with-a-loss and do not count (a plan whose seeds all diverged has no mean)."""
+    by_size: dict[tuple[int | None, int | None], dict[str, list[RunSummary]]] = {}
+    for run in runs:
+        if run.status in OK and run.loss is not None and math.isfinite(run.loss):
+            by_size.setdefault((run.width, run.depth), {}).setdefault(plan_hash(_run_plan(reader, run)), []).append(run)
+    best = [min(plans.values(), key=lambda rs: sum(float(r.loss or 0.0) for r in rs) / len(rs))
+            for plans in by_size.values()]
+    return tuple(sorted(r.id for group in best for r in group))
 
 
 def _one(db_path: str | Path, prediction_id: int) -> PredictionRow:
@@ -246,7 +305,8 @@ def _one(db_path: str | Path, prediction_id: int) -> PredictionRow:
 def score_predictions(db_path: str | Path, experiment: str | None = None) -> list[PredictionRow]:
     """Score every open prediction that can be; returns the entries closed by this call."""
     with Reader(db_path) as reader:
-        open_ = reader.predictions(experiment, status=PredictionStatus.OPEN)
+        open_ = [p for p in reader.predictions(status=PredictionStatus.OPEN)
+                 if experiment is None or experiment in (p.experiment, scored_in(p))]
         if not open_:
             return []
         view = _RunsView(reader)
@@ -260,7 +320,7 @@ def score_predictions(db_path: str | Path, experiment: str | None = None) -> lis
         ids = {p.id for p, s in closed if store.score_prediction(p.id, s)}
     first = min(ids, default=0)  # read back only from the first closed one: the ledger grows to thousands
     with Reader(db_path) as reader:
-        return [p for p in reader.predictions(experiment, after_id=first - 1) if p.id in ids]
+        return [p for p in reader.predictions(after_id=first - 1) if p.id in ids]
 
 
 class _RunsView:
@@ -270,7 +330,7 @@ class _RunsView:
         self.reader = reader
         self._runs: dict[str | None, list[RunSummary]] = {}
         self._plans: dict[int, str] = {}
-        self.rules = {e.id: str(e.loss_rule) for e in reader.experiments()}
+        self.rules = {e.name: str(e.loss_rule) for e in reader.experiments()}
 
     def runs(self, experiment: str | None) -> list[RunSummary]:
         if experiment not in self._runs:
@@ -287,18 +347,25 @@ def _score(view: _RunsView, p: PredictionRow) -> PredictionScore | None:
     """The outcome of one open prediction, or None while what it predicts has not finished."""
     if p.kind is PredictionKind.CURVE:
         return _score_curve(view, p)
-    runs = [r for r in view.runs(p.experiment) if r.width == p.width and r.depth == p.depth]
+    where = scored_in(p)
+    runs = [r for r in view.runs(where) if r.width == p.width and r.depth == p.depth]
     hashes = set(p.plan.get("hashes", []))
     matching = [r for r in runs if view.plan_hash(r) in hashes]
     if any(r.status in _UNFINISHED for r in matching):
         return None
     if not matching:
         return _unscorable_plan(view.reader, [r for r in runs if r not in matching], p)
-    rule = view.rules.get(p.experiment_id)
+    rule = view.rules.get(where or "")
     if rule is not None and rule != p.loss_rule:
         return PredictionScore(PredictionStatus.UNSCORABLE, note=f"the experiment's loss rule changed since the "
                                                                  f"prediction ({p.loss_rule} -> {rule})")
     return _truth_score(matching, p)
+
+
+def scored_in(p: PredictionRow) -> str | None:
+    """The experiment whose runs score `p`: its own, or the sweep a suggestion wrote (`record_for_sweep`)."""
+    where = p.inputs.get(SCORED_IN) if isinstance(p.inputs, dict) else None
+    return str(where) if where else p.experiment
 
 
 def _score_curve(view: _RunsView, p: PredictionRow) -> PredictionScore | None:

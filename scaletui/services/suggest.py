@@ -90,6 +90,7 @@ class Suggestion:
     dirs: dict[str, str] = field(default_factory=dict)  # the experiment's data_dir / checkpoint_dir, if set
     seeds: tuple[int, ...] = (0,)  # every seed the context ran: the new size is judged on the same seeds
     dropout: DropoutProposal | None = None  # when the experiment swept dropout
+    loss_rule: str | None = None  # the experiment's: the new size's loss is judged by the same rule
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,12 @@ def suggestion(db_path: Path, experiment: str | None, width: int, depth: int, *,
     dropout = propose_dropout(ctx.dropout_trials, depth, target_width=width, min_sizes=MIN_SIZES, min_values=MIN_LRS)
     seeds = tuple(sorted({r.seed for r in ctx.rows if r.seed is not None}))
     return Suggestion(proposal, ctx.experiment, ctx.description, ctx.base, width, depth,
-                      _experiment_dirs(db_path, ctx.experiment), seeds, dropout)
+                      _experiment_dirs(db_path, ctx.experiment), seeds, dropout, _loss_rule(db_path, ctx.experiment))
+
+
+def _loss_rule(db_path: Path, experiment: str | None) -> str | None:
+    with Reader(db_path) as reader:
+        return next((str(e.loss_rule) for e in reader.experiments() if e.name == experiment), None)
 
 
 def backtests(db_path: Path, experiment: str | None) -> Backtests:
@@ -274,7 +280,7 @@ def sweep_file_text(s: Suggestion, *, name: str, db: Path) -> str:
     from scaletui.analysis.configurator import _toml_value  # one TOML spelling for the whole file
 
     spec = s.base.to_dict()
-    experiment = {"name": name, "db": str(db), **s.dirs}
+    experiment = {"name": name, "db": str(db), **s.dirs, **({"loss_rule": s.loss_rule} if s.loss_rule else {})}
     model = _section({k: v for k, v in spec["model"].items() if k not in ("width", "depth")})
     if s.dropout is not None:  # the experiment swept dropout: the proposed one for this depth
         model["dropout"] = round(s.dropout.dropout, 3)
