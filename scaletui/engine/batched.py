@@ -102,7 +102,7 @@ def worth_batching(spec: RunSpec) -> bool:
         return False
     info = DATASETS[spec.data.dataset]
     with torch.device("meta"):  # shapes only: no storage, no random draws
-        model = build_model(spec.model, info.input_shape, info.num_classes)
+        model = build_model(spec.model, info.input_shape, info.num_classes, initialise=False)
         per_layer = spec.train.batch_size * forward_flops(model, info.input_shape) / len(weight_layers(model))
     limit = CUDA_MAX_LAYER_FLOPS if resolve_device(spec.train.device).type == "cuda" else CPU_MAX_LAYER_FLOPS
     return per_layer <= limit
@@ -225,7 +225,7 @@ class _Bundle:
         for member in self.members:
             check_memory(member.spec, self.data, self.memory_limit_mb)
         with torch.device("meta"):  # the structure every member shares; no storage, no random draws
-            self.template = build_model(spec.model, self.data.input_shape, self.data.num_classes)
+            self.template = build_model(spec.model, self.data.input_shape, self.data.num_classes, initialise=False)
         runs = [self._prepare(i, member) for i, member in enumerate(self.members)]
         waiting = sorted(runs, key=lambda r: r.progress.step)
         while waiting:

@@ -14,18 +14,17 @@ few per parameter. Gradients are zeroed in place, never set to None: autograd th
 the views. Activations are (M, B, features).
 
 Families. The forward pass is built once by reading the member module's structure: nn.Sequential,
-Flatten, Linear, LayerNorm, BatchNorm1d, ReLU, Dropout, Identity and models.py's ResidualBlock and
+Flatten, Linear, LayerNorm, BatchNorm1d, ReLU, models.py's Dropout, Identity, ResidualBlock and
 ResMLP, i.e. every `mlp` and `resmlp` that build_model makes. BatchNorm keeps per-member statistics
 by treating (member, feature) pairs as the channels of one `F.batch_norm`. The CIFAR ResNet is not
 stacked (see `STACKABLE_ARCHS`).
 
 Exactness. A member starts from the values build_model gave its seed (the caller builds it and
-hands over its state dict). Dropout masks come from the member's own generator through the same call
-PyTorch's CPU dropout makes (`bernoulli_(1 - p)` on a (B, features) tensor, divided by 1 - p), so on
-a CPU a member draws exactly the masks it would have drawn alone. (On CUDA the unbatched loop uses
-the fused dropout kernel, whose stream differs: masks are then as random, not the same.) What still
-differs from a member trained alone is float reduction order: batched matmuls, LayerNorm's affine
-applied as a separate op, the loss summed per member.
+hands over its state dict). Dropout masks come from the member's own generator through the same calls
+models.Dropout makes alone (`torch.rand` of a (B, features) tensor, kept below 1 - p, divided by 1 - p),
+so a member draws exactly the masks it would have drawn alone. What still differs from a member
+trained alone is float reduction order: batched matmuls, LayerNorm's affine applied as a separate
+op, the loss summed per member.
 """
 
 from __future__ import annotations
@@ -41,7 +40,7 @@ from torch import nn
 
 from scaletui.core.records import LayerStats
 from scaletui.core.vocabulary import Arch
-from scaletui.engine.models import ResidualBlock, ResMLP, weight_layers
+from scaletui.engine.models import Dropout, ResidualBlock, ResMLP, dropout_scale_, weight_layers
 from scaletui.engine.probes import layer_records
 
 #: Architectures trained as stacked bundles. `resnet` is not: its convolutions would need grouped
@@ -194,7 +193,7 @@ def _leaf(module: nn.Module, prefix: str, model: StackedModel) -> Layer:
         return _layer_norm(module, model.params.views, prefix)
     if isinstance(module, nn.BatchNorm1d):
         return _batch_norm(module, model, prefix)
-    if isinstance(module, nn.Dropout):
+    if isinstance(module, Dropout):
         return _dropout(module.p, model)
     if isinstance(module, nn.ReLU):
         return torch.relu
@@ -249,7 +248,7 @@ def _batch_norm(module: nn.BatchNorm1d, model: StackedModel, prefix: str) -> Lay
 
 
 def _dropout(p: float, model: StackedModel) -> Layer:
-    """Each member's mask from its own generator, drawn as PyTorch's CPU dropout draws it."""
+    """Each member's mask from its own generator, drawn as models.Dropout draws it alone."""
     if p <= 0:
         return lambda x: x
 
@@ -260,9 +259,8 @@ def _dropout(p: float, model: StackedModel) -> Layer:
             return x * torch.zeros((), dtype=x.dtype, device=x.device)
         noise = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # contiguous: noise[m] is (B, W) as alone
         for m, rng in enumerate(model.rngs):
-            noise[m].bernoulli_(1 - p, generator=rng)
-        noise.div_(1 - p)
-        return x * noise
+            torch.rand(noise[m].shape, dtype=x.dtype, device=x.device, generator=rng, out=noise[m])
+        return x * dropout_scale_(noise, p)
 
     return forward
 
