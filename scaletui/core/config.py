@@ -217,6 +217,9 @@ TRAIN_KEYS: dict[str, Key] = {
     "divergence_factor": Key(lambda v: None if _is_number(v) and v > 1 else "must be a number > 1", 10.0),
     "seeds": Key(non_negative_int, 0),  # one default value (a list here would be one run with seed [0])
     "device": Key(device_name, TrainSpec().device, axis=False),
+    # How the sweep treats its runs, not part of any run's spec (so not of its key or training plan):
+    # taken out of the grid in build_sweep (`_stop_when_hopeless`).
+    "stop_when_hopeless": Key(boolean, False, axis=False),
 }
 EARLY_STOPPING_KEYS: dict[str, Key] = {
     "patience": Key(non_negative_int, 0),
@@ -283,6 +286,7 @@ class Sweep:
     executor: ExecutorKind = ExecutorKind.LOCAL  # experiment.executor (or `run --executor`)
     ray_address: str | None = None  # experiment.ray_address: None starts a local Ray, else "auto" or host:port
     max_retries: int = DEFAULT_MAX_RETRIES  # experiment.max_retries: retries of a run lost with its worker or node
+    stop_when_hopeless: bool = False  # train.stop_when_hopeless: the monitor ends runs a smaller size beat
 
     @property
     def datasets(self) -> tuple[DataSpec, ...]:
@@ -337,6 +341,7 @@ def build_sweep(
         _check_builtin_loss(exp, err)
     grid = _collect_axes(sections, err)  # checks the experiment keys' values too
     executor = _executor(exp, err)
+    stop_when_hopeless = _stop_when_hopeless(grid, executor, err)
     grid.update(_collect_user_axes(user, err))
     zips = _check_zip(exp.get("zip", []), grid, err)
     max_runs = exp.get("max_runs", MAX_RUNS_DEFAULT)
@@ -373,7 +378,17 @@ def build_sweep(
         executor=executor,
         ray_address=exp.get("ray_address"),
         max_retries=exp.get("max_retries", DEFAULT_MAX_RETRIES),
+        stop_when_hopeless=stop_when_hopeless,
     )
+
+
+def _stop_when_hopeless(grid: dict[str, list[Any]], executor: ExecutorKind, err: _Errors) -> bool:
+    """`train.stop_when_hopeless`, taken out of the grid (no run's spec holds it). Only local workers can
+    end a run with the reason, so it is an error with a Ray executor rather than a key that does nothing."""
+    [on] = grid.pop("train.stop_when_hopeless")
+    if on and executor is ExecutorKind.RAY:
+        raise err.at("train.stop_when_hopeless", 'works with local workers only, not with executor = "ray"')
+    return bool(on)
 
 
 # ---------------------------------------------------------------------------

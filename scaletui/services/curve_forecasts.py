@@ -9,6 +9,9 @@ ends (services.predictions); the app shows the latest one of each running run.
 
 Finished runs' evaluations are read once and kept (they do not change); a run that finished without
 reaching its last step (early stopping) teaches nothing about the end of a full run and is left out.
+
+`finished_smaller` gives the monitor what `train.stop_when_hopeless` compares a running run with
+(analysis.hopeless): the final test losses of the kept runs of its plan and depth that are smaller.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from scaletui.analysis.curve_forecast import BY_DEPTH, FinalForecast, Finished, forecast_final
+from scaletui.analysis.hopeless import FinishedSize
 from scaletui.core.rows import RunSummary
 from scaletui.core.specs import RunSpec
 from scaletui.core.vocabulary import CURVE_FORM, FitX, LossRule, PredictionKind, PredictionSource, RunStatus
@@ -69,6 +73,16 @@ class CurveForecaster:
         refs = self._references(plan_hash(plan_of(spec, None)), step, steps)
         result = forecast_final(evals[step], float(row.params), int(row.depth), refs, self.level)
         return None if result is None else self._entry(row, spec, step, result)
+
+    def finished_smaller(self, row: RunSummary, spec: RunSpec) -> list[FinishedSize]:
+        """The run's group that is smaller: kept runs of its plan and depth (those the forecaster learns from
+        for that depth) with fewer parameters, each with its final test loss (at its last step)."""
+        if not row.params or not row.depth:
+            return []
+        plan, steps = plan_hash(plan_of(spec, None)), spec.train.steps
+        return [FinishedSize(float(r.params or 0), evals[steps], f"{r.width}x{r.depth}")
+                for p, r, evals in self._finished.values()
+                if p == plan and r.depth == row.depth and 0 < (r.params or 0) < row.params]
 
     def _references(self, plan: str, step: int, steps: int) -> list[Finished]:
         return [Finished(float(r.params or 0), int(r.depth or 0), evals[step], evals[steps])

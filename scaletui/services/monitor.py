@@ -10,7 +10,15 @@ only what is new, and everything of a run again when it restarted. Every `interv
   far: the detectors are replayable, so the step an alert names does not move as the run grows) and
   syncs that run's alerts (`Store.sync_alerts`: inserted, updated, or deactivated when evidence fades);
 * predicts each running run's final test loss at each of its new evaluations from the sweep's finished
-  runs (services.curve_forecasts: the app's `pred. final`), recorded in the predictions ledger;
+  runs (services.curve_forecasts: the app's `pred. final`), recorded in the predictions ledger (the
+  latest one per pass);
+* with `train.stop_when_hopeless`, judges every new evaluation of a running run by the rule of
+  `analysis.hopeless` (its forecast's band above a finished smaller size of its group, at two
+  evaluations in a row) and asks the run's worker to stop a hopeless run with the reason
+  (services.stop_requests): it ends `early_stopped`, the reason in its error and its event. Every
+  evaluation is judged, not only the latest of a pass, so the rule does not depend on how often the
+  monitor looks. Local workers only: a Ray worker cannot take the reason (the key is refused in the
+  file with `executor = "ray"`, and ignored with a warning under `scaletui run --executor ray`);
 * when runs of the sweep finish, runs the group detectors (`diagnose_group`: non-monotonic scaling, seed
   sensitivity) over the sweep's finished runs, by the sweep's loss rule.
 
@@ -39,16 +47,19 @@ from typing import Any
 
 from scaletui.analysis.configurator import mlp_params
 from scaletui.analysis.diagnose import GroupRow, diagnose_group, diagnose_run, series_from_records
+from scaletui.analysis.hopeless import HopelessStreak, best_smaller, is_hopeless, stop_reason
 from scaletui.core.config import Sweep, axis_value
 from scaletui.core.datasets import DATASETS
 from scaletui.core.records import Alert, LayerStats, MetricRecord
 from scaletui.core.rows import RunSummary
 from scaletui.core.specs import RunSpec
 from scaletui.core.thresholds import Thresholds
-from scaletui.core.vocabulary import DENSE_ARCHS, EventKind, RunStatus
+from scaletui.core.vocabulary import DENSE_ARCHS, EventKind, ExecutorKind, RunStatus
 from scaletui.services.curve_forecasts import CurveForecaster
+from scaletui.services.stop_requests import request_run_stop, signals_reach
 from scaletui.services.tracker import Tracker
 from scaletui.store.alerts import alert_subject
+from scaletui.store.predictions import NewPrediction
 from scaletui.store.writer import Store
 
 log = logging.getLogger(__name__)
@@ -165,6 +176,8 @@ class _Track:
     layers: dict[tuple[int, int], LayerStats] = field(default_factory=dict)
     signature: tuple[tuple[Any, ...], ...] | None = None  # the alerts last synced
     forecast_step: int = 0  # the evaluation step its final loss was last predicted from
+    hopeless: HopelessStreak = field(default_factory=HopelessStreak)  # train.stop_when_hopeless's count
+    stop_asked: bool = False  # its worker was asked to stop it as hopeless (once)
 
     def test_losses(self) -> dict[int, float]:
         return {step: r.value for (step, key), r in self.metrics.items() if key == "test_loss"}
@@ -212,6 +225,10 @@ class SweepMonitor:
         self._group_signature: tuple[tuple[Any, ...], ...] | None = None
         self._store: Store | None = None
         self._forecaster = CurveForecaster(experiment_id)  # `pred. final` of running runs
+        self._stop_hopeless = sweep.stop_when_hopeless and sweep.executor is ExecutorKind.LOCAL
+        if sweep.stop_when_hopeless and not self._stop_hopeless:
+            log.warning("train.stop_when_hopeless is ignored with the %s executor (local workers only)",
+                        sweep.executor.value)
         self._references_stale = True  # the forecaster has not read the experiment's finished runs yet
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -344,15 +361,43 @@ class SweepMonitor:
             track.signature = signature
 
     def _forecast(self, track: _Track, row: RunSummary) -> None:
-        """Predict a running run's final loss at each new evaluation (services.curve_forecasts)."""
+        """Predict a running run's final loss at its latest new evaluation (services.curve_forecasts) and
+        record it; with `train.stop_when_hopeless`, judge each new evaluation in step order."""
         losses = track.test_losses()
-        latest = max((s for s in losses if s < track.spec.train.steps), default=0)
-        if row.status is not RunStatus.RUNNING or latest <= track.forecast_step:
+        new = sorted(s for s in losses if track.forecast_step < s < track.spec.train.steps)
+        if row.status is not RunStatus.RUNNING or not new:
             return
+        if self._stop_hopeless:
+            for step in new[:-1]:  # evaluations that arrived between passes: judged, not recorded
+                earlier = {s: v for s, v in losses.items() if s <= step}
+                self._judge(track, row, step, self._forecaster.forecast(row, track.spec, earlier))
         entry = self._forecaster.forecast(row, track.spec, losses)
         if entry is not None:
             self._writer().add_prediction(entry)
-        track.forecast_step = latest
+        if self._stop_hopeless:
+            self._judge(track, row, new[-1], entry)
+        track.forecast_step = new[-1]
+
+    def _judge(self, track: _Track, row: RunSummary, step: int, entry: NewPrediction | None) -> None:
+        """Count one evaluation by analysis.hopeless's rule; ask the worker to stop the run once it says so."""
+        if track.stop_asked:
+            return
+        baseline = best_smaller(self._forecaster.finished_smaller(row, track.spec), float(row.params or 0))
+        hopeless = entry is not None and is_hopeless(entry.lo, entry.hi, baseline)
+        if not track.hopeless.observe(step, hopeless) or entry is None or baseline is None:
+            return
+        if entry.lo is None or entry.hi is None:  # is_hopeless said there is a band: never here
+            return
+        track.stop_asked = True
+        level = entry.level or self._forecaster.level
+        reason = stop_reason(entry.lo, entry.hi, level, baseline, track.hopeless.steps)
+        if not signals_reach(row.host, row.pid) or row.pid is None:
+            self._report(f"run {row.id} is hopeless but its worker is on another machine: not stopped ({reason})")
+            return
+        try:
+            request_run_stop(row.pid, row.id, reason)
+        except OSError as exc:  # the worker just ended (the run finished) or cannot be signalled
+            log.info("could not stop hopeless run %s: %s", row.id, exc)
 
     def _finished(self) -> list[FinishedRun]:
         return [FinishedRun(run_id, self._specs[row.key], row.loss) for run_id, row in self._rows.items()

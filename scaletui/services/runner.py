@@ -53,7 +53,7 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -558,7 +558,8 @@ class _WorkerStop:
 
     SIGUSR1 only sets a flag; the next check reads the worker's stop requests
     (services/stop_requests.py): the runs they name stop, the others of a bundle go on. A bare
-    SIGUSR1 with no request stops everything the worker trains, as before bundles existed."""
+    SIGUSR1 with no request stops everything the worker trains, as before bundles existed. A request
+    with a reason (the monitor's `train.stop_when_hopeless`) keeps it: `reason(run_id)`."""
 
     def __init__(self, flag: Any, parent_pid: int) -> None:
         self.flag = flag
@@ -567,6 +568,7 @@ class _WorkerStop:
         self.terminated = False
         self.signalled = False  # SIGUSR1 arrived; its requests are not read yet
         self.requested: set[int] = set()  # runs of the current task asked to stop
+        self.reasons: dict[int, str] = {}  # runs asked to stop with a reason: they end early_stopped
         self.current: set[int] = set()  # the current task's run ids
 
     def new_task(self, task: Task) -> None:
@@ -576,6 +578,7 @@ class _WorkerStop:
 
         self.run_stop, self.signalled = False, False
         self.requested.clear()
+        self.reasons.clear()
         take_stop_requests(os.getpid())
         self.current = {run_id for run_id, _ in task.members}
 
@@ -595,6 +598,10 @@ class _WorkerStop:
     def sweep_stopping(self) -> bool:
         return self.terminated or bool(self.flag.value) or os.getppid() != self.parent_pid
 
+    def reason(self, run_id: int) -> str | None:
+        """Why run `run_id` was asked to stop, when its request said (else None: an interruption)."""
+        return self.reasons.get(run_id)
+
     def stop_current_run(self, signum: int, frame: Any) -> None:
         self.signalled = True  # a signal handler does as little as possible: the files are read later
 
@@ -605,11 +612,13 @@ class _WorkerStop:
         if not self.signalled:
             return
         self.signalled = False
-        from scaletui.services.stop_requests import take_stop_requests
+        from scaletui.services.stop_requests import take_stop_requests_with_reasons
 
-        named = take_stop_requests(os.getpid())
+        named = take_stop_requests_with_reasons(os.getpid())
         if named:
-            self.requested |= named & self.current  # a request for a run that already ended is moot
+            mine = named.keys() & self.current  # a request for a run that already ended is moot
+            self.requested |= mine
+            self.reasons.update({run_id: reason for run_id, reason in named.items() if run_id in mine and reason})
         else:
             self.run_stop = True
 
@@ -760,6 +769,7 @@ def _run_alone(run_id: int, spec: RunSpec, config: WorkerConfig, conn: EventPipe
         )
     except Exception as exc:
         return _failed(store, [(run_id, sink)], exc)[0]
+    outcome = _with_stop_reason(outcome, stop, run_id)
     store.finish_run(run_id, outcome)
     return outcome
 
@@ -779,6 +789,7 @@ def _run_bundle(task: Task, config: WorkerConfig, conn: EventPipe, stop: TaskSto
 
     def finished(index: int, outcome: RunOutcome) -> None:
         run_id, spec = runs[index]
+        outcome = _with_stop_reason(outcome, stop, run_id)
         store.finish_run(run_id, outcome)
         outcomes[index] = outcome
         _report_finished(conn, run_id, spec, outcome)
@@ -829,6 +840,17 @@ def _start_sink(run_id: int, spec: RunSpec, conn: EventPipe, store: Any, open_si
     """Mark the run running in this process and give it its own sink (its records, its progress)."""
     store.mark_running(run_id, os.getpid(), socket.gethostname())
     return ReportingSink(open_sink(run_id), conn, run_id, spec)
+
+
+def _with_stop_reason(outcome: RunOutcome, stop: TaskStop, run_id: int) -> RunOutcome:
+    """A run stopped by a request with a reason (the monitor found it hopeless: services/monitor.py) ends
+    `early_stopped` with that reason as its error, not `interrupted`: it is finished and never resumed.
+    The loop stopped it as any stop does (its last losses sent, a checkpoint written); only the status
+    differs. Only a local worker's stop carries reasons (`_WorkerStop`)."""
+    reason = stop.reason(run_id) if isinstance(stop, _WorkerStop) else None
+    if reason is None or outcome.status is not RunStatus.INTERRUPTED:
+        return outcome  # ended on its own first (done, diverged), or interrupted for another cause
+    return replace(outcome, status=RunStatus.EARLY_STOPPED, error=reason)
 
 
 def _failed(store: Any, runs: list[tuple[int, ReportingSink]], exc: Exception) -> list[RunOutcome]:

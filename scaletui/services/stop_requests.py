@@ -22,6 +22,12 @@ worker reads and deletes the files and stops exactly those of its runs. Why this
 - a bare SIGUSR1 with no request (an older app, `kill -USR1` by hand) stops everything the worker is
   training, as it always did.
 
+A request may carry a reason as the file's text (the sweep's monitor ending a hopeless run,
+`train.stop_when_hopeless`): that run ends `early_stopped` with the reason recorded, not `interrupted`.
+An empty file (the app's `k`) still means "interrupt". A reasoned request is written under a dotted
+temporary name and renamed into place, so a worker never reads a name whose text is half-written;
+workers skip dotted names.
+
 The app (tui/) calls `stop_run`; workers (services/runner.py, services/ray_executor.py) call
 `take_stop_requests`. Standard library only, but for the store, imported by `stop_run` alone when
 the run is elsewhere (a worker never imports it here).
@@ -34,6 +40,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -60,30 +67,68 @@ def requests_folder(pid: int) -> Path:
     return Path(tempfile.gettempdir()) / f"scaletui-{os.getuid()}" / "stop" / str(pid)
 
 
-def request_run_stop(pid: int, run_id: int) -> None:
-    """Ask worker `pid` to stop run `run_id` (it checkpoints and becomes `interrupted`); its other runs
-    go on. Raises OSError (ProcessLookupError, PermissionError) as os.kill does."""
+def request_run_stop(pid: int, run_id: int, reason: str | None = None) -> None:
+    """Ask worker `pid` to stop run `run_id`; its other runs go on. Without a reason the run checkpoints
+    and becomes `interrupted`; with one it ends `early_stopped` with `reason` as its error. Raises
+    OSError (ProcessLookupError, PermissionError) as os.kill does. A reasoned request that cannot be
+    left raises OSError too, before any signal: a bare signal would interrupt every run of the worker."""
     try:
         folder = _own_folder(pid)
-        (folder / str(run_id)).touch()
+        if reason is None:
+            (folder / str(run_id)).touch()
+        else:
+            _write_reason(folder, run_id, reason)
     except OSError:
-        pass  # no request can be left: the bare signal stops everything the worker trains
+        if reason is not None:
+            raise
+        # no request can be left: the bare signal stops everything the worker trains
     os.kill(pid, signal.SIGUSR1)
 
 
 def take_stop_requests(pid: int) -> set[int]:
     """The run ids asked to stop in worker `pid`'s folder, each removed as it is read."""
+    return set(take_stop_requests_with_reasons(pid))
+
+
+def take_stop_requests_with_reasons(pid: int) -> dict[int, str | None]:
+    """Run id -> reason (None: interrupt) of every request in worker `pid`'s folder, each removed as it
+    is read. Dotted names (a reasoned request still being written) are left for the next read."""
     folder = requests_folder(pid)
     try:
         names = os.listdir(folder)
     except OSError:
-        return set()
-    taken = set()
+        return {}
+    taken: dict[int, str | None] = {}
     for name in names:
+        if name.startswith("."):
+            continue
+        path = folder / name
         if name.isdigit():
-            taken.add(int(name))
-        (folder / name).unlink(missing_ok=True)
+            taken[int(name)] = _read_reason(path)
+        path.unlink(missing_ok=True)
     return taken
+
+
+def _write_reason(folder: Path, run_id: int, reason: str) -> None:
+    """The request file `run_id` holding `reason`, whole or not at all (write, then rename into place)."""
+    temporary = folder / f".{run_id}.{os.getpid()}.{time.monotonic_ns()}"
+    try:
+        temporary.write_text(_one_line(reason) or "stopped", encoding="utf-8")
+        os.replace(temporary, folder / str(run_id))
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _read_reason(path: Path) -> str | None:
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None  # unreadable: taken as a plain stop, as before reasons existed
+    return text or None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 def clear_stop_requests(pid: int) -> None:
