@@ -117,9 +117,17 @@ def _lines(proc: subprocess.Popen[str]) -> queue.Queue[str | None]:
 
 def end(proc: subprocess.Popen[str], timeout: float) -> str:
     """Wait for the process to exit and return its stderr (its stdout belongs to the `_lines` thread:
-    `communicate()` would read it from a second thread)."""
-    proc.wait(timeout=timeout)
+    `communicate()` would read it from a second thread). A process that does not exit in time is asked
+    for every thread's stack (faulthandler on SIGUSR2), killed, and the test fails with the stacks."""
     assert proc.stderr is not None
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR2)
+        time.sleep(1)  # let faulthandler write the stacks before the kill
+        proc.kill()
+        proc.wait(timeout=30)
+        pytest.fail(f"the script did not exit within {timeout} s; its stacks:\n{proc.stderr.read()}")
     return proc.stderr.read()
 
 

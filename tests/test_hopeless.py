@@ -36,6 +36,7 @@ from scaletui.core.vocabulary import RunStatus
 from scaletui.services.monitor import SweepMonitor
 from scaletui.services.runner import Task, _with_stop_reason, _WorkerStop
 from scaletui.services.stop_requests import (
+    clear_stop_requests,
     request_run_stop,
     requests_folder,
     take_stop_requests,
@@ -129,10 +130,11 @@ def test_it_is_refused_with_a_ray_executor_and_through_the_cli_exit_2(tmp_path: 
 
 @pytest.fixture
 def own_folder() -> Iterator[Path]:
-    """This process's request folder, emptied before and after."""
-    take_stop_requests(os.getpid())
+    """This process's request folder, emptied before and after (dotted names too: a test leaves one, and
+    later tests in this process, which share its pid's folder, must not find it)."""
+    clear_stop_requests(os.getpid())
     yield requests_folder(os.getpid())
-    take_stop_requests(os.getpid())
+    clear_stop_requests(os.getpid())
 
 
 def signal_ignored() -> None:
