@@ -86,8 +86,18 @@ def command(script: Path, db: Path, mode: str, *, resume: bool = False, start_at
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
 
 
+def _as_from_a_terminal() -> None:
+    """In the child before it runs the script: Ctrl-C's default disposition, unblocked, as a script started
+    from a terminal has. A child inherits both from this process, where another test (or the test runner)
+    may have left SIGINT ignored: Python then never raises KeyboardInterrupt, and the script in CI waited
+    120 s for a Ctrl-C that could not arrive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT, signal.SIGTERM])
+
+
 def launch(*args: Any, **kw: Any) -> subprocess.Popen[str]:
-    return subprocess.Popen(command(*args, **kw), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    return subprocess.Popen(command(*args, **kw), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            preexec_fn=_as_from_a_terminal)
 
 
 def finish(*args: Any, **kw: Any) -> subprocess.CompletedProcess[str]:
