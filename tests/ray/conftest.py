@@ -199,14 +199,7 @@ class RaySweep:
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
 
     def run(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        proc = self.start(*args)
-        try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            stdout, stderr = proc.communicate()
-            pytest.fail(f"the sweep did not end within {timeout} s:\n{stdout}\n{stderr}")
-        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+        return ended(self.start(*args), timeout)
 
     def hosts_and_pids(self) -> list[tuple[int, str, int]]:
         return [(int(r[0]), str(r[1]), int(r[2])) for r in rows(self.db, "SELECT id, host, pid FROM runs ORDER BY id")]
@@ -225,3 +218,19 @@ def ray_sweep(tmp_path: Path, shared_data_dir: Path, cluster: Cluster) -> Callab
         return RaySweep(path, tmp_path / "runs.db", tmp_path / "checkpoints", cluster.address)
 
     return make
+
+
+def ended(proc: subprocess.Popen[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Wait for a driver started in its own session; on overstaying, kill the session and fail with its
+    output. Its session is killed in any case, so no worker it left behind outlives the test."""
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"the sweep did not end within {timeout} s:\n{stdout}\n{stderr}")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)

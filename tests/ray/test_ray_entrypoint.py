@@ -27,7 +27,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.faults.conftest import assert_intact, events, rows, wait_for
-from tests.ray.conftest import Cluster, ray_env
+from tests.ray.conftest import Cluster, ended, ray_env
 
 pytestmark = pytest.mark.slow
 
@@ -116,19 +116,7 @@ def start(path: Path, db: Path, cluster: Cluster) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def finish(proc: subprocess.Popen[str], timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """Wait for the driver; kill its session and fail when it overstays."""
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        pytest.fail(f"the sweep did not end within {timeout} s:\n{stdout}\n{stderr}")
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+SWEEP_TIMEOUT = 180  # seconds a driver may take on the loopback cluster
 
 
 def assert_one_row_per_step(db: Path, run_id: int, last: int) -> None:
@@ -149,7 +137,7 @@ def runs_by_id(db: Path) -> dict[int, dict[str, Any]]:
 def test_an_entrypoint_sweep_runs_on_both_nodes_and_a_raising_run_fails_alone(
         cluster: Cluster, tmp_path: Path) -> None:
     path, db = write_sweep(tmp_path, gains=[1.0, 13, -1], seeds=[0]), tmp_path / "runs.db"
-    out = finish(start(path, db, cluster))
+    out = ended(start(path, db, cluster), SWEEP_TIMEOUT)
     assert out.returncode == 1, out.stdout + out.stderr  # a run failed: not a clean sweep
     assert "Traceback" not in out.stderr
     assert_intact(db)
@@ -189,7 +177,7 @@ def test_a_killed_worker_s_entrypoint_run_is_retried_and_resumes_from_its_checkp
         victim, = [run_id for (run_id,) in rows(db, "SELECT id FROM runs WHERE pid = ?", int(pid))]
         os.kill(int(pid), signal.SIGKILL)
     finally:
-        out = finish(proc)
+        out = ended(proc, SWEEP_TIMEOUT)
     assert out.returncode == 0, out.stdout + out.stderr
     assert_intact(db)
     for run in runs_by_id(db).values():
@@ -213,13 +201,13 @@ def test_ctrl_c_leaves_entrypoint_runs_interrupted_and_the_next_sweep_resumes_th
         assert proc.poll() is None, f"the sweep ended first:\n{proc.communicate()}"
         proc.send_signal(signal.SIGINT)  # Ctrl-C on the driver alone: the workers hear it through the writer
     finally:
-        out = finish(proc)
+        out = ended(proc, SWEEP_TIMEOUT)
     assert out.returncode == 130, out.stdout + out.stderr
     assert "Traceback" not in out.stderr
     statuses = sorted(status for (status,) in rows(db, "SELECT status FROM runs"))
     assert statuses == ["interrupted", "interrupted"], statuses  # each checkpointed and returned
     (marks / "hold").unlink()
-    out = finish(start(path, db, cluster))
+    out = ended(start(path, db, cluster), SWEEP_TIMEOUT)
     assert out.returncode == 0, out.stdout + out.stderr
     for run in runs_by_id(db).values():
         assert run["status"] == "done", run
