@@ -21,8 +21,15 @@ import pytest
 
 from scaletui.services.stop_requests import stop_run
 from tests.faults.conftest import assert_intact, events, rows, wait_for
-from tests.ray.conftest import Cluster, RaySweep
-from tests.ray.test_ray_entrypoint import STEPS, assert_one_row_per_step, finish, runs_by_id, start, write_sweep
+from tests.ray.conftest import Cluster, RaySweep, ended
+from tests.ray.test_ray_entrypoint import (
+    STEPS,
+    SWEEP_TIMEOUT,
+    assert_one_row_per_step,
+    runs_by_id,
+    start,
+    write_sweep,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +105,7 @@ def test_entrypoint_runs_stop_one_by_one_through_the_database_and_by_signal(clus
         os.kill(int(pid), 0)  # the Ray worker took the signal and lives on
         (marks / "hold").unlink()  # the others train on
     finally:
-        out = finish(proc)
+        out = ended(proc, SWEEP_TIMEOUT)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "Traceback" not in out.stderr
     runs = runs_by_id(db)
