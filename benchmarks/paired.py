@@ -37,6 +37,7 @@ class Timing:
 
     wall: float  # seconds of wall time
     cpu: float  # seconds of this process's CPU time (all threads)
+    faults: int = 0  # minor page faults of the process meanwhile (where the benchmark counts them)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ interval (resampling the triples). Goal: watch <= 1.03x. The interleaving and th
 benchmarks/paired.py's, shared with overhead.py.
 
     python benchmarks/watch_overhead.py [--reps 9] [--seconds 1.5] [--device cpu|cuda] [--threads 1] [--steady-heap]
+                                        [--sizes 64x2 256x4 512x8]
 
 `--steady-heap` fixes glibc's malloc trim and mmap thresholds for the process. Left to themselves they
 move with the process's history, and whether a loop's freed per-step tensors sit at the top of the heap
@@ -33,6 +34,7 @@ import ctypes
 import gc
 import os
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -77,6 +79,7 @@ def loop(width: int, depth: int, steps: int, device: torch.device, db: Path | No
             run.watch(model)
     _sync(device)
     gc.collect()
+    faults = _minor_faults()
     wall, cpu = time.perf_counter(), time.process_time()
     for step in range(steps):
         loss = nn.functional.cross_entropy(model(x), y)
@@ -86,10 +89,14 @@ def loop(width: int, depth: int, steps: int, device: torch.device, db: Path | No
         if run is not None:
             run.log({"train_loss": loss, "grad_scale": 1.0}, step=step)
     _sync(device)
-    timing = Timing(time.perf_counter() - wall, time.process_time() - cpu)
+    timing = Timing(time.perf_counter() - wall, time.process_time() - cpu, _minor_faults() - faults)
     if run is not None:
         run.finish()
     return timing
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def steady_heap() -> str:
@@ -133,6 +140,7 @@ def _ratios(times: dict[str, list[Timing]], over: str, under: str, clock: Clock)
 
 def report(width: int, depth: int, steps: int, times: dict[str, list[Timing]]) -> bool:
     per_step = {name: 1e3 * statistics.median(t.wall for t in ts) / steps for name, ts in times.items()}
+    faults = {name: statistics.median(t.faults for t in ts) / steps for name, ts in times.items()}
     cells = []
     clocks: tuple[Clock, Clock] = ("wall", "cpu")
     for clock in clocks:
@@ -142,8 +150,17 @@ def report(width: int, depth: int, steps: int, times: dict[str, list[Timing]]) -
     ok = cpu_watch <= GOAL
     print(f"w{width:<4d} d{depth:<2d} {steps:5d} {per_step['bare']:7.3f} {per_step['log']:7.3f} "
           f"{per_step['watch']:7.3f} | wall: {cells[0]} | cpu: {cells[1]} | {'ok' if ok else 'OVER'} "
+          f"| faults/step {faults['bare']:.0f} {faults['log']:.0f} {faults['watch']:.0f} "
           f"| load {load_average()}", flush=True)
     return ok
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, _, depth = text.partition("x")
+    try:
+        return int(width), int(depth)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxDEPTH, e.g. 512x8") from None
 
 
 def main() -> None:
@@ -153,6 +170,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine's other core writes)")
     parser.add_argument("--steady-heap", action="store_true", help="fix glibc's malloc thresholds (see above)")
+    parser.add_argument("--sizes", nargs="+", type=_size, default=CONFIGS, metavar="WxD",
+                        help="widths x depths to measure (default: 64x2 256x4 512x8)")
     args = parser.parse_args()
     if args.steady_heap:
         print(f"malloc thresholds: {steady_heap()}")
@@ -162,10 +181,10 @@ def main() -> None:
           f"rotating triples per size of ~{args.seconds:g} s loops; watch every 25 optimizer steps (the default); "
           f"goal watch/log <= {GOAL}x (judged on process CPU time)")
     print("size      steps  ms/step: bare   log  watch | watch/log (95% CI)   log/bare (95% CI), wall clock | "
-          "the same, process CPU time | load average 1/5/15 min")
+          "the same, process CPU time | minor page faults per step (median) | load average 1/5/15 min")
     with tempfile.TemporaryDirectory() as folder:
         ok = [report(w, d, steps, measure(w, d, steps, args.reps, device, Path(folder)))
-              for w, d in CONFIGS for steps in [steps_for(w, d, args.seconds, device)]]
+              for w, d in args.sizes for steps in [steps_for(w, d, args.seconds, device)]]
     print("all within the goal" if all(ok) else "some sizes over the goal")
 
 
