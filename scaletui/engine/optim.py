@@ -40,6 +40,11 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], spec: TrainSpec, lr: f
     return optimizer
 
 
+def fused_adam_works(decoupled: bool, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether PyTorch's fused Adam (AdamW when `decoupled`) kernel runs on this device and dtype."""
+    return _fused_works(torch.optim.AdamW if decoupled else torch.optim.Adam, device, dtype)
+
+
 @functools.cache
 def _fused_works(cls: Any, device: torch.device, dtype: torch.dtype) -> bool:
     """Try the fused kernel once per (optimizer, device, dtype) on a throwaway tensor.
