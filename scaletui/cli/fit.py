@@ -608,6 +608,7 @@ def _print_frontier(report: Any) -> None:
     from rich.table import Table
 
     from scaletui.services.frontier import D_TEXT
+    from scaletui.services.frontier_lines import budget_note, closest_lines, law_line, policy_line
     from scaletui.services.plotting import frontier_text
 
     r, out = report, console()
@@ -615,23 +616,18 @@ def _print_frontier(report: Any) -> None:
     boot = f"{r.n_resamples} bootstrap resamples over (N, D) points" if r.n_resamples else "no bootstrap"
     for line in (f"{r.experiment}: compute-optimal frontier of L(N, D) = E + A/N^alpha + B/D^beta; loss = "
                  f"{r.loss_label}; {r.n_runs} runs, {len(r.points)} (N, D) points; {boot}; not stored",
-                 f"N = params; D = {D_TEXT}; {r.compute_text}",
-                 f"L = {_num(r.law.params['E'])} + {_num(r.law.params['A'])}/N^{r.law.params['alpha']:.3f} + "
-                 f"{_num(r.law.params['B'])}/D^{r.law.params['beta']:.3f} (rms log error {r.rms_log_error:.3g})"):
+                 f"N = params; D = {D_TEXT}; {r.compute_text}", law_line(r)):
         out.print(line, markup=False, highlight=False, soft_wrap=True)
     out.print(_params_rows(r, level))
-    out.print(f"N_opt = G (C/k)^a, D_opt = G^-1 (C/k)^b (Hoffmann et al. 2022, Approach 3): a = {r.a:.3f} "
-              f"{_interval(*r.a_interval)}, b = {r.b:.3f} {_interval(*r.b_interval)}", markup=False,
-              highlight=False, soft_wrap=True)
+    out.print(policy_line(r), markup=False, highlight=False, soft_wrap=True)
     table = Table("budget C (FLOPs)", f"N_opt ({level})", f"D_opt ({level})", "D/N", f"frontier loss ({level})",
                   "", box=None)
     for b in r.budgets:
-        note = "FAR BEYOND THE DATA" if b.far else (f"{' and '.join(b.outside)} extrapolated" if b.outside else "")
         table.add_row(_num(b.compute), f"{_num(b.n_opt)} {_interval(*b.n_interval)}",
                       f"{_num(b.d_opt)} {_interval(*b.d_interval)}", _num(b.d_per_n),
-                      f"{_num(b.loss)} {_interval(b.loss_interval[0], b.loss_interval[1], 4)}", note)
+                      f"{_num(b.loss)} {_interval(b.loss_interval[0], b.loss_interval[1], 4)}", budget_note(b))
     out.print(table)
-    for line in _closest_lines(r):
+    for line in closest_lines(r):
         out.print(line, markup=False, highlight=False, soft_wrap=True)
     for w in r.warnings:
         out.print(f"warning: {w}", markup=False, highlight=False, soft_wrap=True)
@@ -648,19 +644,3 @@ def _params_rows(r: Any, level: str) -> Any:
         lo, hi = r.intervals.get(name, (float("nan"), float("nan")))
         table.add_row(name, _num(value), _interval(lo, hi, 4), meanings.get(name, ""))
     return table
-
-
-def _point_text(p: Any) -> str:
-    q = p.placement
-    shape = f"width {p.width}, " if p.width is not None else ""
-    side = "bigger" if q.log10_n_ratio > 0 else "smaller"
-    return (f"N={q.n:.4g}, D={q.d:.4g} ({shape}{p.steps} steps; runs {', '.join(map(str, p.run_ids))}): loss "
-            f"{q.loss:.4g} at C={q.compute:.3g}, {q.ratio:.3f}x the frontier's {q.frontier_loss:.4g} there; N is "
-            f"{10 ** abs(q.log10_n_ratio):.3g}x {side} than N_opt(C)")
-
-
-def _closest_lines(r: Any) -> list[str]:
-    lines = [f"closest to optimal (loss / frontier loss at its compute): {_point_text(r.points[r.closest])}"]
-    if r.closest_by_size != r.closest:
-        lines.append(f"closest to N_opt(C) in log N: {_point_text(r.points[r.closest_by_size])}")
-    return lines

@@ -27,7 +27,7 @@ from scaletui.services.fit_report import FitReport
 if TYPE_CHECKING:
     from scaletui.services.frontier import FrontierReport
 
-__all__ = ["frontier_text", "law_text", "write_frontier_png", "write_png"]
+__all__ = ["frontier_key", "frontier_text", "law_text", "plot_frontier", "write_frontier_png", "write_png"]
 
 
 def law_text(report: FitReport) -> str:
@@ -228,33 +228,45 @@ def _log_ticks(lo: float, hi: float, n: int) -> tuple[list[float], list[str]]:
     return ticks.tolist(), [f"{10 ** t:.3g}" for t in ticks]
 
 
-def frontier_text(report: FrontierReport, width: int = 78, height: int = 20) -> str:
-    """Loss against compute for a terminal (plotext, no colours): the frontier as a line, each trained (N, D)
-    as its model size's digit (1 = smallest), the closest run as X, and a key line below (plotext's own legend
-    would cover the smallest runs, top left). Log10 axes drawn by hand (plotext's own log axes fail below 1,
-    where losses live), ticks labelled in the original units."""
-    import plotext as plt
-
+def plot_frontier(plt: Any, report: FrontierReport, y_ticks: int = 4) -> None:
+    """Draw loss against compute on a plotext figure (the `plotext` module, or a textual-plotext widget's `plt`):
+    the frontier L(N_opt(C), D_opt(C)) as a line, each trained (N, D) as its model size's digit (1 = smallest),
+    the closest run as X. Log10 axes drawn by hand (plotext's own log axes fail below 1, where losses live),
+    ticks labelled in the original units. No legend (plotext's would cover the smallest runs, top left): show
+    `frontier_key` beside the plot."""
     grid = _compute_grid(report)
     best = frontier_loss_at(report.law.params, grid, report.k)
     sizes = sorted({p.placement.n for p in report.points})
-    plt.clear_figure()
-    plt.plotsize(width, height)
-    plt.theme("clear")
     plt.plot(np.log10(grid).tolist(), np.log10(best).tolist(), marker="braille")
     for i, size in enumerate(sizes):
         pts = [p.placement for p in report.points if p.placement.n == size]
         plt.scatter([float(np.log10(q.compute)) for q in pts], [float(np.log10(q.loss)) for q in pts],
                     marker=_size_marker(i))
     top = report.points[report.closest].placement
-    plt.scatter([float(np.log10(top.compute))], [float(np.log10(top.loss))], marker="X")
+    plt.scatter([float(np.log10(top.compute))], [float(np.log10(top.loss))], marker="X", color="red")
     ys = np.log10([p.placement.loss for p in report.points] + best.tolist())
     plt.xticks(*_log_ticks(float(np.log10(grid[0])), float(np.log10(grid[-1])), 5))
-    plt.yticks(*_log_ticks(float(ys.min()), float(ys.max()), 4))
+    plt.yticks(*_log_ticks(float(ys.min()), float(ys.max()), y_ticks))
     plt.xlabel("training compute C (FLOPs, log)")
     plt.ylabel(f"{report.loss_label} (log)")
+
+
+def frontier_key(report: FrontierReport) -> str:
+    """One line that says what `plot_frontier`'s line, digits and X are."""
+    sizes = sorted({p.placement.n for p in report.points})
     key = ", ".join(f"{_size_marker(i)} N={size:.3g}" for i, size in enumerate(sizes))
-    return f"{plt.uncolorize(plt.build())}\nline: the frontier; points: {key}; X: the closest run"
+    return f"line: the frontier; points: {key}; X: the closest run"
+
+
+def frontier_text(report: FrontierReport, width: int = 78, height: int = 20) -> str:
+    """`plot_frontier` for a terminal that prints it (the CLI): no colours, the key on the line below."""
+    import plotext as plt
+
+    plt.clear_figure()
+    plt.plotsize(width, height)
+    plt.theme("clear")
+    plot_frontier(plt, report)
+    return f"{plt.uncolorize(plt.build())}\n{frontier_key(report)}"
 
 
 def _size_marker(i: int) -> str:

@@ -14,11 +14,14 @@ checks: well under a second), then the same with its bootstrap intervals and pre
 request cancels the older one (exclusive worker group), and a cancelled fit stops between bootstrap
 chunks.
 
-`w` switches the pane between three views of the same experiment, computed the same way (in the worker, the
-quick answer first, then with its bootstrap): the law; the scaling strategies (width at each depth, depth at
-each width, both along the diagonal) compared by the FLOPs each needs to reach a loss
-(`services.strategies`); and the regimes, the law at every evaluation step with the ranking of sizes and the
-pairs of sizes that cross (`services.regimes`).
+`w` cycles the pane through views of the same experiment, each computed in the worker (the quick answer first,
+then with its bootstrap): the law; the scaling strategies (width at each depth, depth at each width, both along
+the diagonal) compared by the FLOPs each needs to reach a loss (`services.strategies`); the regimes, the law at
+every evaluation step with the ranking of sizes and the pairs of sizes that cross (`services.regimes`); the
+compute-optimal frontier of a sweep with a data axis, L(N, D) of params and examples seen with N_opt(C) and
+D_opt(C) at four budgets, loss against compute with every run on it and the run closest to optimal named
+(`services.frontier`, the same sentences as `scaletui fit --frontier`); and the predictions ledger, read as it
+stands. A view that cannot be computed (a sweep without a data axis has no frontier) says why in one line.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
+from rich.cells import cell_len
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import BindingType
@@ -55,6 +59,10 @@ from scaletui.services.fitting import (
     describe_stability,
     fit_experiment,
 )
+from scaletui.services.frontier import FLAG as FRONTIER_FLAG
+from scaletui.services.frontier import FrontierReport, frontier_experiment
+from scaletui.services.frontier_lines import budget_note, closest_lines, law_line, policy_line
+from scaletui.services.plotting import frontier_key, plot_frontier
 from scaletui.services.predictions import PredictError, TrackRecord, ledger, next_size, record_prediction
 from scaletui.services.regimes import RegimesReport, regime_lines, regimes_experiment
 from scaletui.services.strategies import FLOPS, StrategiesReport, compare_experiment, interval_text, verdict_lines
@@ -68,10 +76,11 @@ from scaletui.tui.widgets.ledger_view import (
     plot_ledger,
 )
 
-__all__ = ["GROUPINGS", "LAW", "PANE_BOOTSTRAP", "PREDICTIONS", "REGIMES", "STRATEGIES", "VIEWS", "FitPane"]
+__all__ = ["FRONTIER", "GROUPINGS", "LAW", "PANE_BOOTSTRAP", "PREDICTIONS", "REGIMES", "STRATEGIES", "VIEWS",
+           "FitPane"]
 
 T = TypeVar("T")
-ViewReport = StrategiesReport | RegimesReport | TrackRecord  # what the views other than the law show
+ViewReport = StrategiesReport | RegimesReport | FrontierReport | TrackRecord  # what the views other than the law show
 
 PANE_BOOTSTRAP = 200  # enough for a 90% interval that means something, fast enough to refit live
 GROUPINGS: tuple[str | None, ...] = (None, FitX.DEPTH.value, FitX.WIDTH.value)
@@ -81,12 +90,14 @@ CURVE_MARKERS = ("dot", "hd", "fhd", "braille")
 TABLE_COLUMNS = ("curve", "form", "E", "A", "alpha", "held-out 1", "held-out 2", "alpha over training")
 NARROW_COLUMNS = TABLE_COLUMNS[:5]  # under NARROW_BELOW columns; the notes below say the rest
 NARROW_BELOW = 100
-LAW, STRATEGIES, REGIMES, PREDICTIONS = "law", "strategies", "regimes", "predictions"
-VIEWS: tuple[str, ...] = (LAW, STRATEGIES, REGIMES, PREDICTIONS)  # `w` cycles
+LAW, STRATEGIES, REGIMES, FRONTIER, PREDICTIONS = "law", "strategies", "regimes", "frontier", "predictions"
+VIEWS: tuple[str, ...] = (LAW, STRATEGIES, REGIMES, FRONTIER, PREDICTIONS)  # `w` cycles
 STRATEGY_COLUMNS = ("strategy", "alpha vs FLOPs", "E", "FLOPs to target", "where", "cheapest in")
 NARROW_STRATEGY_COLUMNS = ("strategy", "FLOPs to target", "cheapest in")
 REGIME_COLUMNS = ("step", "sizes", "alpha", "interval", "E", "bigger wins")
 NARROW_REGIME_COLUMNS = ("step", "alpha", "bigger wins")
+FRONTIER_COLUMNS = ("budget C", "N_opt", "D_opt", "D/N", "frontier loss", "note")  # intervals in the cells
+NARROW_FRONTIER_COLUMNS = ("budget C", "N_opt", "D_opt")  # the intervals and notes: in the notes and the status
 TALL_PLOT = 20  # rows: a shorter plot gets 3 y ticks, not 5 (plotext drops colliding ticks, not always the same)
 
 
@@ -101,6 +112,8 @@ class _Choice:
     view: str = LAW
 
     def spec(self, n_bootstrap: int = PANE_BOOTSTRAP) -> FitSpec:
+        if self.view == FRONTIER:  # L(N, D) of params and examples seen: x, grouping and form do not apply
+            return FitSpec(loss_rule=self.rule, n_bootstrap=n_bootstrap)
         return FitSpec(x=self.x, group_by=self.group_by, loss_rule=self.rule, form=self.form, n_bootstrap=n_bootstrap)
 
     def label(self) -> str:
@@ -111,6 +124,8 @@ class _Choice:
         if self.view == PREDICTIONS:
             return "the predictions ledger"
         rule = self.rule.label if self.rule else "experiment's loss rule"
+        if self.view == FRONTIER:
+            return f"the compute-optimal frontier of L(N, D); {rule}"
         group = f", one curve per {self.group_by}" if self.group_by else ""
         form = "form chosen by held-out error" if self.form == AUTO else f"form {self.form}"
         return f"L({self.x}), {form}{group}; {rule}"
@@ -297,20 +312,27 @@ class FitPane(Widget, can_focus=True):
             self.post_message(self.Compared(choice, experiment, record))
             return
         for n_bootstrap in (0, PANE_BOOTSTRAP):
-            spec = choice.spec(n_bootstrap)
             try:
-                report: StrategiesReport | RegimesReport = (
-                    compare_experiment(self.db_path, experiment, spec, should_stop=cancelled)
-                    if choice.view == STRATEGIES else regimes_experiment(self.db_path, experiment, spec,
-                                                                          should_stop=cancelled))
+                report = self._view_report(choice, experiment, choice.spec(n_bootstrap), cancelled)
             except FitStopped:
                 return  # superseded by a newer key press
             except expected as exc:
-                self.post_message(self.Compared(choice, experiment, None, str(exc)))
+                self.post_message(self.Compared(choice, experiment, None, _reason(exc)))
                 return
             if cancelled():
                 return
             self.post_message(self.Compared(choice, experiment, report, complete=n_bootstrap > 0))
+
+    def _view_report(self, choice: _Choice, experiment: str | None, spec: FitSpec,
+                     cancelled: Callable[[], bool]) -> StrategiesReport | RegimesReport | FrontierReport:
+        """In the worker: the strategies, regimes or frontier view's report."""
+        if choice.view == STRATEGIES:
+            return compare_experiment(self.db_path, experiment, spec, should_stop=cancelled)
+        if choice.view == REGIMES:
+            return regimes_experiment(self.db_path, experiment, spec, should_stop=cancelled)
+        # The frontier cannot stop mid-bootstrap (the service takes no should_stop); one small two-variable law
+        # with its bootstrap is about a tenth of a second, so the check between the two passes suffices.
+        return frontier_experiment(self.db_path, experiment, spec)
 
     @work(thread=True, exclusive=True, group="predict", exit_on_error=False)
     def _predict_next(self, experiment: str | None) -> None:
@@ -371,7 +393,7 @@ class FitPane(Widget, can_focus=True):
                          if isinstance(message.report, TrackRecord)
                          else _view_summary(message.report, message.complete))
 
-    # ----------------------------------------------------------------- drawing the strategies and regimes views
+    # ----------------------------------------------------------------- drawing the other views
 
     def _set_columns(self, view: str, columns: Sequence[str]) -> DataTable[Any]:
         """The table emptied, with `columns` (rebuilt when the view or the width class changed)."""
@@ -384,24 +406,19 @@ class FitPane(Widget, can_focus=True):
         return table
 
     def _show_view_table(self, report: ViewReport | None) -> None:
+        """The view's columns, and its rows when there is a report (none: the view could not be computed)."""
         narrow = self._narrow()
-        if isinstance(report, TrackRecord) or (report is None and self.choice.view == PREDICTIONS):
-            table = self._set_columns(PREDICTIONS, NARROW_LEDGER_COLUMNS if narrow else LEDGER_COLUMNS)
-            for row in ledger_rows(report, narrow) if report is not None else []:
-                table.add_row(*row)
-            return
-        if isinstance(report, RegimesReport) or (report is None and self.choice.view == REGIMES):
-            table = self._set_columns(REGIMES, NARROW_REGIME_COLUMNS if narrow else REGIME_COLUMNS)
-            for row in _regime_rows(report, narrow) if report is not None else []:
-                table.add_row(*row)
-            return
-        table = self._set_columns(STRATEGIES, NARROW_STRATEGY_COLUMNS if narrow else STRATEGY_COLUMNS)
-        for row in _strategy_rows(report, narrow) if report is not None else []:
+        view = self.choice.view if report is None else _view_of(report)
+        columns, rows = _view_table(view, report, narrow)
+        table = self._set_columns(view, columns)
+        for row in rows:
             table.add_row(*row)
+        _size_columns(table)
 
     def _show_view_notes(self, report: ViewReport | None) -> None:
         lines = (verdict_lines(report.comparison) if isinstance(report, StrategiesReport)
                  else regime_lines(report) if isinstance(report, RegimesReport)
+                 else _frontier_notes(report) if isinstance(report, FrontierReport)
                  else ledger_notes(report) if isinstance(report, TrackRecord) else [])
         self.query_one("#fit-notes", Static).update("\n".join(lines))
 
@@ -414,6 +431,9 @@ class FitPane(Widget, can_focus=True):
             _plot_strategies(plt, report, 5 if widget.size.height >= TALL_PLOT else 3)
         elif isinstance(report, RegimesReport):
             _plot_regimes(plt, report)
+        elif isinstance(report, FrontierReport):
+            plot_frontier(plt, report, 5 if widget.size.height >= TALL_PLOT else 3)
+            plt.xlabel(_frontier_axis_key(report))
         elif isinstance(report, TrackRecord):
             plot_ledger(plt, report)
         widget.refresh()
@@ -444,6 +464,7 @@ class FitPane(Widget, can_focus=True):
             else:
                 table.add_row(r.group or "all", r.law.form, _cell(r, "E"), _cell(r, "A"), _cell(r, "alpha"),
                               _heldout_cell(r, 1), _heldout_cell(r, 2), _stability_cell(r), key=r.group or "all")
+        _size_columns(table)
 
     def _show_notes(self, message: FitPane.Fitted) -> None:
         lines = []
@@ -481,6 +502,17 @@ class FitPane(Widget, can_focus=True):
             plt.xlabel(f"{reports[0].x_name} (log)")
             plt.ylabel(f"{reports[0].loss_label or 'loss'} (log)")
         widget.refresh()
+
+
+def _size_columns(table: DataTable[Any]) -> None:
+    """Widen each column to its widest cell line now. DataTable measures new rows only when it is next idle, and
+    a frame drawn before that stays in its row cache (keyed by the update count, which the measuring does not
+    bump): the refilled table could show the new cells clipped to the old widths until the cursor moved.
+    Widths only grow, as DataTable's own measuring does, which still runs and agrees (the cells are plain text)."""
+    for index, column in enumerate(table.columns.values()):
+        widest = max((cell_len(line) for row in range(table.row_count)
+                      for line in str(table.get_row_at(row)[index]).split("\n")), default=0)
+        column.content_width = max(column.content_width, widest)
 
 
 def _log_ticks(values: np.ndarray, n: int = 5) -> tuple[list[float], list[str]]:
@@ -531,7 +563,38 @@ def _view_summary(report: ViewReport | None, complete: bool) -> str:
         return (f"{report.experiment}: L({report.x}) = {r.form} at each {r.axis}; {len(r.crossings)} crossing(s); "
                 f"loss = {report.loss_label}; {len(r.table.sizes)} sizes, {report.n_runs} runs; {boot} over "
                 f"{report.unit}")
+    if isinstance(report, FrontierReport):
+        drawn = (f"{report.n_resamples} bootstrap resamples, {report.level:.0%} intervals" if complete
+                 else "bootstrap running: intervals follow")
+        return (f"{report.experiment}: compute-optimal frontier, N = params, D = examples seen, "
+                f"C = {report.k:.3g} N D; loss = {report.loss_label}; {report.n_runs} runs; {drawn}")
     return "nothing to show"
+
+
+def _reason(exc: Exception) -> str:
+    """An error's one line. The frontier service starts its lines with the CLI's flag (`--frontier: ...`), which
+    means nothing in the app."""
+    return str(exc).removeprefix(f"{FRONTIER_FLAG}: ")
+
+
+def _view_of(report: ViewReport) -> str:
+    return (PREDICTIONS if isinstance(report, TrackRecord) else REGIMES if isinstance(report, RegimesReport)
+            else FRONTIER if isinstance(report, FrontierReport) else STRATEGIES)
+
+
+def _view_table(view: str, report: ViewReport | None, narrow: bool) -> tuple[Sequence[str], Sequence[Sequence[str]]]:
+    """A view's columns (fewer when narrow) and its rows (none without its report)."""
+    if view == PREDICTIONS:
+        return (NARROW_LEDGER_COLUMNS if narrow else LEDGER_COLUMNS,
+                ledger_rows(report, narrow) if isinstance(report, TrackRecord) else [])
+    if view == REGIMES:
+        return (NARROW_REGIME_COLUMNS if narrow else REGIME_COLUMNS,
+                _regime_rows(report, narrow) if isinstance(report, RegimesReport) else [])
+    if view == FRONTIER:
+        return (NARROW_FRONTIER_COLUMNS if narrow else FRONTIER_COLUMNS,
+                _frontier_rows(report, narrow) if isinstance(report, FrontierReport) else [])
+    return (NARROW_STRATEGY_COLUMNS if narrow else STRATEGY_COLUMNS,
+            _strategy_rows(report, narrow) if isinstance(report, StrategiesReport) else [])
 
 
 def _share(value: float | None) -> str:
@@ -567,6 +630,32 @@ def _regime_rows(report: RegimesReport, narrow: bool) -> list[tuple[str, ...]]:
             e = "-" if f.law is None else f"{f.law.params.get('E', math.nan):.3g}"
             rows.append((f"{f.regime:g}", str(f.n_sizes), alpha, interval_text(*f.alpha_interval), e, _share(share)))
     return rows
+
+
+def _frontier_rows(report: FrontierReport, narrow: bool) -> list[tuple[str, ...]]:
+    """One row per budget: N_opt, D_opt, D/N and the frontier's loss, each with its interval (wide)."""
+    rows: list[tuple[str, ...]] = []
+    for b in report.budgets:
+        if narrow:
+            rows.append((f"{b.compute:.3g}", f"{b.n_opt:.4g}", f"{b.d_opt:.4g}"))
+        else:
+            rows.append((f"{b.compute:.3g}", f"{b.n_opt:.4g} {interval_text(*b.n_interval)}",
+                         f"{b.d_opt:.4g} {interval_text(*b.d_interval)}", f"{b.d_per_n:.3g}",
+                         f"{b.loss:.4g} {interval_text(*b.loss_interval, digits=4)}", budget_note(b)))
+    return rows
+
+
+def _frontier_axis_key(report: FrontierReport) -> str:
+    """The x label, with a key short enough for 80 columns (the notes have the full one, each size's N)."""
+    sizes = len({p.placement.n for p in report.points})
+    digits = f"1-{sizes}" if sizes <= 9 else "1-9, o"  # plot_frontier's markers (the service refuses one size)
+    return f"C (FLOPs, log); {digits}: sizes; X: closest"
+
+
+def _frontier_notes(report: FrontierReport) -> list[str]:
+    """The closest run first (the question the view answers), the plot's key, the law and the policy."""
+    return [*closest_lines(report), frontier_key(report), law_line(report), policy_line(report),
+            report.compute_text, *(f"warning: {w}" for w in report.warnings)]
 
 
 def _plot_strategies(plt: Any, report: StrategiesReport, n_ticks: int) -> None:

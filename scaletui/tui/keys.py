@@ -18,7 +18,8 @@ FIT_KEYS: list[Binding] = [
     Binding("l", "cycle_rule", "rule", tooltip="loss rule: the experiment's, final, best, smoothed"),
     Binding("f", "toggle_form", "form", tooltip="form: with the offset E (E + A·x^-alpha) or without (A·x^-alpha)"),
     Binding("w", "cycle_view", "view", tooltip="view: the law; strategies (width, depth, both) at equal "
-                                                 "FLOPs; the law at each training length; the predictions ledger"),
+                                                 "FLOPs; the law per training length; the compute-optimal "
+                                                 "frontier; the predictions ledger"),
     Binding("P", "predict_next", "predict", show=False,
             tooltip="record the law's prediction for the next size (next width, deepest depth): scored when "
                     "it is trained; `w` to the predictions view shows the track record"),

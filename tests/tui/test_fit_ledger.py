@@ -46,7 +46,7 @@ def test_p_records_the_next_width_and_the_predictions_view_lists_it(tmp_path: Pa
             with Reader(db) as reader:
                 [entry] = reader.predictions("law")
             assert (entry.source, entry.status, entry.width) == (PredictionSource.APP, PredictionStatus.OPEN, 256)
-            for _ in range(3):
+            for _ in range(fit_pane.VIEWS.index(PREDICTIONS)):  # from the law view
                 await pilot.press("w")
             await until(pilot, lambda: pane.choice.view == PREDICTIONS and pane.view_report is not None, timeout=60)
             table = pane.query_one("#fit-table", DataTable)

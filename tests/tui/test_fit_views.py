@@ -1,4 +1,5 @@
 """The fit pane's other views: scaling strategies (`w` once) and regimes (`w` twice), and back to the law.
+(The frontier view, `w` three times, has its own tests: tests/tui/test_fit_frontier_view.py.)
 
 Two kinds of test: a pilot over a real database whose runs follow a known law on a width x depth grid
 (tests/fitdb.py: alpha = 0.5 along every strategy and at every step, no crossings), checking what the views
@@ -21,7 +22,15 @@ from textual.widgets import DataTable, Static
 
 from scaletui.tui import fit_pane
 from scaletui.tui.app import ScaleApp
-from scaletui.tui.fit_pane import PREDICTIONS, REGIME_COLUMNS, REGIMES, STRATEGIES, STRATEGY_COLUMNS, FitPane
+from scaletui.tui.fit_pane import (
+    FRONTIER,
+    PREDICTIONS,
+    REGIME_COLUMNS,
+    REGIMES,
+    STRATEGIES,
+    STRATEGY_COLUMNS,
+    FitPane,
+)
 from scaletui.tui.widgets.ledger_view import LEDGER_COLUMNS
 from scaletui.tui.widgets.runs_table import RunsTable
 from tests.fitdb import EVAL_STEPS, WIDTHS, fill, plan
@@ -77,7 +86,7 @@ def shown(pane: FitPane, view: str):  # type: ignore[no-untyped-def]
     return lambda: pane.choice.view == view and pane.complete and pane.view_report is not None
 
 
-def test_w_cycles_law_strategies_regimes_predictions_and_back(grid_db: Path) -> None:
+def test_w_cycles_law_strategies_regimes_frontier_predictions_and_back(grid_db: Path) -> None:
     asyncio.run(_cycle(grid_db))
 
 
@@ -101,6 +110,9 @@ async def _cycle(db: Path) -> None:
         assert [str(table.get_row_at(i)[0]) for i in range(table.row_count)] == [str(s) for s in EVAL_STEPS[1:]]
         assert all(abs(float(str(table.get_row_at(i)[2])) - 0.5) < 0.02 for i in range(table.row_count))
         assert "0 crossing(s)" in text(pane, "#fit-notes")
+        await pilot.press("w")  # fitdb's sweep has no data axis: the frontier view says so and `w` goes on
+        assert pane.choice.view == FRONTIER
+        await until(pilot, lambda: "cannot compute the frontier view" in text(pane, "#fit-status"), timeout=60)
         await pilot.press("w")
         await until(pilot, shown(pane, PREDICTIONS), timeout=60)
         assert columns(pane) == list(LEDGER_COLUMNS) and table.row_count == 0
