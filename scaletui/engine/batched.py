@@ -71,13 +71,14 @@ from scaletui.engine.stacked_optim import MemberOptState, StackedOptimizer, clip
 PER_MEMBER_KEYS = ("seed", "train.lr", "train.weight_decay")
 
 #: On a CPU, batching pays while a step's matmuls are small enough for dispatch overhead to dominate.
-#: Measured (2 shared cores, 4 members, the default sweep's resmlp with layer norm and dropout, batch
-#: 128; CPU time, bundle vs the same runs alone): 1.83x at 0.7 MFLOP of forward pass per weight layer
-#: and step (width 64, depth 2), 1.38x at 2.5 (width 128, depth 2), 1.00x at 3.4 (width 128, depth 6),
-#: 1.15x at 5.3 (width 192, depth 2), 0.88x at 9.2 (width 256, depth 2), 0.84x at 11.7 (width 256,
-#: depth 4): batched matmuls that size run no faster than separate ones and a bundle's larger working
-#: set costs cache. Above this the runner trains runs alone.
-CPU_MAX_LAYER_FLOPS = 4e6
+#: Measured with benchmarks/bundle_gain.py (2 shared cores, one thread, the default sweep's resmlp with layer
+#: norm, dropout and AdamW, batch 128; CPU time per member-step, the same runs alone vs one bundle of 16),
+#: against the forward MFLOP per weight layer and step: 1.81x at 2.9 (width 160, depth 1), 1.47x at 2.8 (128 x
+#: 3), 1.26x at 4.3 (160 x 3), 1.12x at 4.7 (160 x 4), 1.04x at 5.2 (160 x 6); bundles of 8: 1.24x at 5.3
+#: (192 x 2), 1.07x at 9.2 (256 x 2). (Before bundles' Adam ran the fused kernel: 1.00x at 3.4, 0.88x at 9.2.)
+#: Above the limit batched matmuls run no faster than separate ones and a bundle's larger working set
+#: costs cache: the runner trains those runs alone.
+CPU_MAX_LAYER_FLOPS = 6e6
 #: On a GPU a small model leaves most of the device idle and every op is a kernel launch, so stacking
 #: pays up to much larger models; this only keeps very large ones alone.
 CUDA_MAX_LAYER_FLOPS = 1e10
