@@ -202,7 +202,7 @@ def _same(values: Sequence[float]) -> bool:
 def _per_member(values: list[float], like: torch.Tensor) -> float | torch.Tensor:
     """A number when every member has the same value, else an (M, 1) column on `like`'s device (copied
     from pinned memory without waiting: a plain copy to a GPU would wait for every queued step)."""
-    if all(v == values[0] for v in values):
+    if _same(values):
         return float(values[0])
     column = torch.tensor(values, dtype=like.dtype).unsqueeze(1)
     if like.is_cuda:
