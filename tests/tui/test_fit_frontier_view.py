@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 
 import pytest
-from textual.app import App, ComposeResult
 from textual.widgets import DataTable
 from textual_plotext import PlotextPlot
 
@@ -30,6 +29,7 @@ from tests.fitdb import plan
 from tests.frontierdb import BATCH, STEPS, WIDTHS, fill, params_of
 from tests.test_frontier_cli import true_n_opt
 from tests.tui.test_app_pilot import NOW, until
+from tests.tui.test_fit_pane import Host
 from tests.tui.test_fit_views import columns, columns_fit, shown, text
 
 pytestmark = pytest.mark.slow  # each test fits L(N, D) twice in the pane's worker
@@ -41,15 +41,6 @@ SMALLEST = 6 * params_of(WIDTHS[0]) * STEPS[0] * BATCH
 LARGEST = 6 * params_of(WIDTHS[-1]) * STEPS[-1] * BATCH
 BUDGETS = (SMALLEST, math.sqrt(SMALLEST * LARGEST), LARGEST, 10 * LARGEST)
 WITH_INTERVAL = re.compile(r"^(\S+) \[\S+, \S+\]$")
-
-
-class Host(App[None]):
-    def __init__(self, db: Path, experiment: str) -> None:
-        super().__init__()
-        self.db, self.experiment = db, experiment
-
-    def compose(self) -> ComposeResult:
-        yield FitPane(self.db, self.experiment, id="fit")
 
 
 @pytest.fixture(autouse=True)
