@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -31,6 +32,9 @@ from scaletui.engine.batched import Member, train_bundle
 from scaletui.engine.loop import train_run
 from scaletui.engine.models import build_model, forward_flops, weight_layers
 from scaletui.engine.sinks import MemorySink
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `paired`, when imported from elsewhere
+from paired import shape_arg
 
 
 def shortened(spec: RunSpec, steps: int) -> RunSpec:
@@ -61,18 +65,10 @@ def together(specs: list[RunSpec], data_dir: Path, folder: Path) -> float:
     return time.process_time() - start
 
 
-def shape(text: str) -> tuple[int, int]:
-    width, _, depth = text.partition("x")
-    try:
-        return int(width), int(depth)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxDEPTH, e.g. 160x3") from None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sweep", type=Path, default=Path("experiments.toml"))
-    parser.add_argument("--shapes", type=shape, nargs="+", default=[(128, 3), (160, 1), (160, 3), (160, 6)])
+    parser.add_argument("--shapes", type=shape_arg, nargs="+", default=[(128, 3), (160, 1), (160, 3), (160, 6)])
     parser.add_argument("--members", type=int, default=16)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=2)

@@ -18,6 +18,7 @@ from their own folder.
 
 from __future__ import annotations
 
+import argparse
 import gc
 import math
 import os
@@ -119,3 +120,12 @@ def pin_cores(n: int) -> str:
     allowed = sorted(os.sched_getaffinity(0))
     os.sched_setaffinity(0, allowed[:n])
     return f"{len(os.sched_getaffinity(0))} of {len(allowed)}"
+
+
+def shape_arg(text: str) -> tuple[int, int]:
+    """A `WIDTHxDEPTH` command-line value (`512x8`) as (width, depth); argparse's one-line error otherwise."""
+    width, _, depth = text.partition("x")
+    try:
+        return int(width), int(depth)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxDEPTH, e.g. 512x8") from None

@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `paired`, when imported from elsewhere
-from paired import Clock, RatioCI, Timing, interleaved, load_average, ratio_ci
+from paired import Clock, RatioCI, Timing, interleaved, load_average, ratio_ci, shape_arg
 
 import scaletui
 
@@ -155,14 +155,6 @@ def report(width: int, depth: int, steps: int, times: dict[str, list[Timing]]) -
     return ok
 
 
-def _size(text: str) -> tuple[int, int]:
-    width, _, depth = text.partition("x")
-    try:
-        return int(width), int(depth)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected WIDTHxDEPTH, e.g. 512x8") from None
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=9)
@@ -170,7 +162,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine's other core writes)")
     parser.add_argument("--steady-heap", action="store_true", help="fix glibc's malloc thresholds (see above)")
-    parser.add_argument("--sizes", nargs="+", type=_size, default=CONFIGS, metavar="WxD",
+    parser.add_argument("--sizes", nargs="+", type=shape_arg, default=CONFIGS, metavar="WxD",
                         help="widths x depths to measure (default: 64x2 256x4 512x8)")
     args = parser.parse_args()
     if args.steady_heap:
