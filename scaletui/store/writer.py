@@ -63,6 +63,12 @@ _METRIC_COLUMNS = ("run_id", "step", "key", "value")
 _LAYER_COLUMNS = (
     "run_id", "step", "layer", "name", "grad_norm", "weight_norm", "update_ratio", "nonfinite",
 )  # fmt: skip
+# A flush's rows go in through sqlite3's own executemany: sqlite-utils' insert_all builds each chunk's
+# multi-row statement and parameters in Python, which was ~60% of a flush and 1.3% of a width-64 run
+# (py-spy, benchmarks/overhead.py). INSERT OR REPLACE: a replayed step overwrites.
+_INSERT_METRICS = f"INSERT OR REPLACE INTO metrics ({', '.join(_METRIC_COLUMNS)}) VALUES (?, ?, ?, ?)"
+_INSERT_LAYERS = (f"INSERT OR REPLACE INTO layer_stats ({', '.join(_LAYER_COLUMNS)}) "
+                  f"VALUES ({', '.join('?' * len(_LAYER_COLUMNS))})")
 
 #: The `runs` columns a run of one's own loop may set after it started (`run.summary(...)`): the sizes
 #: that fits read (x = params, width, depth; flops = flops_per_example x step x batch_size; examples).
@@ -697,9 +703,9 @@ class StoreSink:
     def _flush_body(self, db: Database) -> None:
         """Inserts are INSERT OR REPLACE on the primary key: a replayed step overwrites."""
         if self._metrics:
-            db.table("metrics").insert_all([_METRIC_COLUMNS, *self._metrics], replace=True, batch_size=1000)
+            db.conn.executemany(_INSERT_METRICS, self._metrics)
         if self._layers:
-            db.table("layer_stats").insert_all([_LAYER_COLUMNS, *self._layers], replace=True, batch_size=1000)
+            db.conn.executemany(_INSERT_LAYERS, self._layers)
         for kind, message in self._events:
             _insert_event(db, self.run_id, kind, message)
         top = max([row[1] for row in self._metrics] + [row[1] for row in self._layers], default=None)
