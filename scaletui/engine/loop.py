@@ -47,7 +47,14 @@ from scaletui.engine.models import (
     training_memory_bytes,
     weight_layers,
 )
-from scaletui.engine.noise_scale import half_gradients, half_size, measurement_pieces, measures_noise, squared_norms
+from scaletui.engine.noise_scale import (
+    half_gradients,
+    half_size,
+    measurement_pieces,
+    measures_noise,
+    squared_norms,
+    tensor_norms,
+)
 from scaletui.engine.optim import build_optimizer, lr_at
 from scaletui.engine.probes import LayerProbe
 
@@ -338,13 +345,14 @@ def _train(
         idx = sampler.next()  # (B,)
         logits = model(data.x_train[idx])  # (B, *input_shape) -> (B, num_classes)
         loss = F.cross_entropy(logits, data.y_train[idx])
+        log_now = step % tc.log_every == 0 or step == tc.steps
         half = None
-        if measures_noise(step, tc.log_every, sampler.batch_size):  # always a logging step
+        # A measuring step is always a logging step: asked only then (this loop's steps are ~1 ms at width 64)
+        if log_now and measures_noise(step, tc.log_every, sampler.batch_size):
             h = half_size(sampler.batch_size)  # the first half's gradient, through this step's graph
             half = half_gradients(F.cross_entropy(logits[:h], data.y_train[idx[:h]]), params)
         loss.backward()
-        noise = None if half is None else squared_norms(half, _grads(params), sampler.batch_size)
-        log_now = step % tc.log_every == 0 or step == tc.steps
+        noise = None if half is None else tensor_norms(half, _grads(params), sampler.batch_size)
         if log_now:
             probe.before_step(grads_will_change=tc.grad_clip is not None)  # weight snapshot
         if tc.grad_clip is not None:
@@ -385,22 +393,23 @@ def _send_losses(
     lr: float | None = None,
     probe: LayerProbe | None = None,
     norms: list[torch.Tensor] | None = None,
-    noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+    noise: list[torch.Tensor] | None = None,
     sampler: EpochSampler | None = None,
 ) -> str | None:
-    """Move the window's train losses (and the probe's norms and the noise measurement's two squared
-    norms of one of `sampler`'s batches, if given) to the host in ONE .tolist(), send them to the sink,
-    clear the window. Returns why the run diverged, or None."""
+    """Move the window's train losses (and the probe's norms and the noise measurement's per-tensor norms
+    of one of `sampler`'s batches, if given) to the host in ONE .tolist(), send them to the sink, clear
+    the window. Returns why the run diverged, or None."""
     if not pending:
         return None
     norms = norms or []
-    values = torch.stack(pending + norms + list(noise or ())).tolist()  # (W + 3T [+ 2],) -> host: the sync
+    values = torch.stack(pending + norms + (noise or [])).tolist()  # (W + 3T [+ 2T or 3T],) -> host: the sync
     window = len(pending)
     pending.clear()
     stats = probe.layer_stats(step, values[window : window + len(norms)]) if probe is not None and norms else None
     error = record_losses(step, values[:window], progress, factor, sink, lr, stats)
     if noise is not None and sampler is not None:
-        record_noise(step, values[-2], values[-1], sampler, progress, sink)
+        sq_small, sq_big = squared_norms(values[len(values) - len(noise) :], sampler.batch_size)
+        record_noise(step, sq_small, sq_big, sampler, progress, sink)
     return error
 
 

@@ -27,6 +27,7 @@ from scaletui.engine.noise_scale import (
     member_squared_norms,
     noise_every,
     squared_norms,
+    tensor_norms,
 )
 from scaletui.engine.sinks import MemorySink
 from tests.engine.conftest import StopAfter
@@ -78,6 +79,11 @@ def _grads_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[torch.
     return [p.grad.detach().clone() for p in model.parameters()]  # type: ignore[union-attr]
 
 
+def _host_squares(half: list[torch.Tensor], full: list[torch.Tensor], batch: int) -> tuple[float, float]:
+    """What the loop does: the per-tensor norms on the device, moved to the host, squared and summed there."""
+    return squared_norms(torch.stack(tensor_norms(half, full, batch)).tolist(), batch)
+
+
 def _sq(grads: list[torch.Tensor]) -> float:
     return sum(float(g.double().square().sum()) for g in grads)
 
@@ -95,7 +101,7 @@ def test_squared_norms_are_those_of_the_halves_and_the_whole_batch(batch: int) -
     params = list(model.parameters())
     half = half_gradients(F.cross_entropy(logits[:h], y[:h]), params)
     F.cross_entropy(logits, y).backward()
-    sq_small, sq_big = squared_norms(half, [p.grad for p in params], batch)  # type: ignore[misc]
+    sq_small, sq_big = _host_squares(half, [p.grad for p in params], batch)  # type: ignore[misc]
 
     expected_small = (_sq(first) + _sq(second)) / 2 if batch % 2 == 0 else _sq(first)
     assert float(sq_small) == pytest.approx(expected_small, rel=1e-5)
@@ -113,7 +119,7 @@ def test_member_squared_norms_match_each_members_own() -> None:
     got = member_squared_norms(half, full, batch)
     assert got.shape == (2, members)
     for m in range(members):
-        sq_small, sq_big = squared_norms([g[m] for g in half], [g[m] for g in full_parts], batch)
+        sq_small, sq_big = _host_squares([g[m] for g in half], [g[m] for g in full_parts], batch)
         assert float(got[0, m]) == pytest.approx(float(sq_small), rel=1e-6)  # float32 norms
         assert float(got[1, m]) == pytest.approx(float(sq_big), rel=1e-6)
 
@@ -213,7 +219,7 @@ def test_the_measurement_recovers_the_exact_gradient_and_trace_of_a_real_model()
         logits = model(x[idx])
         half = half_gradients(F.cross_entropy(logits[: batch // 2], y[idx[: batch // 2]]), params)
         F.cross_entropy(logits, y[idx]).backward()
-        sq_small, sq_big = squared_norms(half, [p.grad for p in params], batch)  # type: ignore[misc]
+        sq_small, sq_big = _host_squares(half, [p.grad for p in params], batch)  # type: ignore[misc]
         g2, trace = measurement_pieces(float(sq_small), float(sq_big), batch, n)
         g2s.append(g2)
         traces.append(trace)
