@@ -17,7 +17,7 @@ from torch import nn
 from scaletui.analysis.noise_scale import noise_pieces, running_b_simple
 from scaletui.core.specs import DataSpec, ModelSpec, RunSpec, TrainSpec
 from scaletui.core.vocabulary import NOISE_G2_METRIC, NOISE_SCALE_METRIC, NOISE_TRACE_METRIC, RunStatus
-from scaletui.engine import loop
+from scaletui.engine import loop, noise_scale
 from scaletui.engine.batched import Member, train_bundle
 from scaletui.engine.loop import train_run
 from scaletui.engine.noise_scale import (
@@ -53,14 +53,15 @@ def alone(spec: RunSpec, data_dir: Path, ckpt: Path, stop: Any = None, sink: Mem
 # --------------------------------------------------------------------------- cadence and formulas
 
 
-@pytest.mark.parametrize(("log_every", "expected"), [(25, 50), (10, 50), (1, 50), (7, 56), (40, 80), (60, 60)])
-def test_measurements_fall_on_logging_steps_at_least_50_steps_apart(log_every: int, expected: int) -> None:
+@pytest.mark.parametrize(("log_every", "expected"), [(25, 100), (10, 100), (1, 100), (7, 105), (40, 120), (60, 120),
+                                                      (100, 100), (150, 150)])
+def test_measurements_fall_on_logging_steps_at_least_100_steps_apart(log_every: int, expected: int) -> None:
     assert noise_every(log_every) == expected
     assert expected % log_every == 0
 
 
 def test_a_batch_of_one_has_no_half_to_measure() -> None:
-    assert measures_noise(50, 5, 2) and not measures_noise(50, 5, 1) and not measures_noise(45, 5, 32)
+    assert measures_noise(100, 5, 2) and not measures_noise(100, 5, 1) and not measures_noise(95, 5, 32)
 
 
 @pytest.mark.parametrize("batch", [32, 33])
@@ -127,6 +128,14 @@ def test_member_squared_norms_match_each_members_own() -> None:
 # --------------------------------------------------------------------------- the loops
 
 
+@pytest.fixture
+def measure_every_50(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Measurements every 50 steps instead of NOISE_MIN_INTERVAL's 100: three in a 150-step run, so
+    these tests of the loops' recording stay short (the cadence itself is tested above)."""
+    monkeypatch.setattr(noise_scale, "NOISE_MIN_INTERVAL", 50)
+
+
+@pytest.mark.usefixtures("measure_every_50")
 def test_a_run_records_the_noise_scale_at_its_cadence(mnist1d_dir: Path, tmp_path: Path) -> None:
     sink = alone(spec_of(), mnist1d_dir, tmp_path)
     for key in NOISE_KEYS:
@@ -159,6 +168,7 @@ def test_measuring_changes_nothing_about_training(mnist1d_dir: Path, tmp_path: P
         [(r.step, r.layer, r.grad_norm, r.weight_norm, r.update_ratio) for r in plain.layer_rows]
 
 
+@pytest.mark.usefixtures("measure_every_50")
 def test_a_resumed_run_continues_the_running_estimate(mnist1d_dir: Path, tmp_path: Path) -> None:
     spec = spec_of(steps=200)
     reference = alone(spec, mnist1d_dir, tmp_path / "ref")
@@ -170,6 +180,7 @@ def test_a_resumed_run_continues_the_running_estimate(mnist1d_dir: Path, tmp_pat
     assert [v for _, v in resumed] == pytest.approx([v for _, v in reference.series(NOISE_SCALE_METRIC)], rel=1e-6)
 
 
+@pytest.mark.usefixtures("measure_every_50")
 def test_every_member_of_a_bundle_records_its_own_noise_scale(mnist1d_dir: Path, tmp_path: Path) -> None:
     # 100 steps at moderate rates: long enough for two measurements, short enough that float reduction
     # order (batched matmuls) has not yet grown into a different trajectory (it does by step 150 at 1e-2).
