@@ -19,10 +19,12 @@ from their own folder.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import math
 import os
 import random
+import resource
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -54,12 +56,35 @@ class RatioCI:
 
 
 def timed(fn: Callable[[], object]) -> Timing:
-    """Time one call on both clocks, after a garbage collection (every call starts with none pending)."""
+    """Time one call on both clocks and count its minor page faults, after a garbage collection (every
+    call starts with none pending)."""
     gc.collect()
     gc.freeze()  # what survived is not garbage: later collections skip it (they took ~0.3 s each here)
+    faults = minor_faults()
     wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return Timing(time.perf_counter() - wall, time.process_time() - cpu)
+    return Timing(time.perf_counter() - wall, time.process_time() - cpu, minor_faults() - faults)
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (memory the kernel mapped in on first touch)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def steady_heap() -> str:
+    """Fix glibc's trim threshold (1 GiB: freed memory stays mapped) and mmap threshold (32 MiB, its
+    maximum: tensors below it come from the heap), which otherwise change as the process frees memory.
+    Left to themselves they move with the process's history, and whether a loop's freed per-step
+    tensors sit at the top of the heap (given back to the OS at every step and faulted in again at the
+    next) is luck: identical loops took from 0 to over 1000 minor page faults per step (up to ~4% of a
+    step) in watch_overhead.py, in every version alike. Returns what was done, for the report."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return "not glibc, left as they are"
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    fixed = libc.mallopt(m_trim_threshold, 1 << 30) == 1 and libc.mallopt(m_mmap_threshold, 32 << 20) == 1
+    return "trim 1 GiB, mmap 32 MiB" if fixed else "mallopt refused, left as they are"
 
 
 def rotation(names: Sequence[str], rep: int) -> list[str]:

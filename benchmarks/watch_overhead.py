@@ -30,11 +30,9 @@ alike; that noise is larger than the cost being measured. With the thresholds fi
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import os
 import random
-import resource
 import statistics
 import sys
 import tempfile
@@ -46,7 +44,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `paired`, when imported from elsewhere
-from paired import Clock, RatioCI, Timing, interleaved, load_average, ratio_ci, shape_arg
+from paired import Clock, RatioCI, Timing, interleaved, load_average, minor_faults, ratio_ci, shape_arg, steady_heap
 
 import scaletui
 
@@ -79,7 +77,7 @@ def loop(width: int, depth: int, steps: int, device: torch.device, db: Path | No
             run.watch(model)
     _sync(device)
     gc.collect()
-    faults = _minor_faults()
+    faults = minor_faults()
     wall, cpu = time.perf_counter(), time.process_time()
     for step in range(steps):
         loss = nn.functional.cross_entropy(model(x), y)
@@ -89,26 +87,10 @@ def loop(width: int, depth: int, steps: int, device: torch.device, db: Path | No
         if run is not None:
             run.log({"train_loss": loss, "grad_scale": 1.0}, step=step)
     _sync(device)
-    timing = Timing(time.perf_counter() - wall, time.process_time() - cpu, _minor_faults() - faults)
+    timing = Timing(time.perf_counter() - wall, time.process_time() - cpu, minor_faults() - faults)
     if run is not None:
         run.finish()
     return timing
-
-
-def _minor_faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def steady_heap() -> str:
-    """Fix glibc's trim threshold (1 GiB: freed memory stays mapped) and mmap threshold (32 MiB, its
-    maximum: tensors below it come from the heap), which otherwise change as the process frees memory."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return "not glibc, left as they are"
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    fixed = libc.mallopt(m_trim_threshold, 1 << 30) == 1 and libc.mallopt(m_mmap_threshold, 32 << 20) == 1
-    return "trim 1 GiB, mmap 32 MiB" if fixed else "mallopt refused, left as they are"
 
 
 def _sync(device: torch.device) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from paired import Timing, geometric_ci, interleaved, paired_ratios, ratio_ci, rotation
+from paired import Timing, geometric_ci, interleaved, paired_ratios, ratio_ci, rotation, timed
 
 
 def test_two_versions_alternate_and_three_rotate() -> None:
@@ -77,3 +77,11 @@ def test_ratio_ci_reads_the_named_clock() -> None:
     assert ratio_ci(times, "bare", "full", "wall").mean == pytest.approx(1.1)
     assert ratio_ci(times, "bare", "full", "cpu").mean == pytest.approx(1.03)
     assert str(ratio_ci(times, "bare", "full", "cpu")) == "1.030x [1.030, 1.030]"
+
+
+def test_timed_counts_the_page_faults_of_the_call() -> None:
+    def touch_fresh_memory() -> None:
+        buffer = bytearray(64 << 20)  # above glibc's largest mmap threshold: always fresh pages from the kernel
+        buffer[::4096] = b"x" * len(range(0, len(buffer), 4096))
+
+    assert timed(touch_fresh_memory).faults > 0
