@@ -149,6 +149,7 @@ def _records(db: Path) -> dict[str, Any]:
         conn.close()
 
 
+@pytest.mark.slow
 def test_a_batched_sweep_writes_what_an_unbatched_one_writes(make_sweep: Callable[..., Path], tmp_path: Path) -> None:
     sweeps = {}
     for mode in ("auto", False):
@@ -171,6 +172,7 @@ def test_a_batched_sweep_writes_what_an_unbatched_one_writes(make_sweep: Callabl
         assert [r[:3] for r in b["layers"]] == [r[:3] for r in a["layers"]]
 
 
+@pytest.mark.slow
 def test_a_bundle_member_that_fails_to_start_fails_the_bundle_not_the_worker(make_sweep: Callable[..., Path]) -> None:
     """The memory limit refuses every member before allocating: each run is failed with the reason."""
     sweep = load_sweep(make_sweep(experiment={"memory_limit_mb": 0.001, "workers": 1},

@@ -84,8 +84,9 @@ def test_a_diverging_run_is_marked_while_siblings_finish(make_sweep: Callable[..
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_interrupts_and_a_rerun_resumes_without_duplicates(make_sweep: Callable[..., Path],
                                                                   tmp_path: Path, signum: int) -> None:
-    sweep = make_sweep(model={"width": 64, "depth": [2, 3]}, train={"steps": 1500, "checkpoint_every": 100,
-                                                                    "eval_every": 250})
+    sweep = make_sweep(model={"width": 64, "depth": [2, 3]}, train={"steps": 600, "checkpoint_every": 100,
+                                                                    "eval_every": 250},
+                       experiment={"workers": 2})  # both runs at once
     # Every run parks in its step 300 until it is told to stop (fault seam `hold_step`), so both have
     # checkpointed when the signal comes, however slow or fast the machine is.
     proc = subprocess.Popen([sys.executable, "-m", "scaletui", "run", "--headless", str(sweep)], cwd=REPO,
@@ -108,7 +109,7 @@ def test_ctrl_c_interrupts_and_a_rerun_resumes_without_duplicates(make_sweep: Ca
     assert {s for (s,) in db_rows(db, "select status from runs")} == {"done"}
     counts = db_rows(db, "select run_id, count(*), count(distinct step) from metrics where key = 'train_loss' "
                          "group by run_id")
-    assert counts and all(n == distinct == 1500 for _, n, distinct in counts)
+    assert counts and all(n == distinct == 600 for _, n, distinct in counts)
 
 
 def test_ls_lists_runs_and_refuses_foreign_databases(make_sweep: Callable[..., Path], tmp_path: Path) -> None:

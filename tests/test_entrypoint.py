@@ -57,7 +57,7 @@ def train(config, run):
 
 
 def sweep_file(folder: Path, *, gains: list[float], train: dict[str, Any] | None = None,
-               extra: str = "", workers: int = 2, function: str = FUNCTION) -> Path:
+               extra: str = "", workers: int = 1, function: str = FUNCTION) -> Path:
     """An entrypoint sweep over width x seed x gain of `function`, in `folder`."""
     (folder / "train.py").write_text(function, encoding="utf-8")
     train_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in (train or {}).items())
@@ -167,6 +167,7 @@ def _with_function(folder: Path) -> Path:
 # --------------------------------------------------------------------------- a real sweep
 
 
+@pytest.mark.slow
 def test_a_sweep_calls_the_function_per_run_and_a_raising_run_fails_alone(tmp_path: Path) -> None:
     path = sweep_file(tmp_path, gains=[1.0, 13])
     db = tmp_path / "runs.db"
@@ -193,6 +194,7 @@ def test_a_sweep_calls_the_function_per_run_and_a_raising_run_fails_alone(tmp_pa
         assert kinds[:2] == ["queued", "started"] and kinds.count("started") == 1, kinds
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_run_again_resumes_every_run_after_its_last_step(tmp_path: Path) -> None:
     path = sweep_file(tmp_path, gains=[1.0], workers=2)
     (tmp_path / "park").touch()
@@ -248,6 +250,7 @@ def test_a_sweep_that_restates_an_experiments_loss_differently_is_refused(tmp_pa
     assert rows(db, "SELECT COUNT(*) FROM runs") == [(1,)]  # nothing of the sweep was registered
 
 
+@pytest.mark.slow
 def test_finished_runs_are_skipped_and_fresh_starts_every_run_over(tmp_path: Path) -> None:
     path, db = sweep_file(tmp_path, gains=[1.0]), tmp_path / "runs.db"
     plan = run_cli("run", "--dry-run", str(path), "--db", str(db), timeout=60)
@@ -288,6 +291,7 @@ def train(config, run):
 '''
 
 
+@pytest.mark.slow
 def test_a_run_that_blows_up_is_diverged_with_the_same_alert_a_built_in_run_gets(tmp_path: Path) -> None:
     path, db = sweep_file(tmp_path, gains=[1.0], function=BLOWS_UP), tmp_path / "runs.db"
     done = run_cli("run", "--headless", str(path), "--db", str(db), timeout=120)
@@ -297,6 +301,7 @@ def test_a_run_that_blows_up_is_diverged_with_the_same_alert_a_built_in_run_gets
     assert len(alerts) == 4
 
 
+@pytest.mark.slow
 def test_the_group_checks_see_an_entrypoint_sweeps_runs(tmp_path: Path) -> None:
     """A wider net that does worse (cost grows with width here) raises the same non-monotonic alert a
     built-in sweep gets: the monitor groups the sweep's own-loop rows by their specs."""

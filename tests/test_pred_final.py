@@ -30,7 +30,8 @@ def test_a_running_run_is_predicted_at_a_third_and_scored_at_its_end(make_sweep:
     assert first.returncode == 0, first.stdout + first.stderr
     db = tmp_path / "runs.db"
     # Only the new width: the monitor learns from the runs the first sweep finished in this experiment.
-    follow_up = make_sweep("next.toml", **{**SECTIONS, "model": {"width": [32], "depth": 1}})
+    follow_up = make_sweep("next.toml", **{**SECTIONS, "model": {"width": [32], "depth": 1},
+                                          "experiment": {"batch_runs": False, "workers": 2}})  # both at once
     marks = tmp_path / "marks"
     proc = subprocess.Popen([sys.executable, "-m", "scaletui", "run", "--headless", str(follow_up)], cwd=REPO,
                             env=fault_env("pause_step:25", marks), stdout=subprocess.PIPE, stderr=subprocess.PIPE,

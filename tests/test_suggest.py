@@ -228,6 +228,7 @@ def trained_lr_transfer(tmp_path_factory: pytest.TempPathFactory, shared_data_di
     return folder / "runs.db"
 
 
+@pytest.mark.slow
 def test_reduced_lr_transfer_end_to_end_backtests_and_chooses_by_evidence(trained_lr_transfer: Path) -> None:
     db = str(trained_lr_transfer)
     out = run_cli("suggest", "--backtest", "--json", "--db", db)
@@ -257,6 +258,7 @@ def test_reduced_lr_transfer_end_to_end_backtests_and_chooses_by_evidence(traine
     assert f"{lr['winner']} chosen by backtest (held out w64 d2" in proposal.stdout
 
 
+@pytest.mark.slow
 def test_suggest_records_its_predicted_loss_and_the_suggested_sweep_scores_it(trained_lr_transfer: Path,
                                                                               tmp_path: Path) -> None:
     """End to end: `suggest --append` records the new size's predicted loss in the ledger; training the

@@ -91,7 +91,8 @@ class AppLikePoller:
 
 def test_writers_poller_and_external_reader_share_the_file(fault_sweep: Callable[..., Sweep],
                                                            reap_sessions: list, tmp_path: Path) -> None:
-    sweep = fault_sweep(train={"steps": 200, "eval_every": 50, "log_every": 10, "checkpoint_every": 100})
+    sweep = fault_sweep(experiment={"workers": 2},  # two writers
+                        train={"steps": 200, "eval_every": 50, "log_every": 10, "checkpoint_every": 100})
     proc = sweep.start()
     reap_sessions.append(proc)
     wait_for(lambda: schema_ready(sweep.db), what="the runner to register the runs")

@@ -61,7 +61,7 @@ def running_with_pid(sweep: Sweep) -> list[tuple[int, int]]:
 @pytest.mark.parametrize("seed", [11, 29])
 def test_kill_9_at_a_random_moment_then_resume(fault_sweep: Callable[..., Sweep], reap_sessions: list,
                                                seed: int) -> None:
-    sweep = fault_sweep(**FAST)
+    sweep = fault_sweep(**FAST, experiment={"workers": 2})  # two runs in flight when the kill comes
     moment = random.Random(seed).uniform(0.0, 2.5)  # seconds after the first run recorded a step
     proc = sweep.start()
     reap_sessions.append(proc)

@@ -63,7 +63,7 @@ def test_each_broken_run_gets_its_true_status_and_error(fault_sweep: Callable[..
 @pytest.mark.slow
 def test_truncated_and_garbage_checkpoints_fall_back_with_a_reason(fault_sweep: Callable[..., Sweep],
                                                                    reap_sessions: list) -> None:
-    sweep = fault_sweep(model={"width": [8, 16], "depth": 1},
+    sweep = fault_sweep(model={"width": [8, 16], "depth": 1}, experiment={"workers": 2},
                         train={"steps": 100, "checkpoint_every": 20, "eval_every": 50})
     proc = sweep.start("hold_checkpoint:60")  # park both runs with checkpoints 20 and 40 on disk
     reap_sessions.append(proc)

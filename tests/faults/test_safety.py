@@ -249,7 +249,7 @@ def test_the_listener_check_sees_a_listening_socket() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc")
 def test_a_running_sweep_listens_on_no_port(fault_sweep: Callable[..., Sweep], reap_sessions: list) -> None:
-    sweep = fault_sweep(train={"steps": 200})
+    sweep = fault_sweep(train={"steps": 200}, experiment={"workers": 2})  # the runner and two workers listen on nothing
     proc = sweep.start()
     reap_sessions.append(proc)
 

@@ -26,8 +26,9 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_a_signal_to_the_process_group_stops_cleanly(fault_sweep: Callable[..., Sweep], reap_sessions: list,
                                                      signum: int) -> None:
-    sweep = fault_sweep(model={"width": [32, 48], "depth": 1},  # two runs, long enough to stop midway
-                        train={"steps": 1000, "checkpoint_every": 200, "eval_every": 250, "log_every": 10})
+    # two runs at once, each stopped midway
+    sweep = fault_sweep(model={"width": [32, 48], "depth": 1}, experiment={"workers": 2},
+                        train={"steps": 200, "checkpoint_every": 100, "eval_every": 50, "log_every": 10})
     proc = sweep.start("hold_step:20")
     reap_sessions.append(proc)
     wait_for(lambda: len(sweep.parked()) == 2, what="both runs parked at step 20")

@@ -41,8 +41,9 @@ def test_a_second_database_trains_every_run_from_scratch(fault_sweep: Callable[.
 
 def test_fresh_on_one_database_leaves_the_other_resumable(fault_sweep: Callable[..., Sweep],
                                                           reap_sessions: list) -> None:
-    fresh = fault_sweep(model={"width": [32, 48], "depth": 1},  # two runs, long enough to stop midway
-                        train={"steps": 1000, "checkpoint_every": 200, "eval_every": 250, "log_every": 10})
+    # two runs at once, each stopped midway
+    fresh = fault_sweep(model={"width": [32, 48], "depth": 1}, experiment={"workers": 2},
+                        train={"steps": 400, "checkpoint_every": 200, "eval_every": 100, "log_every": 10})
     other = replace(fresh, db=fresh.db.with_name("other.db"))
     proc = other.start("hold_step:300")  # both runs parked mid-run until the Ctrl-C below (see test_signals)
     reap_sessions.append(proc)

@@ -212,7 +212,7 @@ def ray_sweep(tmp_path: Path, shared_data_dir: Path, cluster: Cluster) -> Callab
     def make(**sections: dict[str, Any]) -> RaySweep:
         cluster.disarm()  # a test that wants a run parked re-arms the hold itself
         sections.setdefault("experiment", {})
-        sections["experiment"] = {"threads_per_worker": 1, **sections["experiment"]}
+        sections["experiment"] = {"threads_per_worker": 1, "workers": 2, **sections["experiment"]}  # a task per node
         doc = tiny_sweep(tmp_path, shared_data_dir, **sections)
         path = write_toml(tmp_path / "experiments.toml", doc)
         return RaySweep(path, tmp_path / "runs.db", tmp_path / "checkpoints", cluster.address)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from textual.widgets.data_table import CellDoesNotExist
 
 from scaletui.core.vocabulary import RunStatus
@@ -76,6 +77,7 @@ def loss_cell(table: RunsTable, run_id: int) -> str | None:
         return None
 
 
+@pytest.mark.slow
 def test_the_app_runs_an_entrypoint_sweep_shows_its_loss_and_stops_one_run(tmp_path: Path) -> None:
     sweep, db = entry_sweep(tmp_path), tmp_path / "runs.db"
 
