@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Files with the most slow tests run first. pytest-xdist (`--dist loadfile`) hands whole files to its
     processes in this order, so the long files start early and the short ones fill the end, instead of one
-    process finishing a long file alone while the other idles (minutes of a 2-core run)."""
+    process finishing a long file alone while the other idles (1108 s -> 1080 s on 2 cores, measured once)."""
     slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
     first_seen: dict[Path, int] = {}
     for index, item in enumerate(items):

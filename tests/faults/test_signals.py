@@ -6,7 +6,7 @@ checkpoint at the step where it stopped, so the rerun resumes exactly there and 
 (tests/test_cli_e2e.py sends both signals to the runner alone.)
 
 Both runs are parked mid-run (fault `hold_step`) before the signal is sent: on an idle machine a
-run of 1000 tiny steps takes well under a second, so waiting for "both running" by polling could
+run of a few hundred tiny steps takes well under a second, so waiting for "both running" by polling could
 miss the moment, or a run could finish before the signal landed.
 """
 
