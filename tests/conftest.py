@@ -69,7 +69,7 @@ def tiny_sweep(tmp_path: Path, data_dir: Path, **sections: dict[str, Any]) -> di
             "db": str(tmp_path / "runs.db"),
             "data_dir": str(data_dir),
             "checkpoint_dir": str(tmp_path / "checkpoints"),
-            # One worker: every worker process pays ~6 s of CPU importing torch (and torch._dynamo at its
+            # One worker: every worker process pays ~7 s of CPU importing torch (and torch._dynamo at its
             # first optimizer), most of a tiny sweep's cost; tests about two runs at once ask for 2.
             "workers": 1,
         },

@@ -31,7 +31,7 @@ def test_a_running_run_is_predicted_at_a_third_and_scored_at_its_end(make_sweep:
     db = tmp_path / "runs.db"
     # Only the new width: the monitor learns from the runs the first sweep finished in this experiment.
     follow_up = make_sweep("next.toml", **{**SECTIONS, "model": {"width": [32], "depth": 1},
-                                          "experiment": {"batch_runs": False, "workers": 2}})  # both at once
+                                          "experiment": {**SECTIONS["experiment"], "workers": 2}})  # both at once
     marks = tmp_path / "marks"
     proc = subprocess.Popen([sys.executable, "-m", "scaletui", "run", "--headless", str(follow_up)], cwd=REPO,
                             env=fault_env("pause_step:25", marks), stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from scaletui.core.vocabulary import PredictionSource
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -43,7 +44,7 @@ def test_predict_the_next_width_then_train_it_and_the_runner_scores_it(make_swee
     assert "training 2 of 12 runs" in second.stdout  # only the new width trains
 
     [(status, truth, n_truth, error)] = _sql(  # the monitor's curve predictions of the new runs aside
-        db, "SELECT status, truth, n_truth, error FROM predictions WHERE source = 'predict'")
+        db, f"SELECT status, truth, n_truth, error FROM predictions WHERE source = '{PredictionSource.PREDICT}'")
     [(mean_loss,)] = _sql(db, "SELECT avg(loss) FROM run_summary WHERE width = 48")
     assert (status, n_truth) == ("scored", 2)
     assert truth == pytest.approx(mean_loss)
