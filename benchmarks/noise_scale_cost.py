@@ -31,7 +31,7 @@ from paired import Timing, interleaved, load_average, ratio_ci, timed
 from scaletui.core.specs import DataSpec, ModelSpec, RunSpec, TrainSpec
 from scaletui.engine import batched, loop
 from scaletui.engine.batched import Member, train_bundle
-from scaletui.engine.data import prepare_dataset
+from scaletui.engine.dataset_files import prepare_dataset
 from scaletui.engine.noise_scale import noise_every
 from scaletui.engine.sinks import MemorySink
 

@@ -13,6 +13,7 @@ import ast
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,31 @@ def test_headless_modules_never_import_torch_or_textual(code: str) -> None:
         pytest.skip(missing_reason())
     loaded = loaded_after(code)
     assert "torch" not in loaded and "textual" not in loaded, sorted(loaded)
+
+
+def _plan_and_prepare(sweep_file: Path) -> str:
+    """Code that plans a sweep's tasks and prepares its datasets, as the runner does before any worker starts."""
+    return (
+        "from scaletui.core.config import load_sweep\n"
+        "from scaletui.services.runner import plan_tasks, prepare_datasets\n"
+        f"sweep = load_sweep({str(sweep_file)!r})\n"
+        "prepare_datasets(sweep)\n"
+        "tasks = plan_tasks(list(enumerate(sweep.runs)), sweep.workers, sweep.batch_runs)\n"
+        "print(len(tasks), max(len(t.members) for t in tasks))"
+    )
+
+
+@pytest.mark.parametrize(("seeds", "bundled"), [([0], False), ([0, 1], True)])
+def test_the_runner_imports_torch_only_to_plan_a_bundle(
+    make_sweep: Callable[..., Path], seeds: list[int], bundled: bool
+) -> None:
+    """Importing torch costs the runner ~3 s of CPU before its first worker starts: a sweep with no two runs
+    to bundle (one seed) plans and prepares MNIST-1D without it; two seeds of each shape make 4 bundles, which ask
+    the model whether batching pays."""
+    code = _plan_and_prepare(make_sweep(train={"seeds": seeds}))
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys; print('torch' in sys.modules)"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    assert out == (["4", "2", "True"] if bundled else ["4", "1", "False"])
 
 
 def test_the_python_api_loads_no_torch_textual_or_scipy() -> None:

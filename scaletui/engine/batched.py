@@ -31,7 +31,6 @@ this costs nothing then; otherwise the members ahead wait, which is correct and 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -43,6 +42,7 @@ from scaletui.core.datasets import DATASETS
 from scaletui.core.records import ModelInfo, RunOutcome, Sink, StopSignal
 from scaletui.core.specs import RunSpec
 from scaletui.core.vocabulary import RunStatus
+from scaletui.engine.bundles import STACKABLE_ARCHS, check_bundle
 from scaletui.engine.checkpoints import load_latest_checkpoint, save_checkpoint
 from scaletui.engine.data import load_dataset, resolve_device
 from scaletui.engine.loop import (
@@ -64,11 +64,8 @@ from scaletui.engine.loop import (
 from scaletui.engine.models import build_model, forward_flops, model_info, weight_layers
 from scaletui.engine.noise_scale import half_gradients, half_size, measures_noise, member_squared_norms
 from scaletui.engine.optim import build_optimizer, lr_at
-from scaletui.engine.stacked import STACKABLE_ARCHS, StackedModel, StackedProbe, evaluate_members, member_losses
+from scaletui.engine.stacked import StackedModel, StackedProbe, evaluate_members, member_losses
 from scaletui.engine.stacked_optim import MemberOptState, StackedOptimizer, clip_members
-
-#: Keys of a run's spec that members of one bundle may differ in (the optimizers are elementwise).
-PER_MEMBER_KEYS = ("seed", "train.lr", "train.weight_decay")
 
 #: On a CPU, batching pays while a step's matmuls are small enough for dispatch overhead to dominate.
 #: Measured with benchmarks/bundle_gain.py (2 shared cores, one thread, the default sweep's resmlp with layer
@@ -82,18 +79,6 @@ CPU_MAX_LAYER_FLOPS = 6e6
 #: On a GPU a small model leaves most of the device idle and every op is a kernel launch, so stacking
 #: pays up to much larger models; this only keeps very large ones alone.
 CUDA_MAX_LAYER_FLOPS = 1e10
-
-
-def bundle_key(spec: RunSpec) -> str | None:
-    """Runs with the same key can be trained as one bundle: everything but seed, lr and weight decay
-    is equal (device and experiment included). None for a run that is never batched (its arch)."""
-    if spec.model.arch not in STACKABLE_ARCHS:
-        return None
-    d = spec.to_dict()
-    d.pop("seed")
-    d["train"].pop("lr")
-    d["train"].pop("weight_decay")
-    return json.dumps(d, sort_keys=True)
 
 
 def worth_batching(spec: RunSpec) -> bool:
@@ -189,20 +174,6 @@ def train_bundle(
     finally:
         for member in members:
             member.sink.flush()
-
-
-def check_bundle(specs: Sequence[RunSpec]) -> None:
-    """Refuse a bundle whose runs cannot be trained as one (see `bundle_key`)."""
-    if not specs:
-        raise ValueError("a bundle needs at least one run")
-    keys = {bundle_key(spec) for spec in specs}
-    if None in keys:
-        raise ValueError(f"{specs[0].model.arch} runs are not trained in bundles (stackable: "
-                         f"{', '.join(sorted(STACKABLE_ARCHS))})")
-    if len(keys) > 1:
-        raise ValueError(f"a bundle's runs may differ only in {', '.join(PER_MEMBER_KEYS)}")
-    if len({spec.key for spec in specs}) < len(specs):
-        raise ValueError("a bundle holds each run once")
 
 
 class _Bundle:

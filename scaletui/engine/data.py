@@ -15,15 +15,13 @@ Three rules shape this module:
 - Label noise is chosen by the run's seed: it is part of the run, like the init.
 
 The on-disk catalogue (folders, file names) lives in scaletui.core.datasets, which
-config validation reads without importing torch.
+config validation reads without importing torch; making the files exist (generating MNIST-1D,
+downloading where allowed) lives in dataset_files.py, which the runner calls without importing torch.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
-import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,20 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from scaletui.core.datasets import (
-    DATASETS,
-    MNIST1D_TEST,
-    MNIST1D_TRAIN,
-    DatasetUnavailable,
-    dataset_folder,
-    missing_files,
-)
+from scaletui.core.datasets import DATASETS, dataset_folder
 from scaletui.core.specs import DataSpec
+from scaletui.engine.dataset_files import TORCHVISION_IDX_CLASSES, mnist1d_path, prepare_dataset
 
-MNIST1D_SEED = 42  # fixed: every run of every sweep sees the same MNIST-1D pool
 SUBSET_SEED = 0  # fixed: nested training subsets across train_size
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 
 
 class UnsafePickle(pickle.UnpicklingError):
@@ -84,96 +73,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# --------------------------------------------------------------------------- preparing files
-
-
-def prepare_dataset(spec: DataSpec, data_dir: Path) -> None:
-    """Make sure `spec.dataset`'s files are on disk, generating or downloading them if allowed."""
-    name = spec.dataset
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    data_dir = Path(data_dir)
-    if name == "mnist1d":
-        _prepare_mnist1d(data_dir)
-        return
-    if not missing_files(name, data_dir):
-        return
-    if not spec.download:
-        raise DatasetUnavailable(name, data_dir)
-    try:
-        _download(name, data_dir)
-    except Exception as exc:  # offline, mirror down, bad checksum: all mean "not available"
-        raise DatasetUnavailable(name, data_dir, _one_line(exc)) from exc
-    if missing_files(name, data_dir):
-        raise DatasetUnavailable(name, data_dir, "files still missing after download")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
-def _download(name: str, data_dir: Path) -> None:
-    if name == "cifar10":
-        from torchvision.datasets.utils import download_and_extract_archive
-
-        download_and_extract_archive(
-            CIFAR10_URL, download_root=str(data_dir), filename="cifar-10-python.tar.gz", md5=CIFAR10_MD5
-        )
-    else:
-        _torchvision_class(name)(root=str(data_dir), train=True, download=True)
-
-
-def _prepare_mnist1d(data_dir: Path) -> None:
-    """Generate MNIST-1D once with a fixed seed and store it as a pickle-free .npz."""
-    path = dataset_folder("mnist1d", data_dir) / "mnist1d.npz"
-    if path.exists():
-        return
-    arrays = _generate_mnist1d()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target, then rename: two processes racing both write whole files
-    # and the last os.replace wins; a reader never sees a half-written archive.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".mnist1d-", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy stubs mistype the array keywords
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _generate_mnist1d() -> dict[str, np.ndarray]:
-    from mnist1d.data import get_dataset_args, make_dataset
-
-    args = get_dataset_args()
-    args.num_samples = MNIST1D_TRAIN + MNIST1D_TEST
-    args.train_split = MNIST1D_TRAIN / (MNIST1D_TRAIN + MNIST1D_TEST)
-    args.seed = MNIST1D_SEED
-    # make_dataset reseeds the global `random` and numpy generators; put them back afterwards.
-    py_state, np_state = random.getstate(), np.random.get_state()
-    try:
-        d = make_dataset(args)
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-    return {
-        "x": d["x"].astype(np.float32),
-        "y": d["y"].astype(np.int64),
-        "x_test": d["x_test"].astype(np.float32),
-        "y_test": d["y_test"].astype(np.int64),
-    }
-
-
 # --------------------------------------------------------------------------- reading files
 
 
 def _torchvision_class(name: str) -> Any:
     from torchvision import datasets as tvd
 
-    return {"mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST}[name]
+    return getattr(tvd, TORCHVISION_IDX_CLASSES[name])
 
 
 def _read_raw(name: str, data_dir: Path) -> _Raw:
@@ -185,7 +91,7 @@ def _read_raw(name: str, data_dir: Path) -> _Raw:
 
 
 def _read_mnist1d(data_dir: Path) -> _Raw:
-    path = dataset_folder("mnist1d", data_dir) / "mnist1d.npz"
+    path = mnist1d_path(data_dir)
     with np.load(path, allow_pickle=False) as z:
         arrays = [torch.from_numpy(np.ascontiguousarray(z[k])) for k in ("x", "y", "x_test", "y_test")]
     return _Raw(arrays[0].float(), arrays[1].long(), arrays[2].float(), arrays[3].long())

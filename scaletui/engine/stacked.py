@@ -17,7 +17,7 @@ Families. The forward pass is built once by reading the member module's structur
 Flatten, Linear, LayerNorm, BatchNorm1d, ReLU, models.py's Dropout, Identity, ResidualBlock and
 ResMLP, i.e. every `mlp` and `resmlp` that build_model makes. BatchNorm keeps per-member statistics
 by treating (member, feature) pairs as the channels of one `F.batch_norm`. The CIFAR ResNet is not
-stacked (see `STACKABLE_ARCHS`).
+stacked (see `bundles.STACKABLE_ARCHS`).
 
 Exactness. A member starts from the values build_model gave its seed (the caller builds it and
 hands over its state dict). Dropout masks come from the member's own generator through the same calls
@@ -39,14 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from scaletui.core.records import LayerStats
-from scaletui.core.vocabulary import Arch
 from scaletui.engine.models import Dropout, ResidualBlock, ResMLP, dropout_scale_, weight_layers
 from scaletui.engine.probes import layer_records
-
-#: Architectures trained as stacked bundles. `resnet` is not: its convolutions would need grouped
-#: convolutions over (member, channel) groups, and its per-member GroupNorm/BatchNorm2d layouts, for
-#: image runs that are compute-bound already (a width-16 ResNet step is far from dispatch-bound).
-STACKABLE_ARCHS: frozenset[str] = frozenset({Arch.MLP.value, Arch.RESMLP.value})
 
 # The parameter views are not dense (their member stride is P), so autograd warns once per process
 # that their grads "do not obey the gradient layout contract" (it would like them contiguous): a

@@ -668,7 +668,7 @@ def train_task(task: Task, config: WorkerConfig, writer: Any, attempt: int) -> s
     writer. Returns why the database refused a write (the sweep stops), or None."""
     import torch
 
-    from scaletui.engine.data import prepare_dataset
+    from scaletui.engine.dataset_files import prepare_dataset
     from scaletui.store.errors import StoreWriteFailed
 
     torch.set_num_threads(config.threads)

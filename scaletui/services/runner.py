@@ -290,13 +290,13 @@ BUNDLE_BUDGET_BYTES = 2 * 2**30  # estimated training memory of one bundle at mo
 
 def plan_tasks(todo: Sequence[tuple[int, RunSpec]], workers: int, batch_runs: bool) -> list[Task]:
     """The sweep's runs as tasks: with `batch_runs`, runs that share everything but seed, lr and weight
-    decay (`engine.batched.bundle_key`) become bundles where batching pays on their device
+    decay (`engine.bundles.bundle_key`) become bundles where batching pays on their device
     (`engine.batched.worth_batching`), each no bigger than memory allows (`bundle_capacity`); bundles
     are split further while there are fewer tasks than workers, so no worker idles while another
     trains a big bundle. Other runs (and every run without `batch_runs`) are tasks of their own."""
     if not batch_runs:
         return [Task(run_id, spec) for run_id, spec in todo]
-    from scaletui.engine.batched import bundle_key, worth_batching
+    from scaletui.engine.bundles import bundle_key
 
     groups: dict[str, list[tuple[int, RunSpec]]] = {}
     for run_id, spec in todo:
@@ -304,12 +304,19 @@ def plan_tasks(todo: Sequence[tuple[int, RunSpec]], workers: int, batch_runs: bo
         groups.setdefault(key if key is not None else f"alone:{run_id}", []).append((run_id, spec))
     chunks: list[list[tuple[int, RunSpec]]] = []
     for group in groups.values():
-        if len(group) > 1 and worth_batching(group[0][1]):
+        if len(group) > 1 and _worth_batching(group[0][1]):
             chunks += _split(group, bundle_capacity(group[0][1], workers))
         else:
             chunks += [[run] for run in group]
     chunks = _fill_workers(chunks, workers)
     return [Task(chunk[0][0], chunk[0][1], tuple(chunk[1:])) for chunk in chunks]
+
+
+def _worth_batching(spec: RunSpec) -> bool:
+    # Imported only here: it builds the model (torch), and a sweep with no group to bundle never needs it.
+    from scaletui.engine.batched import worth_batching
+
+    return worth_batching(spec)
 
 
 def _split(group: list[tuple[int, RunSpec]], capacity: int) -> list[list[tuple[int, RunSpec]]]:
@@ -375,7 +382,7 @@ def longest_first(tasks: Sequence[Task]) -> list[Task]:
 
 def prepare_datasets(sweep: Sweep) -> None:
     """Generate or check every dataset once, in this process, before workers race for it."""
-    from scaletui.engine.data import prepare_dataset
+    from scaletui.engine.dataset_files import prepare_dataset
 
     for data in sweep.datasets:
         prepare_dataset(data, sweep.data_dir)

@@ -34,7 +34,7 @@ from scaletui.analysis.diagnose import (  # noqa: E402
 from scaletui.core.records import RunOutcome  # noqa: E402
 from scaletui.core.specs import DataSpec, ModelSpec, RunSpec, TrainSpec  # noqa: E402
 from scaletui.core.vocabulary import RunStatus  # noqa: E402
-from scaletui.engine.data import prepare_dataset  # noqa: E402
+from scaletui.engine.dataset_files import prepare_dataset  # noqa: E402
 from scaletui.engine.loop import train_run  # noqa: E402
 from scaletui.engine.sinks import MemorySink  # noqa: E402
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from scaletui.core.specs import DataSpec
-from scaletui.engine.data import prepare_dataset
+from scaletui.engine.dataset_files import prepare_dataset
 
 
 @pytest.fixture(autouse=True)

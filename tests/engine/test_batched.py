@@ -23,7 +23,8 @@ import torch
 from scaletui.core.records import RunOutcome
 from scaletui.core.specs import DataSpec, EarlyStopping, ModelSpec, RunSpec, TrainSpec
 from scaletui.core.vocabulary import RunStatus
-from scaletui.engine.batched import Member, bundle_key, check_bundle, train_bundle
+from scaletui.engine.batched import Member, train_bundle
+from scaletui.engine.bundles import bundle_key, check_bundle
 from scaletui.engine.checkpoints import list_checkpoints
 from scaletui.engine.loop import CHECKPOINT_KEYS, train_run
 from scaletui.engine.sinks import MemorySink

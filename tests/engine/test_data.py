@@ -14,14 +14,15 @@ import torch
 from scaletui.core.datasets import MNIST1D_TEST, MNIST1D_TRAIN, DatasetUnavailable
 from scaletui.core.specs import DataSpec
 from scaletui.engine import data as engine_data
+from scaletui.engine import dataset_files
 from scaletui.engine.data import (
     UnsafePickle,
     add_label_noise,
     load_dataset,
-    prepare_dataset,
     resolve_device,
     subset_indices,
 )
+from scaletui.engine.dataset_files import prepare_dataset
 
 CPU = torch.device("cpu")
 
@@ -198,7 +199,7 @@ def test_failed_download_is_unavailable(tmp_path: Path, monkeypatch: pytest.Monk
     def offline(name: str, data_dir: Path) -> None:
         raise OSError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(engine_data, "_download", offline)
+    monkeypatch.setattr(dataset_files, "_download", offline)
     with pytest.raises(DatasetUnavailable, match="download failed: OSError"):
         prepare_dataset(DataSpec(dataset="mnist", download=True), tmp_path)
     with pytest.raises(DatasetUnavailable, match="cifar-10-batches-py"):
