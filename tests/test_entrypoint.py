@@ -29,12 +29,21 @@ from scaletui.core.config import build_sweep
 from tests.conftest import REPO, run_cli
 
 FUNCTION = '''
-import json, os, time
+import atexit, json, os, time
 from pathlib import Path
+
+_EXIT_NOTED = set()  # pids whose exit this module asked to note
+
+def _note_exit(folder):
+    with open(folder / "exits.log", "a") as f:
+        f.write(f"{os.getpid()}\\n")
 
 def train(config, run):
     """Logs `cost` = gain / width + 1 / (step + 1); raises for gain 13; parks at step 5 while `park` exists."""
     folder = Path(config["folder"])
+    if os.getpid() not in _EXIT_NOTED:  # a researcher's own clean-up at exit, once per process
+        _EXIT_NOTED.add(os.getpid())
+        atexit.register(_note_exit, folder)
     start = 0 if run.last_step is None else run.last_step + 1
     with open(folder / "steps.log", "a") as f:  # every step this function trained, across processes
         for step in range(start, config["steps"]):
@@ -188,6 +197,8 @@ def test_a_sweep_calls_the_function_per_run_and_a_raising_run_fails_alone(tmp_pa
     assert rows(db, "SELECT loss_metric, higher_is_better FROM experiments") == [("cost", 0)]
     assert rows(db, "SELECT COUNT(*), COUNT(DISTINCT run_id || ':' || step) FROM metrics WHERE key = 'cost'") == \
         [(4 * 12 + 4 * 3, 4 * 12 + 4 * 3)]
+    # The worker ran the function, so it exited as any Python process does: the function's atexit handler ran.
+    assert len((tmp_path / "exits.log").read_text().split()) == 1  # one worker
     # Registered queued by the sweep, started once by its worker: no "started / queued again / started".
     for (run_id,) in rows(db, "SELECT id FROM runs"):
         kinds = [k for (k,) in rows(db, "SELECT kind FROM events WHERE run_id = ? ORDER BY id", run_id)]
