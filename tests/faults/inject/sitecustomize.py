@@ -24,16 +24,58 @@ It does nothing unless SCALETUI_FAULT is set. Faults, `;`-separated:
 
 Markers are files named `<fault>-<pid>` in SCALETUI_FAULT_MARKS, so a test
 knows which process is parked where before it sends SIGKILL.
+
+A fault patches scaletui's modules only when a process imports them (`_when_imported`): the runner
+and multiprocessing's resource tracker, which never import the engine, must not import torch for it
+(~3 s of CPU per interpreter on 2 cores, which made every faulted sweep slower than a plain one).
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import os
 import re
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from importlib.machinery import ModuleSpec
 from pathlib import Path
+from types import ModuleType
 from typing import Any
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Runs `patch(module)` right after module `name` is first executed, before its importer sees it."""
+
+    def __init__(self, name: str, patch: Callable[[ModuleType], None]) -> None:
+        self.name, self.patch = name, patch
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+                  ) -> ModuleSpec | None:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)  # once; and the lookup below must not find this finder again
+        spec = importlib.util.find_spec(fullname)
+        if spec is None or spec.loader is None:
+            return spec
+        loader, patch = spec.loader, self.patch
+        real_exec = loader.exec_module
+
+        def exec_module(module: ModuleType) -> None:
+            real_exec(module)
+            patch(module)
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return spec
+
+
+def _when_imported(name: str, patch: Callable[[ModuleType], None]) -> None:
+    """Patch module `name` now if this process has imported it, else as soon as it does."""
+    if name in sys.modules:
+        patch(sys.modules[name])
+    else:
+        sys.meta_path.insert(0, _PatchOnImport(name, patch))
 
 
 def _park(what: str) -> None:
@@ -59,16 +101,17 @@ def _hold_checkpoint(step: int) -> None:
 
 
 def _hold_flush(step: int) -> None:
-    from scaletui.store.writer import StoreSink
+    def patch(writer: Any) -> None:
+        real_body = writer.StoreSink._flush_body
 
-    real_body = StoreSink._flush_body
+        def flush_body(self: Any, db: Any) -> None:
+            real_body(self, db)
+            if any(key == "train_loss" and row_step >= step for _, row_step, key, _ in self._metrics):
+                _park("flush")
 
-    def flush_body(self: StoreSink, db: Any) -> None:
-        real_body(self, db)
-        if any(key == "train_loss" and row_step >= step for _, row_step, key, _ in self._metrics):
-            _park("flush")
+        writer.StoreSink._flush_body = flush_body
 
-    StoreSink._flush_body = flush_body  # type: ignore[method-assign]
+    _when_imported("scaletui.store.writer", patch)
 
 
 def _pause(what: str) -> None:
@@ -81,28 +124,31 @@ def _pause(what: str) -> None:
 
 
 def _hold_schema() -> None:
-    from scaletui.store import schema
+    def patch(schema: Any) -> None:
+        first = schema.MIGRATIONS[0]
 
-    first = schema.MIGRATIONS[0]
+        def held_first_migration(db: Any) -> None:
+            _pause("schema")
+            first(db)
 
-    def held_first_migration(db: Any) -> None:
-        _pause("schema")
-        first(db)
+        schema.MIGRATIONS[0] = held_first_migration  # _migrate reads the list when it runs
 
-    schema.MIGRATIONS[0] = held_first_migration  # _migrate reads the list when it runs
+    _when_imported("scaletui.store.schema", patch)
 
 
 def _hold_step(step: int) -> None:
-    from scaletui.services import runner
-
     stops: list[Any] = []  # the worker's stop signal, caught as the worker makes it
-    real_init = runner._WorkerStop.__init__
 
-    def init(self: Any, *args: Any, **kwargs: Any) -> None:
-        real_init(self, *args, **kwargs)
-        stops.append(self)
+    def patch(runner: Any) -> None:
+        real_init = runner._WorkerStop.__init__
 
-    runner._WorkerStop.__init__ = init  # type: ignore[method-assign]
+        def init(self: Any, *args: Any, **kwargs: Any) -> None:
+            real_init(self, *args, **kwargs)
+            stops.append(self)
+
+        runner._WorkerStop.__init__ = init
+
+    _when_imported("scaletui.services.runner", patch)
     _at_training_step(step, lambda: _wait_for_stop(stops))
 
 
@@ -113,24 +159,25 @@ def _pause_step(step: int) -> None:
 def _at_training_step(step: int, action: Callable[[], None], shape: tuple[int, int] | None = None) -> None:
     """Run `action` in the forward pass of training step `step` of every model built (only of width x depth
     `shape` when given)."""
-    from scaletui.engine import models
+    def patch(models: Any) -> None:
+        real_build = models.build_model
 
-    real_build = models.build_model
+        def build_model(spec: Any, *args: Any, **kwargs: Any) -> Any:
+            model = real_build(spec, *args, **kwargs)
+            if shape is None or (spec.width, spec.depth) == shape:
+                calls = [0]
 
-    def build_model(spec: Any, *args: Any, **kwargs: Any) -> Any:
-        model = real_build(spec, *args, **kwargs)
-        if shape is None or (spec.width, spec.depth) == shape:
-            calls = [0]
+                def forward_pre_hook(module: Any, inputs: Any) -> None:
+                    calls[0] += module.training  # evaluation runs in eval mode and does not count
+                    if module.training and calls[0] == step:
+                        action()
 
-            def forward_pre_hook(module: Any, inputs: Any) -> None:
-                calls[0] += module.training  # evaluation runs in eval mode and does not count
-                if module.training and calls[0] == step:
-                    action()
+                model.register_forward_pre_hook(forward_pre_hook)
+            return model
 
-            model.register_forward_pre_hook(forward_pre_hook)
-        return model
+        models.build_model = build_model  # patched as models is imported: the loop imports it by name after
 
-    models.build_model = build_model  # the loop imports it by name, after this runs
+    _when_imported("scaletui.engine.models", patch)
 
 
 def _wait_for_stop(stops: list[Any]) -> None:
