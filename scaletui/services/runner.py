@@ -701,7 +701,7 @@ def worker_process(config: WorkerConfig, conn: Connection, stop_flag: Any) -> No
     an exit that skips the interpreter's teardown.
 
     Why: tearing down an interpreter that has imported torch (and torch._dynamo, which every torch.optim
-    optimizer imports) takes 1.5-2.5 s of CPU on these machines, paid by every worker of every sweep after
+    optimizer imports) takes ~1.5 s of CPU (2-3 s of wall) on these machines, paid by every worker after
     its last run, for nothing: everything the worker wrote is committed (SQLite) or renamed into place
     (checkpoints) before its run is reported finished. A worker that ran a researcher's own training
     function exits normally, so that function's atexit handlers and open files are finished as usual."""
