@@ -82,8 +82,8 @@ def test_a_diverging_run_is_marked_while_siblings_finish(make_sweep: Callable[..
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_ctrl_c_interrupts_and_a_rerun_resumes_without_duplicates(make_sweep: Callable[..., Path],
-                                                                  tmp_path: Path, signum: int) -> None:
+def test_ctrl_c_interrupts_and_a_rerun_resumes_without_duplicates(make_sweep: Callable[..., Path], tmp_path: Path,
+                                                                  signum: int, reap_sessions: list) -> None:
     sweep = make_sweep(model={"width": 64, "depth": [2, 3]}, train={"steps": 600, "checkpoint_every": 100,
                                                                     "eval_every": 250},
                        experiment={"workers": 2})  # both runs at once
@@ -91,7 +91,8 @@ def test_ctrl_c_interrupts_and_a_rerun_resumes_without_duplicates(make_sweep: Ca
     # checkpointed when the signal comes, however slow or fast the machine is.
     proc = subprocess.Popen([sys.executable, "-m", "scaletui", "run", "--headless", str(sweep)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=fault_env("hold_step:300", tmp_path / "marks"))
+                            env=fault_env("hold_step:300", tmp_path / "marks"), start_new_session=True)
+    reap_sessions.append(proc)  # a failure below must not leave the parked sweep running
     db = tmp_path / "runs.db"
     wait_for(lambda: db.exists() and db_rows(db, "select count(*) from runs where status = 'running' and step >= 200"
                                              )[0][0] == 2, timeout=180, what="both runs past their step-200 checkpoint")

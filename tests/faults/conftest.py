@@ -13,7 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,29 +112,6 @@ def kill_everything(proc: subprocess.Popen[str]) -> None:
     except ProcessLookupError:
         pass
     proc.communicate(timeout=30)
-
-
-def session_gone(proc: subprocess.Popen[str]) -> bool:
-    """True once no process of the sweep's session is left (workers exit after their runner)."""
-    try:
-        os.killpg(proc.pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
-@pytest.fixture
-def reap_sessions() -> Iterator[list[subprocess.Popen[str]]]:
-    """Processes registered here are SIGKILLed at teardown if a failed test left them running."""
-    procs: list[subprocess.Popen[str]] = []
-    yield procs
-    for proc in procs:
-        if proc.poll() is None or not session_gone(proc):
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.communicate(timeout=30)
 
 
 # --------------------------------------------------------------------------- what must hold afterwards

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.conftest import session_gone
 from tests.faults.conftest import (
     Sweep,
     assert_complete_without_duplicates,
@@ -29,7 +30,6 @@ from tests.faults.conftest import (
     finished_snapshot,
     kill_everything,
     rows,
-    session_gone,
     wait_for,
 )
 
