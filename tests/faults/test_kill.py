@@ -58,7 +58,9 @@ def running_with_pid(sweep: Sweep) -> list[tuple[int, int]]:
         return []
 
 
-@pytest.mark.parametrize("seed", [11, 29])
+# One seeded moment per run of the suite (a second one, seed 29, cost ~40 s of CI and found nothing the
+# chosen moments below do not reach exactly); add seeds here to search for new moments.
+@pytest.mark.parametrize("seed", [11])
 def test_kill_9_at_a_random_moment_then_resume(fault_sweep: Callable[..., Sweep], reap_sessions: list,
                                                seed: int) -> None:
     sweep = fault_sweep(**FAST, experiment={"workers": 2})  # two runs in flight when the kill comes

@@ -3,7 +3,7 @@ manager's stop (systemd's default KillMode) send them: every process gets the si
 
 A clean stop means exit code 130, no run left `running`, each stopped run `interrupted` with a
 checkpoint at the step where it stopped, so the rerun resumes exactly there and redoes nothing.
-(tests/test_cli_e2e.py sends both signals to the runner alone.)
+(tests/test_cli_e2e.py sends SIGTERM to the runner alone, as `kill PID` does.)
 
 Both runs are parked mid-run (fault `hold_step`) before the signal is sent: on an idle machine a
 run of a few hundred tiny steps takes well under a second, so waiting for "both running" by polling could
