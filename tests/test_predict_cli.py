@@ -1,4 +1,5 @@
-"""`scaletui predict` in a subprocess: predict the next width of a real sweep, train it, see it scored.
+"""`scaletui predict` in a subprocess: predict the next width of a real sweep (a trained width is refused), train
+it, see it scored.
 
 The scoring is the runner's: the follow-up sweep scores the ledger as its runs finish, so the table is
 read here with plain SQL (not through `predict --list`, which would score it itself)."""
@@ -33,6 +34,13 @@ def test_predict_the_next_width_then_train_it_and_the_runner_scores_it(make_swee
     assert first.returncode == 0, first.stdout + first.stderr
     db = tmp_path / "runs.db"
 
+    # a size the sweep trained is not a prediction: refused in one line, nothing written
+    ledger = _sql(db, "SELECT * FROM predictions")  # the monitor's own curve predictions, if any
+    refused = run_cli("predict", "--db", str(db), "-w", "16", "-d", "1")
+    assert refused.returncode == 2 and "already trained" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert _sql(db, "SELECT * FROM predictions") == ledger
+
     out = run_cli("predict", "--db", str(db), "-w", "48", "-d", "1", "--bootstrap", "200", "--json")
     assert out.returncode == 0, out.stderr
     recorded = json.loads(out.stdout)
@@ -66,12 +74,3 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str, tmp_pat
     assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert "Traceback" not in out.stderr
 
-
-def test_a_trained_size_is_refused_and_nothing_is_written(make_sweep: Callable[..., Path], tmp_path: Path) -> None:
-    out = run_cli("run", "--headless", str(make_sweep(model={"width": WIDTHS, "depth": 1})))
-    assert out.returncode == 0, out.stdout + out.stderr
-    db = tmp_path / "runs.db"
-    refused = run_cli("predict", "--db", str(db), "-w", "16", "-d", "1")
-    assert refused.returncode == 2 and "already trained" in refused.stderr
-    assert len(refused.stderr.strip().splitlines()) == 1
-    assert _sql(db, "SELECT count(*) FROM predictions") == [(0,)]
