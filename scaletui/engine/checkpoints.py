@@ -1,7 +1,7 @@
 """Checkpoint files: atomic to write, safe to load, tolerant of a torn newest file.
 
 A worker can be killed at any instant, so a checkpoint is written to a temporary
-file in the same folder, fsynced, then renamed over its final name: a reader
+file in the same folder, fsynced, then renamed over its final name (core/files.py): a reader
 sees the old file or the new one, never half of one. Files are loaded with
 `torch.load(weights_only=True)`, so everything in a checkpoint is a tensor, a
 plain number, a string or a dict/list of those (generator states are uint8
@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from scaletui.core.files import write_atomically
 from scaletui.core.records import Sink
 
 KEEP = 2
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
-_TEMPORARY = re.compile(r"^\.step_\d{8}\.pt\..*\.tmp$")  # save_checkpoint's mkstemp names
+_TEMPORARY = re.compile(r"^\.step_\d{8}\.pt\..*\.tmp$")  # core.files.write_atomically's temporary names
 
 
 def checkpoint_path(folder: Path, step: int) -> Path:
@@ -52,34 +52,10 @@ def save_checkpoint(folder: Path, step: int, payload: dict[str, Any]) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     final = checkpoint_path(folder, step)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{final.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(folder)
+    write_atomically(final, lambda f: torch.save(payload, f))
     for _, old in list_checkpoints(folder)[:-KEEP]:
         old.unlink(missing_ok=True)
     return final
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_latest_checkpoint(

@@ -7,9 +7,7 @@ sweep before its first run starts. data.py (the workers' side) reads these files
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from scaletui.core.datasets import (
     dataset_folder,
     missing_files,
 )
+from scaletui.core.files import write_atomically
 from scaletui.core.specs import DataSpec
 
 MNIST1D_SEED = 42  # fixed: every run of every sweep sees the same MNIST-1D pool
@@ -82,18 +81,9 @@ def _prepare_mnist1d(data_dir: Path) -> None:
         return
     arrays = _generate_mnist1d()
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target, then rename: two processes racing both write whole files
-    # and the last os.replace wins; a reader never sees a half-written archive.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".mnist1d-", suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy stubs mistype the array keywords
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Two processes racing both write whole files and the last rename wins; a reader never sees a
+    # half-written archive.
+    write_atomically(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]  # numpy stubs: keywords
 
 
 def _generate_mnist1d() -> dict[str, np.ndarray]:

@@ -50,6 +50,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from scaletui.core.files import fsync_dir
 from scaletui.core.vocabulary import DEFAULT_LOSS_METRIC, FINISHED, OK, LossRule, RunStatus, sql_list
 from scaletui.store.errors import (
     DatabaseNotReady,
@@ -502,21 +503,7 @@ def _publish(tmp: Path, path: Path) -> None:
     except OSError as exc:  # no hard links here: open_db creates the file in place, readers wait for it
         log.debug("cannot link %s to %s (%s); creating it in place", tmp, path, exc)
         return
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the new name durable (POSIX); a no-op where folders cannot be opened or synced."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 def _create_new(path: Path) -> None:
