@@ -1,11 +1,12 @@
 """Shared fixtures: tiny sweep files written as real TOML, and one shared MNIST-1D cache.
 
 Generating MNIST-1D takes a few seconds, so every test that trains points its
-sweep's `data_dir` at one session-wide folder.
+sweep's `data_dir` at one folder shared by the whole run.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -16,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from scaletui.core.specs import DataSpec
+from scaletui.engine.dataset_files import prepare_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,8 +62,18 @@ def write_toml(path: Path, doc: dict[str, dict[str, Any]]) -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One MNIST-1D cache for the whole test session."""
-    return tmp_path_factory.mktemp("data")
+    """One MNIST-1D cache for the whole test run, generated once (~5 s of CPU). pytest-xdist's processes
+    each have a temporary root of their own under one shared folder: the cache lives in that folder, and the
+    first process to take the lock writes the file while the others wait for it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder = root / "mnist1d-cache"
+    folder.mkdir(exist_ok=True)
+    with (root / "mnist1d-cache.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+        prepare_dataset(DataSpec(dataset="mnist1d"), folder)
+    return folder
 
 
 def tiny_sweep(tmp_path: Path, data_dir: Path, **sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
