@@ -34,7 +34,6 @@ from scaletui.analysis.diagnose import (  # noqa: E402
 from scaletui.core.records import RunOutcome  # noqa: E402
 from scaletui.core.specs import DataSpec, ModelSpec, RunSpec, TrainSpec  # noqa: E402
 from scaletui.core.vocabulary import RunStatus  # noqa: E402
-from scaletui.engine.dataset_files import prepare_dataset  # noqa: E402
 from scaletui.engine.loop import train_run  # noqa: E402
 from scaletui.engine.sinks import MemorySink  # noqa: E402
 
@@ -44,8 +43,7 @@ TH = Thresholds()
 
 @pytest.fixture(scope="module")
 def data_dir(shared_data_dir: Path) -> Path:
-    """MNIST-1D generated once for the session (shared_data_dir is session-scoped, see conftest)."""
-    prepare_dataset(DataSpec(dataset="mnist1d"), shared_data_dir)
+    """MNIST-1D, generated once for the whole run by conftest's `shared_data_dir`."""
     return shared_data_dir
 
 
