@@ -188,7 +188,9 @@ def test_valid_sweeps_load_with_any_optional_key_left_out(folder: Path, dropped:
 @given(garbage=st.text(max_size=40), cut=st.integers(min_value=1, max_value=200))
 def test_bad_toml_names_the_file(folder: Path, garbage: str, cut: int) -> None:
     text = dumps(base(folder))
-    broken = text[:cut] + garbage + "\n[" + text[cut:]  # an unclosed table header is never valid TOML
+    # A "[" alone on its line is never valid TOML (a header needs a key; no string or array can hold it
+    # there). A bare "\n[" was not enough: garbage "0]" at cut 1 made "[0]\n[experiment]", a valid file.
+    broken = text[:cut] + garbage + "\n[\n" + text[cut:]
     message = refused(folder, broken)
     assert message.startswith(f"{FILE}: invalid TOML: ") or message.startswith(f"{FILE}: cannot read")
 
