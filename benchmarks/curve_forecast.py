@@ -3,7 +3,9 @@
 Replays a finished sweep in the order it trained: for each run, the moment it had done a fraction f of
 its steps is placed between its started_at and finished_at; the runs of the same training plan that had
 finished by then are what the live monitor would have learned from (analysis.curve_forecast), and the
-run's loss at its last evaluation at or before f is what it would have seen. Reported per depth: the
+run's loss at its last evaluation at or before f is what it would have seen, with its peers' losses at
+that evaluation (runs of its size and plan that had reached it by then, their progress likewise placed
+between their start and finish: a bundle's members reach it together). Reported per depth: the
 median relative error of the predicted final test loss, how many runs had a prediction (the first runs
 of a sweep have no finished runs to learn from), and the coverage of the 90% band.
 
@@ -48,6 +50,10 @@ def load(db: Path, experiment: str | None) -> list[dict]:
                  "evals": {p.step: p.value for p in reader.metric_series(r.id, "test_loss")}} for r in runs]
 
 
+def _same_size(a: dict, b: dict) -> bool:
+    return (a["params"], a["depth"], a["steps"]) == (b["params"], b["depth"], b["steps"])
+
+
 def replay(runs: list[dict], fraction: float, level: float) -> dict[int, list[tuple[float, bool]]]:
     """depth -> [(relative error, truth inside the band)] for every run that had a prediction."""
     out: dict[int, list[tuple[float, bool]]] = defaultdict(list)
@@ -60,7 +66,9 @@ def replay(runs: list[dict], fraction: float, level: float) -> dict[int, list[tu
         refs = [Finished(o["params"], o["depth"], o["evals"][step], o["evals"][o["steps"]]) for o in runs
                 if o["end"] < moment and o["steps"] == run["steps"] and step in o["evals"]
                 and o["steps"] in o["evals"]]
-        forecast = forecast_final(run["evals"][step], run["params"], run["depth"], refs, level)
+        peers = [o["evals"][step] for o in runs if o is not run and _same_size(o, run) and step in o["evals"]
+                 and o["start"] + step / o["steps"] * (o["end"] - o["start"]) <= moment]
+        forecast = forecast_final(run["evals"][step], run["params"], run["depth"], refs, level, peers)
         if forecast is None:
             continue
         truth = run["evals"][run["steps"]]

@@ -3,7 +3,10 @@ writes them, one monitor pass runs, and the `alerts` table is checked."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import socket
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -258,3 +261,43 @@ def test_headless_sweep_stores_a_divergence_alert_for_the_diverging_runs_only(
     run_alerts = [(runs[run_id], kind, severity) for run_id, kind, severity in alerts if run_id is not None]
     assert sorted(run_alerts) == [(1e4, "divergence", "critical")] * 2
     assert "divergence" in out.stdout  # the summary shows the alerts column
+
+
+# --------------------------------------------------------------------------- pred. final: a size's peers
+
+LUCK = {0: -0.10, 1: -0.05, 2: 0.05, 3: 0.10}  # each seed's log deviation from its size's loss at step 20
+FINAL = {8: 1.9, 16: 1.7, 32: 1.5, 64: 1.35}  # every seed of a width ends here: the luck at step 20 fades
+
+
+def test_a_runs_luck_at_its_evaluation_fades_into_its_sizes_mean_when_finished_runs_show_it_does(
+        tmp_path: Path) -> None:
+    """Finished widths 8-32 show that a seed's deviation at step 20 is gone by the end (slope 0), so the
+    four running width-64 seeds, apart at step 20 by their luck alone, are all predicted at their size's
+    final loss; carrying each one's luck forward (the forecast without peers) would put them 20% apart."""
+    sweep = make(tmp_path, model={"width": list(FINAL), "depth": 1}, train={"seeds": list(LUCK)})
+    with Store(sweep.db) as store:
+        exp = store.upsert_experiment(sweep.name, None, None, sweep.loss_rule)
+        ids = {spec: run_id for run_id, spec in store.register_runs(exp, sweep.runs, fresh=False)}
+        running = []
+        for spec, run_id in ids.items():
+            width, luck = spec.model.width, LUCK[spec.seed]
+            at = {0: 2.3, 20: 1.3 * FINAL[width] * math.exp(luck)}
+            store.mark_running(run_id, os.getpid(), socket.gethostname())
+            with StoreSink(sweep.db, run_id) as sink:
+                sink.started(ModelInfo(100 * width * width, 0, ("0",), 3e-3), resumed_from=0)
+                sink.metrics([MetricRecord(s, "test_loss", v) for s, v in
+                              ({**at, 40: 1.1 * FINAL[width], 60: FINAL[width]} if width < 64 else at).items()])
+            if width < 64:
+                finish(store, run_id, FINAL[width])
+            else:
+                running.append(run_id)
+    monitor = SweepMonitor(sweep, exp, running)
+    try:
+        monitor.run_pass()
+    finally:
+        monitor.close()
+    with sqlite3.connect(sweep.db) as conn:
+        made = conn.execute("SELECT predicted, inputs_json FROM predictions WHERE kind = 'curve'").fetchall()
+    assert len(made) == 4
+    assert [p for p, _ in made] == pytest.approx([FINAL[64]] * 4, rel=1e-9)
+    assert {(json.loads(i)["shrink"], json.loads(i)["n_peers"]) for _, i in made} == {(0.0, 3)}

@@ -3,7 +3,9 @@
 The sweep's monitor (services.monitor) calls `CurveForecaster.forecast` when a run it watches has a new
 test-loss evaluation before its last step; the forecaster learns from the finished runs of the same
 sweep and the same training plan (config without size and seed: the same steps, schedule and data, so
-the same evaluation steps) through `analysis.curve_forecast`, and returns the prediction as a ledger
+the same evaluation steps) and from where the run's size stands at that evaluation (the losses of its
+peers: the sweep's other running runs of its size and plan, which the monitor passes in, and finished ones)
+through `analysis.curve_forecast`, and returns the prediction as a ledger
 entry (`predictions` table, kind curve) for the monitor to store. The runner scores it when the run
 ends (services.predictions); the app shows the latest one of each running run.
 
@@ -16,7 +18,7 @@ reaching its last step (early stopping) teaches nothing about the end of a full 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from scaletui.analysis.curve_forecast import BY_DEPTH, FinalForecast, Finished, forecast_final
@@ -62,17 +64,33 @@ class CurveForecaster:
         else:
             self._skipped.add(row.id)  # stopped early: says nothing about the end of a full run
 
-    def forecast(self, row: RunSummary, spec: RunSpec, evals: Mapping[int, float]) -> NewPrediction | None:
+    def forecast(self, row: RunSummary, spec: RunSpec, evals: Mapping[int, float],
+                 running: Iterable[tuple[RunSummary, RunSpec, Mapping[int, float]]] = ()) -> NewPrediction | None:
         """The run's final test loss predicted from its latest evaluation before its last step, or None
-        when it has none yet or the finished runs cannot say."""
+        when it has none yet or the finished runs cannot say. `running`: the sweep's other running runs
+        with their test-loss evaluations so far; those of the run's size and plan that have reached its
+        step are its peers (analysis.curve_forecast: where its size stands at that step)."""
         steps = spec.train.steps
         seen = [s for s in evals if 0 < s < steps]
         if not seen or not row.params or not row.depth:
             return None
         step = max(seen)
-        refs = self._references(plan_hash(plan_of(spec, None)), step, steps)
-        result = forecast_final(evals[step], float(row.params), int(row.depth), refs, self.level)
+        plan = plan_hash(plan_of(spec, None))
+        refs = self._references(plan, step, steps)
+        peers = self._peers(row, plan, step, running)
+        result = forecast_final(evals[step], float(row.params), int(row.depth), refs, self.level, peers)
         return None if result is None else self._entry(row, spec, step, result)
+
+    def _peers(self, row: RunSummary, plan: str, step: int,
+               running: Iterable[tuple[RunSummary, RunSpec, Mapping[int, float]]]) -> list[float]:
+        """The losses at `step` of the other runs of the run's size and plan, running or finished."""
+        def same_size(other: RunSummary) -> bool:
+            return other.id != row.id and (other.params, other.depth) == (row.params, row.depth)
+        finished = [evals[step] for p, r, evals in self._finished.values()
+                    if p == plan and same_size(r) and step in evals]
+        live = [evals[step] for r, spec, evals in running
+                if same_size(r) and step in evals and plan_hash(plan_of(spec, None)) == plan]
+        return finished + live
 
     def finished_smaller(self, row: RunSummary, spec: RunSpec) -> list[FinishedSize]:
         """The run's group that is smaller: kept runs of its plan and depth (those the forecaster learns from
@@ -91,7 +109,8 @@ class CurveForecaster:
     def _entry(self, row: RunSummary, spec: RunSpec, step: int, f: FinalForecast) -> NewPrediction:
         curve = f"depth={row.depth}" if f.basis == BY_DEPTH else "every depth"
         inputs: dict[str, Any] = {"basis": f.basis, "n_runs": f.n_runs, "n_sizes": f.n_sizes,
-                                  "coef": list(f.coef), "fraction": step / spec.train.steps,
+                                  "coef": list(f.coef), "shrink": f.shrink, "n_peers": f.n_peers,
+                                  "fraction": step / spec.train.steps,
                                   "loss_label": "final test loss"}
         plan = plan_of(spec, None)
         return NewPrediction(self.experiment_id, PredictionSource.MONITOR, row.width, row.depth, FitX.PARAMS.value,

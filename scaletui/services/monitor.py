@@ -304,6 +304,7 @@ class SweepMonitor:
             if self._references_stale:  # before the runs are followed: their forecasts use what has finished
                 self._forecaster.learn_experiment(self._tracker.reader, self.sweep.name)
                 self._references_stale = False
+            to_forecast: list[tuple[_Track, RunSummary]] = []
             for row in self._tracker.changed_runs():
                 if row.key in self._own_keys:
                     self._rows[row.id] = row
@@ -311,14 +312,19 @@ class SweepMonitor:
                 elif row.key in self._specs:
                     self._rows[row.id] = row
                     if row.id in self._watch:
-                        self._group_dirty |= self._follow(row)
+                        self._group_dirty |= self._follow(row, to_forecast)
+            # After every changed run is read: a run's forecast uses its peers' losses at the same step
+            # (a bundle's members report together, and the pass reads them one by one).
+            for track, row in to_forecast:
+                self._forecast(track, row)
             if self._group_dirty:
                 self._group_pass()
                 self._group_dirty = False
                 self._references_stale = True  # runs finished: the forecaster learns them next pass
 
-    def _follow(self, row: RunSummary) -> bool:
-        """Diagnose one watched run if it has new records; True when it has just finished."""
+    def _follow(self, row: RunSummary, to_forecast: list[tuple[_Track, RunSummary]]) -> bool:
+        """Diagnose one watched run if it has new records (a running one joins `to_forecast`); True when
+        it has just finished."""
         if row.id not in self._tracks:
             if row.status is not RunStatus.RUNNING and not row.finished:
                 self._before[row.id] = row.started_at
@@ -328,7 +334,8 @@ class SweepMonitor:
         track = self._tracks[row.id]
         if self._read_new(track) and row.params:
             self._diagnose(track, row)
-            self._forecast(track, row)
+            if row.status is RunStatus.RUNNING:
+                to_forecast.append((track, row))
         if row.status is RunStatus.RUNNING:
             return False
         del self._tracks[row.id]  # finished, failed or interrupted: its alerts are final
@@ -367,16 +374,23 @@ class SweepMonitor:
         new = sorted(s for s in losses if track.forecast_step < s < track.spec.train.steps)
         if row.status is not RunStatus.RUNNING or not new:
             return
+        running = self._running_peers(row)
         if self._stop_hopeless:
             for step in new[:-1]:  # evaluations that arrived between passes: judged, not recorded
                 earlier = {s: v for s, v in losses.items() if s <= step}
-                self._judge(track, row, step, self._forecaster.forecast(row, track.spec, earlier))
-        entry = self._forecaster.forecast(row, track.spec, losses)
+                self._judge(track, row, step, self._forecaster.forecast(row, track.spec, earlier, running))
+        entry = self._forecaster.forecast(row, track.spec, losses, running)
         if entry is not None:
             self._writer().add_prediction(entry)
         if self._stop_hopeless:
             self._judge(track, row, new[-1], entry)
         track.forecast_step = new[-1]
+
+    def _running_peers(self, row: RunSummary) -> list[tuple[RunSummary, RunSpec, dict[int, float]]]:
+        """The other followed runs of the run's size, with their test losses (the forecaster checks the plan)."""
+        return [(other, t.spec, t.test_losses()) for t in self._tracks.values()
+                if t.run_id != row.id and (other := self._rows.get(t.run_id)) is not None
+                and (other.params, other.depth) == (row.params, row.depth)]
 
     def _judge(self, track: _Track, row: RunSummary, step: int, entry: NewPrediction | None) -> None:
         """Count one evaluation by analysis.hopeless's rule; ask the worker to stop the run once it says so."""

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from scaletui.analysis.curve_forecast import BY_DEPTH, POOLED, Finished, forecast_final
+from scaletui.analysis.curve_forecast import BY_DEPTH, POOLED, Finished, forecast_final, within_size_slope
 
 A, B = -0.2, -0.05  # the drop still to come: log(final / at t) = A + B log params
 
@@ -76,3 +76,55 @@ def test_unusable_reference_runs_are_left_out() -> None:
     bad = [Finished(1e3, 1, math.nan, 1.0), Finished(1e4, 1, 1.0, 0.0)]
     good = _refs([1e3, 1e4])
     assert forecast_final(1.0, 3e3, 1, good + bad) == forecast_final(1.0, 3e3, 1, good)
+
+
+def _lucky_refs(sizes: list[float], carried: float, seeds: int = 6) -> list[Finished]:
+    """Finished runs whose luck at step t (a log deviation from their size's loss then) is `carried`
+    times still there at the end; the size's own drop is A + B log N as in `_refs`."""
+    out = []
+    for n in sizes:
+        for luck in np.linspace(-0.1, 0.1, seeds):
+            out.append(Finished(n, 1, 1.2 * math.exp(luck), 1.2 * math.exp(A + B * math.log(n) + carried * luck)))
+    return out
+
+
+@pytest.mark.parametrize("carried", [0.0, 0.2, 1.0])
+def test_how_much_of_a_runs_luck_lasts_is_learned_within_the_finished_sizes(carried: float) -> None:
+    refs = _lucky_refs([1e3, 1e4, 1e5], carried)
+    assert within_size_slope(refs) == pytest.approx(carried, abs=1e-9)
+    peers = [1.0 * math.exp(-0.1), 1.0 * math.exp(0.05)]
+    f = forecast_final(1.0 * math.exp(0.1), 3e4, 1, refs, peers_now=peers)
+    assert f is not None and (f.shrink, f.n_peers) == (pytest.approx(carried), 2)
+    mean_now = (-0.1 + 0.05 + 0.1) / 3  # the size's mean log loss now, the run among its peers
+    expected = mean_now + carried * (0.1 - mean_now) + A + B * math.log(3e4)
+    assert f.predicted == pytest.approx(math.exp(expected), rel=1e-9)
+
+
+def test_without_peers_or_without_a_size_of_two_runs_the_run_carries_all_its_luck() -> None:
+    refs = _lucky_refs([1e3, 1e4, 1e5], carried=0.0)
+    alone = forecast_final(1.3, 3e4, 1, refs)
+    assert alone is not None and alone.predicted == pytest.approx(1.3 * math.exp(A + B * math.log(3e4)), rel=1e-9)
+    one_each = _lucky_refs([1e3, 3e3, 1e4, 3e4, 1e5], carried=0.0, seeds=1)
+    assert within_size_slope(one_each) == 1.0
+
+
+def test_a_run_beyond_the_finished_sizes_gets_a_band_from_extrapolations_widened_with_the_distance() -> None:
+    # A bend the ratio law cannot follow: what each size still drops curves in log N.
+    sizes = [1e3, 2e3, 4e3, 8e3, 1.6e4]
+    def drop(n: float) -> float:
+        return -0.1 * math.log(n) + 0.02 * math.log(n) ** 2 - 0.2
+    refs = [Finished(n, 1, 1.0, math.exp(drop(n))) for n in sizes for _ in range(4)]
+    inside, near, far = (forecast_final(1.0, n, 1, refs) for n in (3e3, 3.2e4, 1e6))
+    assert inside is not None and near is not None and far is not None
+    widths = [math.log(f.hi / f.lo) / 2 for f in (inside, near, far)]
+    assert widths[0] < widths[1] < widths[2]
+    # Each edge size predicted from the other four (one doubling away, as 3.2e4 is from 1.6e4): the band
+    # at 1e6, six doublings beyond, is at least six times the smaller of those two errors.
+    logs = [math.log(n) for n in sizes]
+    edge_errors = []
+    for out in (0, len(sizes) - 1):
+        keep = [i for i in range(len(sizes)) if i != out]
+        slope, intercept = np.polyfit([logs[i] for i in keep], [drop(sizes[i]) for i in keep], 1)
+        edge_errors.append(abs(intercept + slope * logs[out] - drop(sizes[out])))
+    assert widths[2] >= math.log(1e6 / 1.6e4) / math.log(2) * min(edge_errors)
+    assert widths[1] >= min(edge_errors)
