@@ -3,11 +3,13 @@
 Replays a finished sweep in the order it trained: for each run, the moment it had done a fraction f of
 its steps is placed between its started_at and finished_at; the runs of the same training plan that had
 finished by then are what the live monitor would have learned from (analysis.curve_forecast), and the
-run's loss at its last evaluation at or before f is what it would have seen, with its peers' losses at
-that evaluation (runs of its size and plan that had reached it by then, their progress likewise placed
-between their start and finish: a bundle's members reach it together). Reported per depth: the
+run's loss at its last evaluation at or before f is what it would have seen (before its first evaluation,
+the mean train loss of its last complete log window: services.curve_forecasts.anchor_of), with its peers'
+losses at that step (runs of its size and plan that had reached it by then, their progress likewise
+placed between their start and finish: a bundle's members reach it together). Reported per depth: the
 median relative error of the predicted final test loss, how many runs had a prediction (the first runs
-of a sweep have no finished runs to learn from), and the coverage of the 90% band.
+of a sweep have no finished runs to learn from), the coverage of the 90% band, and what the predictions
+started from (test_loss: an evaluation; train_loss: a log window).
 
     .venv/bin/python benchmarks/curve_forecast.py --db runs/scaletui.db [--experiment NAME]
 
@@ -29,8 +31,9 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from scaletui.analysis.curve_forecast import Finished, forecast_final  # noqa: E402
+from scaletui.analysis.curve_forecast import Finished, forecast_final, latest_window, window_mean  # noqa: E402
 from scaletui.core.vocabulary import OK  # noqa: E402
+from scaletui.services.curve_forecasts import TEST_LOSS, TRAIN_LOSS, first_evaluation  # noqa: E402
 from scaletui.store import Reader  # noqa: E402
 
 FRACTIONS = (0.1, 0.3, 0.5)
@@ -41,39 +44,70 @@ def _seconds(iso: str) -> float:
 
 
 def load(db: Path, experiment: str | None) -> list[dict]:
-    """Every finished run: size, steps, start/finish time and test-loss evaluations (step -> loss)."""
+    """Every finished run: size, steps, start/finish time, test-loss evaluations (step -> loss), and its
+    train losses up to its first evaluation with its log cadence (for the train-loss anchor)."""
     with Reader(db) as reader:
         runs = [r for r in reader.runs(experiment) if r.status in OK and r.started_at and r.finished_at
                 and r.params and r.depth and r.steps]
-        return [{"id": r.id, "params": float(r.params or 0), "depth": int(r.depth or 0), "steps": int(r.steps or 0),
-                 "start": _seconds(r.started_at or ""), "end": _seconds(r.finished_at or ""),
-                 "evals": {p.step: p.value for p in reader.metric_series(r.id, "test_loss")}} for r in runs]
+        out = []
+        for r in runs:
+            spec = reader.run_spec(r.id)
+            first = first_evaluation(spec) if spec else 0
+            out.append({"id": r.id, "params": float(r.params or 0), "depth": int(r.depth or 0),
+                        "steps": int(r.steps or 0), "start": _seconds(r.started_at or ""),
+                        "end": _seconds(r.finished_at or ""), "first_eval": first,
+                        "log_every": spec.train.log_every if spec else 0,
+                        "evals": {p.step: p.value for p in reader.metric_series(r.id, TEST_LOSS)},
+                        "train": {p.step: p.value for p in reader.metrics_since(r.id, TRAIN_LOSS, 0, up_to=first)}})
+        return out
 
 
 def _same_size(a: dict, b: dict) -> bool:
     return (a["params"], a["depth"], a["steps"]) == (b["params"], b["depth"], b["steps"])
 
 
-def replay(runs: list[dict], fraction: float, level: float) -> dict[int, list[tuple[float, bool]]]:
-    """depth -> [(relative error, truth inside the band)] for every run that had a prediction."""
+def anchor(run: dict, fraction: float) -> tuple[str, int] | None:
+    """What the live monitor starts from after `fraction` of the run (services.curve_forecasts.anchor_of):
+    its latest evaluation by then, else its latest complete train-loss log window."""
+    limit = int(fraction * run["steps"])
+    seen = [s for s in run["evals"] if 0 < s <= limit and s < run["steps"]]
+    if seen:
+        return TEST_LOSS, max(seen)
+    step = latest_window(run["train"], run["log_every"], before=min(run["first_eval"], limit + 1))
+    return None if step is None else (TRAIN_LOSS, step)
+
+
+def value(run: dict, kind: str, step: int) -> float | None:
+    if kind == TEST_LOSS:
+        return run["evals"].get(step)
+    return window_mean(run["train"], step, run["log_every"])
+
+
+def replay(runs: list[dict], fraction: float, level: float) -> tuple[dict[int, list[tuple[float, bool]]], set[str]]:
+    """depth -> [(relative error, truth inside the band)] for every run that had a prediction, and the
+    anchors the predictions started from."""
     out: dict[int, list[tuple[float, bool]]] = defaultdict(list)
+    kinds: set[str] = set()
     for run in runs:
-        seen = [s for s in run["evals"] if 0 < s <= fraction * run["steps"]]
-        if not seen or run["steps"] not in run["evals"]:
+        start = anchor(run, fraction)
+        if start is None or run["steps"] not in run["evals"]:
             continue
-        step = max(seen)
+        kind, step = start
+        now = value(run, kind, step)
         moment = run["start"] + fraction * (run["end"] - run["start"])
-        refs = [Finished(o["params"], o["depth"], o["evals"][step], o["evals"][o["steps"]]) for o in runs
-                if o["end"] < moment and o["steps"] == run["steps"] and step in o["evals"]
-                and o["steps"] in o["evals"]]
-        peers = [o["evals"][step] for o in runs if o is not run and _same_size(o, run) and step in o["evals"]
-                 and o["start"] + step / o["steps"] * (o["end"] - o["start"]) <= moment]
-        forecast = forecast_final(run["evals"][step], run["params"], run["depth"], refs, level, peers)
+        refs = [Finished(o["params"], o["depth"], v, o["evals"][o["steps"]]) for o in runs
+                if o["end"] < moment and o["steps"] == run["steps"] and o["steps"] in o["evals"]
+                and (v := value(o, kind, step)) is not None]
+        peers = [v for o in runs if o is not run and _same_size(o, run)
+                 and o["start"] + step / o["steps"] * (o["end"] - o["start"]) <= moment
+                 and (v := value(o, kind, step)) is not None]
+        forecast = None if now is None else forecast_final(now, run["params"], run["depth"], refs, level, peers)
         if forecast is None:
             continue
+        kinds.add(kind)
         truth = run["evals"][run["steps"]]
         out[run["depth"]].append((abs(forecast.predicted / truth - 1), forecast.lo <= truth <= forecast.hi))
-    return out
+    return out, kinds
 
 
 def main() -> None:
@@ -85,20 +119,21 @@ def main() -> None:
     started = time.perf_counter()
     runs = load(args.db, args.experiment)
     print(f"{args.db}: {len(runs)} finished runs; {args.level:.0%} bands")
-    print(f"{'from':>5} {'depth':>5} {'runs':>9} {'median err':>10} {'coverage':>8}")
+    print(f"{'from':>5} {'depth':>5} {'runs':>9} {'median err':>10} {'coverage':>8}  anchor")
     for fraction in FRACTIONS:
-        result = replay(runs, fraction, args.level)
+        result, kinds = replay(runs, fraction, args.level)
         every = [e for d in result.values() for e in d]
         for depth in sorted(result):
             errors = [e for e, _ in result[depth]]
             covered = np.mean([c for _, c in result[depth]])
             total = sum(1 for r in runs if r["depth"] == depth)
-            print(f"{fraction:>5.0%} {depth:>5} {len(errors):>4}/{total:<4} {np.median(errors):>10.2%} {covered:>8.0%}")
+            print(f"{fraction:>5.0%} {depth:>5} {len(errors):>4}/{total:<4} {np.median(errors):>10.2%} {covered:>8.0%}"
+                  f"  {'/'.join(sorted(kinds))}")
         if every:
             print(f"{fraction:>5.0%} {'all':>5} {len(every):>4}/{len(runs):<4} "
                   f"{np.median([e for e, _ in every]):>10.2%} {np.mean([c for _, c in every]):>8.0%}")
         else:
-            print(f"{fraction:>5.0%}: no run had an evaluation and finished runs to learn from")
+            print(f"{fraction:>5.0%}: no run had a train-loss window or an evaluation, and finished runs to learn from")
     print(f"({time.perf_counter() - started:.1f} s)")
 
 

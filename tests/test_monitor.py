@@ -265,28 +265,42 @@ def test_headless_sweep_stores_a_divergence_alert_for_the_diverging_runs_only(
 
 # --------------------------------------------------------------------------- pred. final: a size's peers
 
-LUCK = {0: -0.10, 1: -0.05, 2: 0.05, 3: 0.10}  # each seed's log deviation from its size's loss at step 20
-FINAL = {8: 1.9, 16: 1.7, 32: 1.5, 64: 1.35}  # every seed of a width ends here: the luck at step 20 fades
+LUCK = {0: -0.10, 1: -0.05, 2: 0.05, 3: 0.10}  # each seed's log deviation from its size's loss early on
+FINAL = {8: 1.9, 16: 1.7, 32: 1.5, 64: 1.35}  # every seed of a width ends here: the early luck fades
 
 
-def test_a_runs_luck_at_its_evaluation_fades_into_its_sizes_mean_when_finished_runs_show_it_does(
-        tmp_path: Path) -> None:
-    """Finished widths 8-32 show that a seed's deviation at step 20 is gone by the end (slope 0), so the
-    four running width-64 seeds, apart at step 20 by their luck alone, are all predicted at their size's
-    final loss; carrying each one's luck forward (the forecast without peers) would put them 20% apart."""
+def _early_losses(width: int, seed: int, anchor: str) -> list[MetricRecord]:
+    """What a run has logged before step 20 (its first evaluation; log windows of 10 steps): its luck
+    in its test loss at step 20 (anchor test_loss) or in its train losses of steps 1-10 (train_loss)."""
+    level = 1.3 * FINAL[width] * math.exp(LUCK[seed])
+    if anchor == "test_loss":
+        return [MetricRecord(0, "test_loss", 2.3), MetricRecord(20, "test_loss", level)]
+    return [MetricRecord(0, "test_loss", 2.3)] + [MetricRecord(s, "train_loss", level) for s in range(1, 11)]
+
+
+@pytest.mark.parametrize("anchor, at_step", [("test_loss", 20), ("train_loss", 10)])
+def test_a_runs_early_luck_fades_into_its_sizes_mean_when_finished_runs_show_it_does(
+        tmp_path: Path, anchor: str, at_step: int) -> None:
+    """Finished widths 8-32 show that a seed's early deviation is gone by the end (slope 0), so the four
+    running width-64 seeds, apart early by their luck alone, are all predicted at their size's final
+    loss; carrying each one's luck forward (the forecast without peers) would put them 20% apart. Before
+    any evaluation (train_loss) the prediction starts from the mean train loss of the last log window."""
     sweep = make(tmp_path, model={"width": list(FINAL), "depth": 1}, train={"seeds": list(LUCK)})
     with Store(sweep.db) as store:
         exp = store.upsert_experiment(sweep.name, None, None, sweep.loss_rule)
         ids = {spec: run_id for run_id, spec in store.register_runs(exp, sweep.runs, fresh=False)}
         running = []
         for spec, run_id in ids.items():
-            width, luck = spec.model.width, LUCK[spec.seed]
-            at = {0: 2.3, 20: 1.3 * FINAL[width] * math.exp(luck)}
+            width = spec.model.width
             store.mark_running(run_id, os.getpid(), socket.gethostname())
             with StoreSink(sweep.db, run_id) as sink:
                 sink.started(ModelInfo(100 * width * width, 0, ("0",), 3e-3), resumed_from=0)
-                sink.metrics([MetricRecord(s, "test_loss", v) for s, v in
-                              ({**at, 40: 1.1 * FINAL[width], 60: FINAL[width]} if width < 64 else at).items()])
+                sink.metrics(_early_losses(width, spec.seed, anchor))
+                if width < 64:
+                    sink.metrics([MetricRecord(s, "train_loss", 1.3 * FINAL[width] * math.exp(LUCK[spec.seed]))
+                                  for s in range(1, 11)] + [MetricRecord(20, "test_loss", 1.3 * FINAL[width]
+                                                                         * math.exp(LUCK[spec.seed])),
+                                                            MetricRecord(60, "test_loss", FINAL[width])])
             if width < 64:
                 finish(store, run_id, FINAL[width])
             else:
@@ -297,7 +311,44 @@ def test_a_runs_luck_at_its_evaluation_fades_into_its_sizes_mean_when_finished_r
     finally:
         monitor.close()
     with sqlite3.connect(sweep.db) as conn:
-        made = conn.execute("SELECT predicted, inputs_json FROM predictions WHERE kind = 'curve'").fetchall()
+        made = conn.execute("SELECT predicted, at_step, inputs_json FROM predictions WHERE kind = 'curve'").fetchall()
     assert len(made) == 4
-    assert [p for p, _ in made] == pytest.approx([FINAL[64]] * 4, rel=1e-9)
-    assert {(json.loads(i)["shrink"], json.loads(i)["n_peers"]) for _, i in made} == {(0.0, 3)}
+    assert [p for p, _, _ in made] == pytest.approx([FINAL[64]] * 4, rel=1e-9)
+    assert {step for _, step, _ in made} == {at_step}
+    inputs = [json.loads(i) for _, _, i in made]
+    assert {(i["shrink"], i["n_peers"], i["anchor"]) for i in inputs} == {(0.0, 3, anchor)}
+
+
+def test_before_its_first_evaluation_a_run_is_predicted_once_per_tenth_of_its_steps(tmp_path: Path) -> None:
+    """Evaluated only at its end, with log windows of 5 of 60 steps: the window ending at 30 (tenth 5) is
+    recorded, the one at 35 (still tenth 5) is not, the one at 40 (tenth 6) is."""
+    sweep = make(tmp_path, model={"width": list(FINAL), "depth": 1}, train={"seeds": list(LUCK), "eval_every": 60,
+                                                                          "log_every": 5})
+    with Store(sweep.db) as store:
+        exp = store.upsert_experiment(sweep.name, None, None, sweep.loss_rule)
+        ids = {spec: run_id for run_id, spec in store.register_runs(exp, sweep.runs, fresh=False)}
+        for spec, run_id in ids.items():
+            width = spec.model.width
+            store.mark_running(run_id, os.getpid(), socket.gethostname())
+            with StoreSink(sweep.db, run_id) as sink:
+                sink.started(ModelInfo(100 * width * width, 0, ("0",), 3e-3), resumed_from=0)
+                if width < 64:
+                    sink.metrics([MetricRecord(s, "train_loss", 2.0 * FINAL[width] - s / 60) for s in range(1, 61)]
+                                 + [MetricRecord(60, "test_loss", FINAL[width])])
+            if width < 64:
+                finish(store, run_id, FINAL[width])
+    big = [run_id for spec, run_id in ids.items() if spec.model.width == 64]
+    monitor = SweepMonitor(sweep, exp, big)
+    recorded = []
+    try:
+        for first, last in ((1, 30), (31, 35), (36, 40)):
+            for run_id in big:
+                with StoreSink(sweep.db, run_id) as sink:
+                    sink.metrics([MetricRecord(s, "train_loss", 2.0 * FINAL[64] - s / 60)
+                                  for s in range(first, last + 1)])
+            monitor.run_pass()
+            with sqlite3.connect(sweep.db) as conn:
+                recorded.append(sorted(conn.execute("SELECT at_step FROM predictions WHERE kind = 'curve'").fetchall()))
+    finally:
+        monitor.close()
+    assert recorded == [[(30,)] * 4, [(30,)] * 4, [(30,)] * 4 + [(40,)] * 4]

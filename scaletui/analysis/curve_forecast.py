@@ -39,13 +39,14 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import stdtrit  # Student's t quantile; scipy.stats costs ~1.2 s more to import
 
-__all__ = ["BY_DEPTH", "POOLED", "FinalForecast", "Finished", "forecast_final", "within_size_slope"]
+__all__ = ["BY_DEPTH", "POOLED", "FinalForecast", "Finished", "forecast_final", "latest_window", "window_mean",
+           "window_means", "within_size_slope"]
 
 BY_DEPTH = "depth"  # the ratio law of the run's own depth
 POOLED = "pooled"  # every finished run, with log depth as a second variable
@@ -189,3 +190,35 @@ def _held_out_half_width(x: np.ndarray, y: np.ndarray, runs: list[Finished], lev
 def _log_gap(size: float, others: Sequence[float]) -> float:
     """How far `size` lies from the nearest of `others`, in log params."""
     return min(abs(math.log(size / o)) for o in others)
+
+
+# ----------------------------------------------------------------------------- train-loss log windows
+
+
+def window_mean(losses: Mapping[int, float], step: int, width: int) -> float | None:
+    """The mean train loss of the `width` steps ending at `step` (a log window: one step's loss is one
+    batch's, too noisy to start from); None unless each of them is there, finite and positive."""
+    if width < 1 or step < width:
+        return None
+    values = [losses.get(s) for s in range(step - width + 1, step + 1)]
+    kept = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
+    return sum(kept) / width if len(kept) == width else None
+
+
+def window_means(losses: Mapping[int, float], width: int, before: int) -> dict[int, float]:
+    """The mean of every complete log window ending at a multiple of `width` below `before`."""
+    if width < 1:
+        return {}
+    means = {s: window_mean(losses, s, width) for s in range(width, before, width)}
+    return {s: m for s, m in means.items() if m is not None}
+
+
+def latest_window(losses: Mapping[int, float], width: int, before: int) -> int | None:
+    """The last step below `before`, a multiple of `width`, whose log window is complete; None if none."""
+    if width < 1 or not losses:
+        return None
+    top = min(max(losses), before - 1)
+    for step in range(top - top % width, 0, -width):
+        if window_mean(losses, step, width) is not None:
+            return step
+    return None

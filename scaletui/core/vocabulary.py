@@ -352,6 +352,8 @@ DEFAULT_DATA_DIR = "runs/data"
 DEFAULT_CHECKPOINT_DIR = "runs/checkpoints"
 #: A step cursor before any step ("read everything"); SQLite integers are 64-bit.
 BEFORE_ANY_STEP = -(2**62)
+#: A step bound after any step ("no upper bound").
+AFTER_ANY_STEP = 2**62
 
 
 # --------------------------------------------------------------------------- the gradient noise scale

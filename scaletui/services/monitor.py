@@ -55,7 +55,7 @@ from scaletui.core.rows import RunSummary
 from scaletui.core.specs import RunSpec
 from scaletui.core.thresholds import Thresholds
 from scaletui.core.vocabulary import DENSE_ARCHS, EventKind, ExecutorKind, RunStatus
-from scaletui.services.curve_forecasts import CurveForecaster
+from scaletui.services.curve_forecasts import TEST_LOSS, TRAIN_LOSS, CurveForecaster, LiveRun, anchor_of
 from scaletui.services.stop_requests import request_run_stop, signals_reach
 from scaletui.services.tracker import Tracker
 from scaletui.store.alerts import alert_subject
@@ -180,7 +180,10 @@ class _Track:
     stop_asked: bool = False  # its worker was asked to stop it as hopeless (once)
 
     def test_losses(self) -> dict[int, float]:
-        return {step: r.value for (step, key), r in self.metrics.items() if key == "test_loss"}
+        return {step: r.value for (step, key), r in self.metrics.items() if key == TEST_LOSS}
+
+    def train_losses(self) -> dict[int, float]:
+        return {step: r.value for (step, key), r in self.metrics.items() if key == TRAIN_LOSS}
 
     def take(self, metrics: Sequence[MetricRecord], layers: Sequence[LayerStats]) -> bool:
         """Keep the new records the detectors read; True when that changed what is kept."""
@@ -368,27 +371,39 @@ class SweepMonitor:
             track.signature = signature
 
     def _forecast(self, track: _Track, row: RunSummary) -> None:
-        """Predict a running run's final loss at its latest new evaluation (services.curve_forecasts) and
-        record it; with `train.stop_when_hopeless`, judge each new evaluation in step order."""
-        losses = track.test_losses()
-        new = sorted(s for s in losses if track.forecast_step < s < track.spec.train.steps)
-        if row.status is not RunStatus.RUNNING or not new:
+        """Predict a running run's final loss (services.curve_forecasts) at its latest new evaluation, or,
+        before its first one, at its latest log window once that is in a new tenth of the run, and record
+        it; with `train.stop_when_hopeless`, judge each new evaluation in step order."""
+        if row.status is not RunStatus.RUNNING:
             return
-        running = self._running_peers(row)
-        if self._stop_hopeless:
-            for step in new[:-1]:  # evaluations that arrived between passes: judged, not recorded
-                earlier = {s: v for s, v in losses.items() if s <= step}
-                self._judge(track, row, step, self._forecaster.forecast(row, track.spec, earlier, running))
-        entry = self._forecaster.forecast(row, track.spec, losses, running)
+        steps = track.spec.train.steps
+        losses = track.test_losses()
+        new = sorted(s for s in losses if track.forecast_step < s < steps)
+        if new:
+            running = self._running_peers(row, with_train=False)
+            if self._stop_hopeless:
+                for step in new[:-1]:  # evaluations that arrived between passes: judged, not recorded
+                    earlier = LiveRun(row, track.spec, {s: v for s, v in losses.items() if s <= step})
+                    self._judge(track, row, step, self._forecaster.forecast(earlier, running))
+            self._record(track, row, new[-1], self._forecaster.forecast(LiveRun(row, track.spec, losses), running))
+        elif not any(0 < s < steps for s in losses):  # not evaluated yet: from its train loss
+            run = LiveRun(row, track.spec, losses, track.train_losses())
+            anchor = anchor_of(run)
+            if anchor is not None and _tenth(anchor[1], steps) > _tenth(track.forecast_step, steps):
+                self._record(track, row, anchor[1], self._forecaster.forecast(run, self._running_peers(row, True)))
+
+    def _record(self, track: _Track, row: RunSummary, step: int, entry: NewPrediction | None) -> None:
         if entry is not None:
             self._writer().add_prediction(entry)
         if self._stop_hopeless:
-            self._judge(track, row, new[-1], entry)
-        track.forecast_step = new[-1]
+            self._judge(track, row, step, entry)
+        track.forecast_step = step
 
-    def _running_peers(self, row: RunSummary) -> list[tuple[RunSummary, RunSpec, dict[int, float]]]:
-        """The other followed runs of the run's size, with their test losses (the forecaster checks the plan)."""
-        return [(other, t.spec, t.test_losses()) for t in self._tracks.values()
+    def _running_peers(self, row: RunSummary, with_train: bool) -> list[LiveRun]:
+        """The other followed runs of the run's size with their losses (the forecaster checks the plan);
+        their train losses only when the run has no evaluation yet (the anchor is a train-loss window)."""
+        return [LiveRun(other, t.spec, t.test_losses(), t.train_losses() if with_train else {})
+                for t in self._tracks.values()
                 if t.run_id != row.id and (other := self._rows.get(t.run_id)) is not None
                 and (other.params, other.depth) == (row.params, row.depth)]
 
@@ -444,3 +459,8 @@ class SweepMonitor:
         self._writer().sync_alerts(self.experiment_id, alerts, subjects=self._group_subjects)
         self._group_subjects |= {alert_subject(a) for a in alerts}
         self._group_signature = signature
+
+
+def _tenth(step: int, steps: int) -> int:
+    """Which tenth of a run of `steps` steps `step` is in (0 before its first tenth)."""
+    return 10 * step // steps if steps > 0 else 0

@@ -41,6 +41,7 @@ from scaletui.core.rows import (
 )
 from scaletui.core.specs import RunSpec
 from scaletui.core.vocabulary import (
+    AFTER_ANY_STEP,
     BEFORE_ANY_STEP,
     ExportWhat,
     PredictionKind,
@@ -235,11 +236,11 @@ class Reader:
 
     # ----------------------------------------------------------------- series
 
-    def metrics_since(self, run_id: int, key: str, after_step: int) -> list[MetricPoint]:
-        """Points of one metric with step > after_step, in step order; NaN for NULL."""
+    def metrics_since(self, run_id: int, key: str, after_step: int, up_to: int | None = None) -> list[MetricPoint]:
+        """Points of one metric with after_step < step (<= up_to), in step order; NaN for NULL."""
         rows = self._tuples(
-            "SELECT step, value FROM metrics WHERE run_id = ? AND step > ? AND key = ? ORDER BY step",
-            [run_id, after_step, key],
+            "SELECT step, value FROM metrics WHERE run_id = ? AND step > ? AND step <= ? AND key = ? ORDER BY step",
+            [run_id, after_step, AFTER_ANY_STEP if up_to is None else up_to, key],
         )
         return [MetricPoint(step, from_real(value)) for step, value in rows]
 

@@ -7,7 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from scaletui.analysis.curve_forecast import BY_DEPTH, POOLED, Finished, forecast_final, within_size_slope
+from scaletui.analysis.curve_forecast import (
+    BY_DEPTH,
+    POOLED,
+    Finished,
+    forecast_final,
+    latest_window,
+    window_mean,
+    window_means,
+    within_size_slope,
+)
 
 A, B = -0.2, -0.05  # the drop still to come: log(final / at t) = A + B log params
 
@@ -128,3 +137,14 @@ def test_a_run_beyond_the_finished_sizes_gets_a_band_from_extrapolations_widened
         edge_errors.append(abs(intercept + slope * logs[out] - drop(sizes[out])))
     assert widths[2] >= math.log(1e6 / 1.6e4) / math.log(2) * min(edge_errors)
     assert widths[1] >= min(edge_errors)
+
+
+def test_a_log_window_is_the_mean_of_its_steps_and_only_a_complete_one_counts() -> None:
+    losses = {s: float(s) for s in range(1, 24)}  # steps 1-23
+    assert window_mean(losses, 10, 5) == pytest.approx(8.0)  # steps 6-10
+    assert window_mean(losses, 25, 5) is None  # steps 24 and 25 not logged yet
+    assert window_mean({**losses, 7: math.nan}, 10, 5) is None
+    assert window_means(losses, 5, before=20) == pytest.approx({5: 3.0, 10: 8.0, 15: 13.0})
+    assert latest_window(losses, 5, before=100) == 20
+    assert latest_window(losses, 5, before=20) == 15  # the window ending at the first evaluation is not before it
+    assert latest_window({s: 1.0 for s in range(1, 5)}, 5, before=100) is None
