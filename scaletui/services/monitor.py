@@ -41,7 +41,7 @@ import logging
 import math
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -166,6 +166,24 @@ def _with_message(alert: Alert, message: str) -> Alert:
 # --------------------------------------------------------------------------- per-run state
 
 
+class _Series(Mapping[int, float]):
+    """One metric of a track's records as step -> value, read in place: a run's train loss has a value at
+    every step, and a forecast reads a log window of it (its peers' too), not all of it."""
+
+    def __init__(self, metrics: Mapping[tuple[int, str], MetricRecord], key: str) -> None:
+        self._metrics = metrics
+        self._key = key
+
+    def __getitem__(self, step: int) -> float:
+        return self._metrics[(step, self._key)].value
+
+    def __iter__(self) -> Iterator[int]:
+        return (step for step, key in self._metrics if key == self._key)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 @dataclass
 class _Track:
     """What the monitor keeps of one run between passes: the records the detectors read."""
@@ -182,8 +200,8 @@ class _Track:
     def test_losses(self) -> dict[int, float]:
         return {step: r.value for (step, key), r in self.metrics.items() if key == TEST_LOSS}
 
-    def train_losses(self) -> dict[int, float]:
-        return {step: r.value for (step, key), r in self.metrics.items() if key == TRAIN_LOSS}
+    def train_losses(self) -> Mapping[int, float]:
+        return _Series(self.metrics, TRAIN_LOSS)
 
     def take(self, metrics: Sequence[MetricRecord], layers: Sequence[LayerStats]) -> bool:
         """Keep the new records the detectors read; True when that changed what is kept."""
