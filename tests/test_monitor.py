@@ -352,3 +352,38 @@ def test_before_its_first_evaluation_a_run_is_predicted_once_per_tenth_of_its_st
     finally:
         monitor.close()
     assert recorded == [[(30,)] * 4, [(30,)] * 4, [(30,)] * 4 + [(40,)] * 4]
+
+
+def test_a_train_loss_window_is_only_compared_with_windows_of_the_same_width(tmp_path: Path) -> None:
+    """The plan leaves the logging cadence out, so a follow-up sweep logging every 5 steps shares it with
+    finished runs that logged every 10; their windows ending at step 10 (steps 1-10) are not its (6-10),
+    so its runs get no train-loss forecast from them (and one once they are the same width)."""
+    finished = make(tmp_path, model={"width": [8, 16, 32], "depth": 1}, train={"seeds": list(LUCK)})
+    with Store(finished.db) as store:
+        exp = store.upsert_experiment(finished.name, None, None, finished.loss_rule)
+        for run_id, spec in store.register_runs(exp, finished.runs, fresh=False):
+            store.mark_running(run_id, os.getpid(), socket.gethostname())
+            with StoreSink(finished.db, run_id) as sink:
+                sink.started(ModelInfo(100 * spec.model.width ** 2, 0, ("0",), 3e-3), resumed_from=0)
+                final = FINAL[spec.model.width]
+                sink.metrics([MetricRecord(s, "train_loss", 2.0) for s in range(1, 21)]
+                             + [MetricRecord(20, "test_loss", 1.9), MetricRecord(60, "test_loss", final)])
+            finish(store, run_id, FINAL[spec.model.width])
+    made = {}
+    for log_every in (5, 10):
+        follow_up = make(tmp_path, model={"width": [64], "depth": 1},
+                         train={"seeds": [log_every], "log_every": log_every})  # a seed per case: new runs
+        with Store(follow_up.db) as store:
+            [(run_id, _)] = store.register_runs(exp, follow_up.runs, fresh=False)
+            store.mark_running(run_id, os.getpid(), socket.gethostname())
+        with StoreSink(follow_up.db, run_id) as sink:
+            sink.started(ModelInfo(100 * 64 ** 2, 0, ("0",), 3e-3), resumed_from=0)
+            sink.metrics([MetricRecord(s, "train_loss", 1.8) for s in range(1, 11)])
+        monitor = SweepMonitor(follow_up, exp, [run_id])
+        try:
+            monitor.run_pass()
+        finally:
+            monitor.close()
+        with sqlite3.connect(follow_up.db) as conn:
+            made[log_every] = conn.execute("SELECT at_step FROM predictions WHERE run_id = ?", [run_id]).fetchall()
+    assert made == {5: [], 10: [(10,)]}

@@ -65,15 +65,19 @@ class LiveRun:
 @dataclass(frozen=True)
 class _Reference:
     """A finished run kept to learn from: its plan, row, test-loss evaluations and the train-loss
-    window means at its log steps before its first evaluation."""
+    window means at its log steps before its first evaluation (windows of `log_every` steps: the
+    plan leaves the logging cadence out, so a run asks only for windows as wide as its own)."""
 
     plan: str
     row: RunSummary
     evals: dict[int, float]
     windows: dict[int, float]
+    log_every: int
 
-    def at(self, anchor: str, step: int) -> float | None:
-        return (self.evals if anchor == TEST_LOSS else self.windows).get(step)
+    def at(self, anchor: str, step: int, log_every: int) -> float | None:
+        if anchor == TEST_LOSS:
+            return self.evals.get(step)
+        return self.windows.get(step) if log_every == self.log_every else None
 
 
 def first_evaluation(spec: RunSpec) -> int:
@@ -125,7 +129,7 @@ class CurveForecaster:
         first = first_evaluation(spec)
         early = {p.step: p.value for p in reader.metrics_since(row.id, TRAIN_LOSS, 0, up_to=first)}
         windows = window_means(early, spec.train.log_every, before=first)
-        self._finished[row.id] = _Reference(plan_hash(plan_of(spec, None)), row, evals, windows)
+        self._finished[row.id] = _Reference(plan_hash(plan_of(spec, None)), row, evals, windows, spec.train.log_every)
 
     def forecast(self, run: LiveRun, running: Iterable[LiveRun] = ()) -> NewPrediction | None:
         """The run's final test loss predicted from where it stands now (`anchor_of`), or None when it
@@ -140,7 +144,8 @@ class CurveForecaster:
         now = _value_at(run, kind, step)
         plan = plan_hash(plan_of(spec, None))
         refs = [Finished(float(r.row.params or 0), int(r.row.depth or 0), value, r.evals[spec.train.steps])
-                for r in self._finished.values() if r.plan == plan and (value := r.at(kind, step)) is not None]
+                for r in self._finished.values()
+                if r.plan == plan and (value := r.at(kind, step, spec.train.log_every)) is not None]
         peers = self._peers(run, plan, kind, step, running)
         result = None if now is None else forecast_final(now, float(row.params), int(row.depth), refs,
                                                          self.level, peers)
@@ -151,10 +156,12 @@ class CurveForecaster:
         finished or running."""
         def same_size(other: RunSummary) -> bool:
             return other.id != run.row.id and (other.params, other.depth) == (run.row.params, run.row.depth)
+        width = run.spec.train.log_every
         finished = [value for r in self._finished.values()
-                    if r.plan == plan and same_size(r.row) and (value := r.at(kind, step)) is not None]
+                    if r.plan == plan and same_size(r.row) and (value := r.at(kind, step, width)) is not None]
         live = [value for other in running
-                if same_size(other.row) and (value := _value_at(other, kind, step)) is not None
+                if same_size(other.row) and (kind == TEST_LOSS or other.spec.train.log_every == width)
+                and (value := _value_at(other, kind, step)) is not None
                 and plan_hash(plan_of(other.spec, None)) == plan]
         return finished + live
 
