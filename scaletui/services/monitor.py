@@ -198,10 +198,12 @@ class _Track:
     stop_asked: bool = False  # its worker was asked to stop it as hopeless (once)
 
     def test_losses(self) -> dict[int, float]:
-        return {step: r.value for (step, key), r in self.metrics.items() if key == TEST_LOSS}
+        return dict(_Series(self.metrics, TEST_LOSS))
 
-    def train_losses(self) -> Mapping[int, float]:
-        return _Series(self.metrics, TRAIN_LOSS)
+    def live(self, row: RunSummary) -> LiveRun:
+        """The run as a forecast reads it: its losses as views of what is kept (a peer's are read at one
+        step or one log window, not copied)."""
+        return LiveRun(row, self.spec, _Series(self.metrics, TEST_LOSS), _Series(self.metrics, TRAIN_LOSS))
 
     def take(self, metrics: Sequence[MetricRecord], layers: Sequence[LayerStats]) -> bool:
         """Keep the new records the detectors read; True when that changed what is kept."""
@@ -398,17 +400,17 @@ class SweepMonitor:
         losses = track.test_losses()
         new = sorted(s for s in losses if track.forecast_step < s < steps)
         if new:
-            running = self._running_peers(row, with_train=False)
+            running = self._running_peers(row)
             if self._stop_hopeless:
                 for step in new[:-1]:  # evaluations that arrived between passes: judged, not recorded
                     earlier = LiveRun(row, track.spec, {s: v for s, v in losses.items() if s <= step})
                     self._judge(track, row, step, self._forecaster.forecast(earlier, running))
             self._record(track, row, new[-1], self._forecaster.forecast(LiveRun(row, track.spec, losses), running))
         elif not any(0 < s < steps for s in losses):  # not evaluated yet: from its train loss
-            run = LiveRun(row, track.spec, losses, track.train_losses())
+            run = track.live(row)
             anchor = anchor_of(run)
             if anchor is not None and _tenth(anchor[1], steps) > _tenth(track.forecast_step, steps):
-                self._record(track, row, anchor[1], self._forecaster.forecast(run, self._running_peers(row, True)))
+                self._record(track, row, anchor[1], self._forecaster.forecast(run, self._running_peers(row)))
 
     def _record(self, track: _Track, row: RunSummary, step: int, entry: NewPrediction | None) -> None:
         if entry is not None:
@@ -417,10 +419,9 @@ class SweepMonitor:
             self._judge(track, row, step, entry)
         track.forecast_step = step
 
-    def _running_peers(self, row: RunSummary, with_train: bool) -> list[LiveRun]:
-        """The other followed runs of the run's size with their losses (the forecaster checks the plan);
-        their train losses only when the run has no evaluation yet (the anchor is a train-loss window)."""
-        return [LiveRun(other, t.spec, t.test_losses(), t.train_losses() if with_train else {})
+    def _running_peers(self, row: RunSummary) -> list[LiveRun]:
+        """The other followed runs of the run's size with their losses (the forecaster checks the plan)."""
+        return [t.live(other)
                 for t in self._tracks.values()
                 if t.run_id != row.id and (other := self._rows.get(t.run_id)) is not None
                 and (other.params, other.depth) == (row.params, row.depth)]
