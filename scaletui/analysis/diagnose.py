@@ -36,7 +36,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from scaletui.core.records import Alert, LayerStats, MetricRecord
 from scaletui.core.thresholds import Thresholds, thresholds_from
-from scaletui.core.vocabulary import AlertKind, Severity
+from scaletui.core.vocabulary import TEST_LOSS_METRIC, TRAIN_LOSS_METRIC, AlertKind, Severity
 
 __all__ = [
     "GroupRow",
@@ -140,13 +140,13 @@ def series_from_records(
     by_key: dict[str, dict[int, float]] = {}
     for r in metrics:
         by_key.setdefault(r.key, {})[r.step] = r.value
-    train = by_key.get("train_loss", {})
-    evals = sorted(by_key.get("test_loss", {}))
+    train = by_key.get(TRAIN_LOSS_METRIC, {})
+    evals = sorted(by_key.get(TEST_LOSS_METRIC, {}))
     grad, weight, nonfinite, layer_steps = _layer_arrays(layers)
     return RunSeries(
         run_id=run_id, width=width, depth=depth, params=params, lr=lr,
         steps=np.array(sorted(train), dtype=float), train_loss=_values_at(train, sorted(train)),
-        eval_steps=np.array(evals, dtype=float), test_loss=_values_at(by_key.get("test_loss"), evals),
+        eval_steps=np.array(evals, dtype=float), test_loss=_values_at(by_key.get(TEST_LOSS_METRIC), evals),
         test_acc=_values_at(by_key.get("test_acc"), evals), train_acc=_values_at(by_key.get("train_acc"), evals),
         layer_steps=layer_steps, grad_norm=grad, weight_norm=weight, nonfinite=nonfinite, base_lr=base_lr,
         lr_ref_params=lr_ref_params, dropout=dropout,

@@ -285,9 +285,19 @@ class RunSource(Choice):
     ENTRYPOINT = "entrypoint"  # a run of experiments.toml trained by the researcher's `train.entrypoint` (as api)
 
 
+#: Metric keys (the `metrics` table's `key`) that the training loops record: the train loss of every
+#: step, and at each evaluation the test loss, the test accuracy and the accuracy on a train subset.
+TRAIN_LOSS_METRIC = "train_loss"
+TEST_LOSS_METRIC = "test_loss"
+TEST_ACC_METRIC = "test_acc"
+TRAIN_ACC_METRIC = "train_acc"
+#: What the run-level detectors read (services.monitor for the built-in loop, services.own_records for
+#: one's own loop).
+DIAGNOSED_METRICS = (TRAIN_LOSS_METRIC, TEST_LOSS_METRIC, TEST_ACC_METRIC, TRAIN_ACC_METRIC)
+
 #: The metric that is "the loss" of an experiment unless it says otherwise (`experiments.loss_metric`):
 #: what the built-in loop evaluates, and what `scaletui.init(loss=...)` defaults to.
-DEFAULT_LOSS_METRIC = "test_loss"
+DEFAULT_LOSS_METRIC = TEST_LOSS_METRIC
 
 
 # --------------------------------------------------------------------------- the predictions ledger

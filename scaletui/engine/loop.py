@@ -35,6 +35,10 @@ from scaletui.core.vocabulary import (
     NOISE_G2_METRIC,
     NOISE_SCALE_METRIC,
     NOISE_TRACE_METRIC,
+    TEST_ACC_METRIC,
+    TEST_LOSS_METRIC,
+    TRAIN_ACC_METRIC,
+    TRAIN_LOSS_METRIC,
     DebiasedEma,
     EarlyStoppingMetric,
     RunStatus,
@@ -447,7 +451,7 @@ def record_losses(
     statistics to the sink and to `progress`. Returns why the run diverged, or None. The batched loop
     (batched.py) records each member's column of its one host transfer through this too."""
     first = step - len(losses) + 1
-    rows = [MetricRecord(first + i, "train_loss", v) for i, v in enumerate(losses)]
+    rows = [MetricRecord(first + i, TRAIN_LOSS_METRIC, v) for i, v in enumerate(losses)]
     if lr is not None:
         rows.append(MetricRecord(step, "lr", lr))
     sink.metrics(rows)
@@ -468,7 +472,7 @@ def record_eval(
     step: int, m: dict[str, float], progress: Progress, rule: EarlyStopping, sink: Sink
 ) -> RunOutcome | None:
     """Record one evaluation (`evaluate`'s keys) and say whether the run ends here."""
-    sink.metrics([MetricRecord(step, key, m[key]) for key in ("test_loss", "test_acc", "train_acc")])
+    sink.metrics([MetricRecord(step, key, m[key]) for key in (TEST_LOSS_METRIC, TEST_ACC_METRIC, TRAIN_ACC_METRIC)])
     progress.record_eval(step, m["test_loss"], m["test_acc"])
     if not math.isfinite(m["test_loss"]):
         return progress.outcome(RunStatus.DIVERGED, f"test loss is {m['test_loss']} at step {step}")

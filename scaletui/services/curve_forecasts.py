@@ -42,13 +42,22 @@ from scaletui.analysis.curve_forecast import (
 from scaletui.analysis.hopeless import FinishedSize
 from scaletui.core.rows import RunSummary
 from scaletui.core.specs import RunSpec
-from scaletui.core.vocabulary import CURVE_FORM, FitX, LossRule, PredictionKind, PredictionSource, RunStatus
+from scaletui.core.vocabulary import (
+    CURVE_FORM,
+    TEST_LOSS_METRIC,
+    TRAIN_LOSS_METRIC,
+    FitX,
+    LossRule,
+    PredictionKind,
+    PredictionSource,
+    RunStatus,
+)
 from scaletui.services.predictions import plan_hash, plan_of
 from scaletui.store import Reader
 from scaletui.store.predictions import NewPrediction
 
-TEST_LOSS = "test_loss"
-TRAIN_LOSS = "train_loss"
+TEST_LOSS = TEST_LOSS_METRIC  # the anchors: what a prediction starts from
+TRAIN_LOSS = TRAIN_LOSS_METRIC
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from scaletui.core.records import RunOutcome, StopSignal
 from scaletui.core.rows import ExperimentLoss
 from scaletui.core.specs import RunSpec
 from scaletui.core.thresholds import Thresholds
-from scaletui.core.vocabulary import RunSource, RunStatus
+from scaletui.core.vocabulary import TRAIN_LOSS_METRIC, RunSource, RunStatus
 from scaletui.services.own_records import (
     RunStorageError,
     RunStore,
@@ -185,7 +185,7 @@ class ReportingHandle(RunHandle[RunStore]):
 
 
 def _loss_like(values: Mapping[str, Any], metric: str) -> float | None:
-    for key in ("train_loss", metric):
+    for key in (TRAIN_LOSS_METRIC, metric):
         value = values.get(key)
         if type(value) is float or (isinstance(value, int) and not isinstance(value, bool)):
             return float(value)

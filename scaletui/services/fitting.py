@@ -64,7 +64,7 @@ from scaletui.analysis.solve import (
 from scaletui.analysis.stability import Stability, exponent_stability
 from scaletui.core.rows import ExperimentRow, RunSummary
 from scaletui.core.specs import RunSpec
-from scaletui.core.vocabulary import DebiasedEma, FitX, LossRule, RunStatus
+from scaletui.core.vocabulary import TEST_LOSS_METRIC, DebiasedEma, FitX, LossRule, RunStatus
 from scaletui.services.csvdata import FitData, load_csv, row_list
 from scaletui.services.fit_report import (
     BY_DEFAULT,
@@ -295,7 +295,7 @@ def _run_points(reader: Reader, row: RunSummary, spec: FitSpec, rule: LossRule) 
     config = flat_config(reader.run_spec(row.id)) if _needs_config(spec) else {}
     group = config.get(spec.group_by) if spec.group_by else None
     need_series = spec.x == FitX.STEPS or spec.stability
-    at_steps = loss_at_steps(reader.metric_series(row.id, "test_loss"), rule) if need_series else []
+    at_steps = loss_at_steps(reader.metric_series(row.id, TEST_LOSS_METRIC), rule) if need_series else []
     if spec.x == FitX.STEPS:
         return [RunPoint(row.id, float(s), v, group) for s, v in at_steps if v > 0]
     x, loss = run_x(spec.x, row, config), row.loss_by(rule)

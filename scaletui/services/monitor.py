@@ -54,8 +54,16 @@ from scaletui.core.records import Alert, LayerStats, MetricRecord
 from scaletui.core.rows import RunSummary
 from scaletui.core.specs import RunSpec
 from scaletui.core.thresholds import Thresholds
-from scaletui.core.vocabulary import DENSE_ARCHS, EventKind, ExecutorKind, RunStatus
-from scaletui.services.curve_forecasts import TEST_LOSS, TRAIN_LOSS, CurveForecaster, LiveRun, anchor_of
+from scaletui.core.vocabulary import (
+    DENSE_ARCHS,
+    DIAGNOSED_METRICS,
+    TEST_LOSS_METRIC,
+    TRAIN_LOSS_METRIC,
+    EventKind,
+    ExecutorKind,
+    RunStatus,
+)
+from scaletui.services.curve_forecasts import CurveForecaster, LiveRun, anchor_of
 from scaletui.services.stop_requests import request_run_stop, signals_reach
 from scaletui.services.tracker import Tracker
 from scaletui.store.alerts import alert_subject
@@ -65,7 +73,7 @@ from scaletui.store.writer import Store
 log = logging.getLogger(__name__)
 
 MONITOR_INTERVAL_S = 2.0
-_DIAGNOSED_KEYS = frozenset({"train_loss", "test_loss", "test_acc", "train_acc"})
+_DIAGNOSED_KEYS = frozenset(DIAGNOSED_METRICS)
 _SIZE_AXES = ("model.width", "model.depth", "train.seeds")
 _OWNER = "monitor"  # whose cursors, in the tracker
 
@@ -198,12 +206,13 @@ class _Track:
     stop_asked: bool = False  # its worker was asked to stop it as hopeless (once)
 
     def test_losses(self) -> dict[int, float]:
-        return dict(_Series(self.metrics, TEST_LOSS))
+        return dict(_Series(self.metrics, TEST_LOSS_METRIC))
 
     def live(self, row: RunSummary) -> LiveRun:
         """The run as a forecast reads it: its losses as views of what is kept (a peer's are read at one
         step or one log window, not copied)."""
-        return LiveRun(row, self.spec, _Series(self.metrics, TEST_LOSS), _Series(self.metrics, TRAIN_LOSS))
+        return LiveRun(row, self.spec, _Series(self.metrics, TEST_LOSS_METRIC),
+                       _Series(self.metrics, TRAIN_LOSS_METRIC))
 
     def take(self, metrics: Sequence[MetricRecord], layers: Sequence[LayerStats]) -> bool:
         """Keep the new records the detectors read; True when that changed what is kept."""

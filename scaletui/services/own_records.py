@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from scaletui.core.records import Alert, LayerStats, MetricRecord, RunOutcome
 from scaletui.core.rows import ExperimentLoss
 from scaletui.core.thresholds import Thresholds
-from scaletui.core.vocabulary import AlertKind, DebiasedEma, RunSource, RunStatus
+from scaletui.core.vocabulary import DIAGNOSED_METRICS, TRAIN_LOSS_METRIC, AlertKind, DebiasedEma, RunSource, RunStatus
 from scaletui.store.alerts import alert_subject
 from scaletui.store.reader import Reader
 from scaletui.store.schema import HYPERPARAMETERS
@@ -48,7 +48,6 @@ HEARTBEAT_SECONDS = 10.0  # an idle run still tells the database it is alive thi
 MAX_PENDING = 100_000  # log calls waiting to be written before `log` waits for the writer
 DIAGNOSE_EVERY_S = 5.0  # detectors run at most this often, and take at most ~2% of one core
 TRAIN_TAIL = 25  # final_train_loss: the mean of this many last train losses (as the built-in loop's window)
-_DIAGNOSED = ("train_loss", "test_loss", "test_acc", "train_acc")
 
 
 # --------------------------------------------------------------------------- where a run's records go
@@ -202,7 +201,7 @@ def own_outcome(reader: Reader, run_id: int, loss: ExperimentLoss, status: RunSt
     best_step, best = _best(points, loss.higher_is_better)
     if status is RunStatus.DONE and final is not None and not math.isfinite(final):
         status, error = RunStatus.DIVERGED, f"{loss.metric} is {final} at step {points[-1].step}"
-    train = [v for _, v in reader.metric_series(run_id, "train_loss") if math.isfinite(v)][-TRAIN_TAIL:]
+    train = [v for _, v in reader.metric_series(run_id, TRAIN_LOSS_METRIC) if math.isfinite(v)][-TRAIN_TAIL:]
     acc = reader.metric_series(run_id, "test_acc")
     return RunOutcome(status=status, step=step, error=error,
                       final_train_loss=sum(train) / len(train) if train else None, final_test_loss=final,
@@ -251,7 +250,7 @@ class RunDiagnoser:
                  thresholds: Thresholds | None = None) -> None:
         self.store, self.experiment_id, self.run_id, self.facts = store, experiment_id, run_id, facts
         self.thresholds = thresholds  # a sweep's [diagnostics]; None: the documented defaults
-        self._stand_in = loss.metric if loss.metric not in _DIAGNOSED and not loss.higher_is_better else None
+        self._stand_in = loss.metric if loss.metric not in DIAGNOSED_METRICS and not loss.higher_is_better else None
         self._values: dict[str, dict[int, float]] = {}
         self._layers: dict[tuple[int, int], LayerStats] = {}
         self._dirty = False
@@ -260,7 +259,7 @@ class RunDiagnoser:
 
     def take(self, metrics: Sequence[MetricRecord], layers: Sequence[LayerStats]) -> None:
         for r in metrics:
-            if r.key in _DIAGNOSED or r.key == self._stand_in:
+            if r.key in DIAGNOSED_METRICS or r.key == self._stand_in:
                 self._values.setdefault(r.key, {})[r.step] = r.value
                 self._dirty = True
         for s in layers:
@@ -293,9 +292,9 @@ class RunDiagnoser:
     def _alerts(self) -> list[Alert]:
         from scaletui.analysis.diagnose import diagnose_run, series_from_records
 
-        train_key = "train_loss" if "train_loss" in self._values or self._stand_in is None else self._stand_in
-        records = [MetricRecord(step, "train_loss" if key == train_key else key, value)
-                   for key, series in self._values.items() if key in _DIAGNOSED or key == train_key
+        train_key = TRAIN_LOSS_METRIC if TRAIN_LOSS_METRIC in self._values or self._stand_in is None else self._stand_in
+        records = [MetricRecord(step, TRAIN_LOSS_METRIC if key == train_key else key, value)
+                   for key, series in self._values.items() if key in DIAGNOSED_METRICS or key == train_key
                    for step, value in series.items()]
         f = self.facts
         series = series_from_records(records, self._layers.values(), run_id=self.run_id, width=f.width,

@@ -24,7 +24,7 @@ import numpy as np
 from scaletui.analysis.regimes import Regimes, fit_regimes
 from scaletui.analysis.solve import FitOptions
 from scaletui.core.rows import RunSummary
-from scaletui.core.vocabulary import FitX, LossRule
+from scaletui.core.vocabulary import TEST_LOSS_METRIC, FitX, LossRule
 from scaletui.services.fit_report import json_clean
 from scaletui.services.fitting import FitInputError, FitSpec, flat_config, loss_at_steps, resolve_experiment, run_x
 from scaletui.services.strategies import law_form, resample_unit
@@ -103,7 +103,7 @@ def _step_points(reader: Reader, rows: list[RunSummary], spec: FitSpec, rule: Lo
     out = []
     for row in rows:
         config = flat_config(reader.run_spec(row.id))
-        for step, loss in loss_at_steps(reader.metric_series(row.id, "test_loss"), rule):
+        for step, loss in loss_at_steps(reader.metric_series(row.id, TEST_LOSS_METRIC), rule):
             x = run_x(spec.x, row, config, step)
             if _usable(x, loss):
                 assert x is not None

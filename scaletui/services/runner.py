@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from scaletui.core.config import Sweep
 from scaletui.core.records import LayerStats, MetricRecord, ModelInfo, RunOutcome, Sink, StopSignal
 from scaletui.core.specs import RunSpec
-from scaletui.core.vocabulary import ExecutorKind, RunEventKind, RunStatus
+from scaletui.core.vocabulary import TRAIN_LOSS_METRIC, ExecutorKind, RunEventKind, RunStatus
 
 if TYPE_CHECKING:
     from scaletui.services.entrypoint import EntryRun, RunLedger
@@ -667,7 +667,7 @@ class ReportingSink:
 
     def metrics(self, rows: Sequence[MetricRecord]) -> None:
         self.inner.metrics(rows)
-        losses = [r for r in rows if r.key == "train_loss"]
+        losses = [r for r in rows if r.key == TRAIN_LOSS_METRIC]
         now = time.monotonic()
         if losses and now - self._last_report >= PROGRESS_INTERVAL_S:
             step = losses[-1].step

@@ -33,11 +33,18 @@ from pathlib import Path
 
 from scaletui.core.records import LayerStats
 from scaletui.core.rows import AlertRow, EventRow, FinalLoss, MetricPoint, RunSummary
-from scaletui.core.vocabulary import BEFORE_ANY_STEP, NOISE_SCALE_METRIC, PredictionKind, RunStatus
+from scaletui.core.vocabulary import (
+    BEFORE_ANY_STEP,
+    NOISE_SCALE_METRIC,
+    TEST_LOSS_METRIC,
+    TRAIN_LOSS_METRIC,
+    PredictionKind,
+    RunStatus,
+)
 from scaletui.services.tracker import LAYERS, READ_ERRORS, Tracker
 
 EVENT_BACKLOG = 500  # events read on the first poll (the log shows the latest ones anyway)
-TRAIN, TEST = "train_loss", "test_loss"
+TRAIN, TEST = TRAIN_LOSS_METRIC, TEST_LOSS_METRIC
 # Whose cursors, in the tracker: each reads the same rows for another purpose.
 LIVE = "live"  # the latest values of unfinished runs (the runs table)
 SERIES = "series"  # whole curves of the tracked runs (the loss pane)
