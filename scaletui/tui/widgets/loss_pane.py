@@ -165,27 +165,37 @@ def _curves(state: SweepState, run_id: int, group: Sequence[int], buckets: int, 
               for other in list(group)[:MAX_GROUP_CURVES]]
     train = state.series.get((run_id, TRAIN))
     curves.append(Curve(_points(train, buckets, log_y), "blue" if smooth else "blue+", "braille", "train"))
-    if smooth and train is not None and len(train.values):
-        smoothed = Series()
+    smoothed = Series()
+    if train is not None and len(train.values):
         smoothed.extend(train.steps, debiased_ema(train.values))
+    if smooth and len(smoothed.values):
         curves.append(Curve(_points(smoothed, buckets, log_y), "cyan+", "braille", "train EMA"))
     test = state.series.get((run_id, TEST))
     curves.append(Curve(_points(test, buckets, log_y), "orange+", "braille", "test"))
     run = state.runs.get(run_id)
     forecast = state.forecasts.get(run_id)
-    if run is not None and not run.finished and forecast is not None and test is not None:
-        curves.extend(continuation(forecast, test, log_y))
+    if run is not None and not run.finished and forecast is not None:
+        # From the test loss it was predicted from; a prediction made before the first evaluation started
+        # from the train loss (services.curve_forecasts), so its dashes leave the train curve (its EMA).
+        start = _value_at(test, forecast.at_step)
+        curves.extend(continuation(forecast, start if start is not None else _value_at(smoothed, forecast.at_step),
+                                   log_y))
     return [c for c in curves if c.points]
+
+
+def _value_at(series: Series | None, step: int) -> float | None:
+    if series is None:
+        return None
+    return next((v for s, v in zip(series.steps, series.values, strict=True) if s == step), None)
 
 
 DASHES = 6  # drawn pieces of the predicted continuation
 
 
-def continuation(forecast: Forecast, test: Series, log_y: bool) -> list[Curve]:
-    """`pred. final` on the plot: dashes from the test loss where it was predicted to the predicted final
-    loss at the run's last step (geometric in between: the loss falls by a factor), and the band there as
-    a vertical bar. Nothing when the test series does not have that evaluation (yet)."""
-    start = next((v for s, v in zip(test.steps, test.values, strict=True) if s == forecast.at_step), None)
+def continuation(forecast: Forecast, start: float | None, log_y: bool) -> list[Curve]:
+    """`pred. final` on the plot: dashes from the loss where it was predicted (`start`, at its step) to the
+    predicted final loss at the run's last step (geometric in between: the loss falls by a factor), and
+    the band there as a vertical bar. Nothing without a start (that step not read yet)."""
     if start is None or not (start > 0 and forecast.predicted > 0) or forecast.steps <= forecast.at_step:
         return []
     span, ratio = forecast.steps - forecast.at_step, forecast.predicted / start
