@@ -20,19 +20,27 @@ import pytest
 
 from scaletui.core.specs import DataSpec
 from scaletui.engine.dataset_files import prepare_dataset
+from tests.durations import load as load_durations
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files with the most slow tests run first. pytest-xdist (`--dist loadfile`) hands whole files to its
-    processes in this order, so the long files start early and the short ones fill the end, instead of one
-    process finishing a long file alone while the other idles (1108 s -> 1080 s on 2 cores, measured once)."""
+    """The longest files run first. pytest-xdist (`--dist loadfile`) hands whole files to its processes in
+    this order, so the long files start early and the short ones fill the end, instead of one process
+    finishing a long file alone while the other idles. Long: the seconds measured per file
+    (tests/durations.json, refreshed by tests/durations.py); a file not measured yet counts 5 s per slow
+    test. (Ordered by the count of slow tests alone, unmarked files such as the app's ran last.)"""
+    measured = load_durations()
     slow = Counter(item.path for item in items if item.get_closest_marker("slow"))
+
+    def seconds(path: Path) -> float:
+        return measured.get(path.relative_to(REPO).as_posix(), 5.0 * slow[path])
+
     first_seen: dict[Path, int] = {}
     for index, item in enumerate(items):
         first_seen.setdefault(item.path, index)
-    items.sort(key=lambda item: (-slow[item.path], first_seen[item.path]))  # stable: a file keeps its order
+    items.sort(key=lambda item: (-seconds(item.path), first_seen[item.path]))  # stable: a file keeps its order
 
 
 def toml_value(v: Any) -> str:
