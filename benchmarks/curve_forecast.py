@@ -31,9 +31,13 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from scaletui.analysis.curve_forecast import Finished, forecast_final, latest_window, window_mean  # noqa: E402
-from scaletui.core.vocabulary import OK  # noqa: E402
-from scaletui.services.curve_forecasts import TEST_LOSS, TRAIN_LOSS, first_evaluation  # noqa: E402
+from scaletui.analysis.curve_forecast import Finished, forecast_final, window_mean  # noqa: E402
+from scaletui.core.vocabulary import (  # noqa: E402
+    OK,
+    TEST_LOSS_METRIC,
+    TRAIN_LOSS_METRIC,
+)
+from scaletui.services.curve_forecasts import LiveRun, anchor_of, first_evaluation  # noqa: E402
 from scaletui.store import Reader  # noqa: E402
 
 FRACTIONS = (0.1, 0.3, 0.5)
@@ -53,12 +57,13 @@ def load(db: Path, experiment: str | None) -> list[dict]:
         for r in runs:
             spec = reader.run_spec(r.id)
             first = first_evaluation(spec) if spec else 0
-            out.append({"id": r.id, "params": float(r.params or 0), "depth": int(r.depth or 0),
+            out.append({"id": r.id, "row": r, "spec": spec, "params": float(r.params or 0), "depth": int(r.depth or 0),
                         "steps": int(r.steps or 0), "start": _seconds(r.started_at or ""),
                         "end": _seconds(r.finished_at or ""), "first_eval": first,
                         "log_every": spec.train.log_every if spec else 0,
-                        "evals": {p.step: p.value for p in reader.metric_series(r.id, TEST_LOSS)},
-                        "train": {p.step: p.value for p in reader.metrics_since(r.id, TRAIN_LOSS, 0, up_to=first)}})
+                        "evals": {p.step: p.value for p in reader.metric_series(r.id, TEST_LOSS_METRIC)},
+                        "train": {p.step: p.value
+                                  for p in reader.metrics_since(r.id, TRAIN_LOSS_METRIC, 0, up_to=first)}})
         return out
 
 
@@ -67,18 +72,18 @@ def _same_size(a: dict, b: dict) -> bool:
 
 
 def anchor(run: dict, fraction: float) -> tuple[str, int] | None:
-    """What the live monitor starts from after `fraction` of the run (services.curve_forecasts.anchor_of):
-    its latest evaluation by then, else its latest complete train-loss log window."""
+    """What the live monitor starts from after `fraction` of the run: services.curve_forecasts.anchor_of
+    on what the run had logged by then."""
+    if run["spec"] is None:
+        return None
     limit = int(fraction * run["steps"])
-    seen = [s for s in run["evals"] if 0 < s <= limit and s < run["steps"]]
-    if seen:
-        return TEST_LOSS, max(seen)
-    step = latest_window(run["train"], run["log_every"], before=min(run["first_eval"], limit + 1))
-    return None if step is None else (TRAIN_LOSS, step)
+    def upto(series: dict[int, float]) -> dict[int, float]:
+        return {s: v for s, v in series.items() if s <= limit}
+    return anchor_of(LiveRun(run["row"], run["spec"], upto(run["evals"]), upto(run["train"])))
 
 
 def value(run: dict, kind: str, step: int) -> float | None:
-    if kind == TEST_LOSS:
+    if kind == TEST_LOSS_METRIC:
         return run["evals"].get(step)
     return window_mean(run["train"], step, run["log_every"])
 

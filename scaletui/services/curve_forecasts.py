@@ -56,9 +56,6 @@ from scaletui.services.predictions import plan_hash, plan_of
 from scaletui.store import Reader
 from scaletui.store.predictions import NewPrediction
 
-TEST_LOSS = TEST_LOSS_METRIC  # the anchors: what a prediction starts from
-TRAIN_LOSS = TRAIN_LOSS_METRIC
-
 
 @dataclass(frozen=True)
 class LiveRun:
@@ -84,7 +81,7 @@ class _Reference:
     log_every: int
 
     def at(self, anchor: str, step: int, log_every: int) -> float | None:
-        if anchor == TEST_LOSS:
+        if anchor == TEST_LOSS_METRIC:
             return self.evals.get(step)
         return self.windows.get(step) if log_every == self.log_every else None
 
@@ -100,9 +97,9 @@ def anchor_of(run: LiveRun) -> tuple[str, int] | None:
     steps = run.spec.train.steps
     seen = [s for s in run.test if 0 < s < steps]
     if seen:
-        return TEST_LOSS, max(seen)
+        return TEST_LOSS_METRIC, max(seen)
     step = latest_window(run.train, run.spec.train.log_every, before=first_evaluation(run.spec))
-    return None if step is None else (TRAIN_LOSS, step)
+    return None if step is None else (TRAIN_LOSS_METRIC, step)
 
 
 class CurveForecaster:
@@ -131,12 +128,12 @@ class CurveForecaster:
         if row.id in self._finished or row.status is not RunStatus.DONE or not row.params or not row.depth:
             self._skipped.add(row.id)
             return
-        evals = {p.step: p.value for p in reader.metric_series(row.id, TEST_LOSS)}
+        evals = {p.step: p.value for p in reader.metric_series(row.id, TEST_LOSS_METRIC)}
         if spec.train.steps not in evals:
             self._skipped.add(row.id)  # stopped early: says nothing about the end of a full run
             return
         first = first_evaluation(spec)
-        early = {p.step: p.value for p in reader.metrics_since(row.id, TRAIN_LOSS, 0, up_to=first)}
+        early = {p.step: p.value for p in reader.metrics_since(row.id, TRAIN_LOSS_METRIC, 0, up_to=first)}
         windows = window_means(early, spec.train.log_every, before=first)
         self._finished[row.id] = _Reference(plan_hash(plan_of(spec, None)), row, evals, windows, spec.train.log_every)
 
@@ -169,7 +166,7 @@ class CurveForecaster:
         finished = [value for r in self._finished.values()
                     if r.plan == plan and same_size(r.row) and (value := r.at(kind, step, width)) is not None]
         live = [value for other in running
-                if same_size(other.row) and (kind == TEST_LOSS or other.spec.train.log_every == width)
+                if same_size(other.row) and (kind == TEST_LOSS_METRIC or other.spec.train.log_every == width)
                 and (value := _value_at(other, kind, step)) is not None
                 and plan_hash(plan_of(other.spec, None)) == plan]
         return finished + live
@@ -201,11 +198,11 @@ class CurveForecaster:
 
 def _anchor_steps(kind: str, step: int, spec: RunSpec) -> list[int]:
     """The steps the anchor summarises: the evaluation's, or the first and last of the log window."""
-    return [step] if kind == TEST_LOSS else [step - spec.train.log_every + 1, step]
+    return [step] if kind == TEST_LOSS_METRIC else [step - spec.train.log_every + 1, step]
 
 
 def _value_at(run: LiveRun, kind: str, step: int) -> float | None:
     """The run's anchor value at `step`: its test loss there, or its train-loss log window's mean."""
-    if kind == TEST_LOSS:
+    if kind == TEST_LOSS_METRIC:
         return run.test.get(step)
     return window_mean(run.train, step, run.spec.train.log_every)
