@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from paired import Timing, geometric_ci, interleaved, paired_ratios, ratio_ci, rotation, timed
+from paired import Timing, clustered_ci, geometric_ci, interleaved, paired_ratios, ratio_ci, rotation, timed
 
 
 def test_two_versions_alternate_and_three_rotate() -> None:
@@ -85,3 +85,27 @@ def test_timed_counts_the_page_faults_of_the_call() -> None:
         buffer[::4096] = b"x" * len(range(0, len(buffer), 4096))
 
     assert timed(touch_fresh_memory).faults > 0
+
+
+def test_clustered_interval_holds_the_spread_between_processes() -> None:
+    # Three processes, each dealt its own offset (memory layout, malloc thresholds), each precise within
+    rng = random.Random(2)
+    groups = [[math.exp(offset + rng.gauss(0.0, 0.002)) for _ in range(40)] for offset in (0.00, 0.03, 0.06)]
+    pooled, clustered = geometric_ci([r for g in groups for r in g]), clustered_ci(groups)
+    assert clustered.mean == pytest.approx(pooled.mean, rel=1e-3)  # equal groups: the same mean
+    assert clustered.low <= clustered.mean <= clustered.high
+    # pooled pairs look far more precise than the processes agree; the clustered interval does not
+    assert pooled.high - pooled.low < 0.02
+    assert clustered.high - clustered.low > 0.04
+
+
+def test_one_process_is_the_plain_interval_and_processes_weigh_alike() -> None:
+    ratios = [1.0, 1.1, 0.95, 1.2, 1.05]
+    assert clustered_ci([ratios]) == geometric_ci(ratios)
+    assert clustered_ci([[1.0] * 10, [4.0] * 2]).mean == pytest.approx(2.0)  # per process, not per pair
+
+
+@pytest.mark.parametrize("groups", [[], [[]], [[1.0], [0.0]], [[1.0, float("nan")]]])
+def test_bad_groups_are_refused(groups: list[list[float]]) -> None:
+    with pytest.raises(ValueError, match=r"ratios must be positive|at least one group"):
+        clustered_ci(groups)
