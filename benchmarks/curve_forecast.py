@@ -23,6 +23,8 @@ import argparse
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -31,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402
 
-from scaletui.analysis.curve_forecast import Finished, forecast_final, window_mean  # noqa: E402
+from scaletui.analysis.curve_forecast import Finished, forecast_final  # noqa: E402
 from scaletui.core.vocabulary import (  # noqa: E402
     OK,
     TEST_LOSS_METRIC,
@@ -56,14 +58,14 @@ def load(db: Path, experiment: str | None) -> list[dict]:
         out = []
         for r in runs:
             spec = reader.run_spec(r.id)
-            first = first_evaluation(spec) if spec else 0
-            out.append({"id": r.id, "row": r, "spec": spec, "params": float(r.params or 0), "depth": int(r.depth or 0),
-                        "steps": int(r.steps or 0), "start": _seconds(r.started_at or ""),
-                        "end": _seconds(r.finished_at or ""), "first_eval": first,
-                        "log_every": spec.train.log_every if spec else 0,
-                        "evals": {p.step: p.value for p in reader.metric_series(r.id, TEST_LOSS_METRIC)},
-                        "train": {p.step: p.value
-                                  for p in reader.metrics_since(r.id, TRAIN_LOSS_METRIC, 0, up_to=first)}})
+            if spec is None:  # the monitor forecasts only runs whose configuration it can read
+                continue
+            first = first_evaluation(spec)
+            evals = {p.step: p.value for p in reader.metric_series(r.id, TEST_LOSS_METRIC)}
+            train = {p.step: p.value for p in reader.metrics_since(r.id, TRAIN_LOSS_METRIC, 0, up_to=first)}
+            out.append({"live": LiveRun(r, spec, evals, train), "params": float(r.params or 0),
+                        "depth": int(r.depth or 0), "steps": int(r.steps or 0), "start": _seconds(r.started_at or ""),
+                        "end": _seconds(r.finished_at or ""), "evals": evals})
         return out
 
 
@@ -74,18 +76,10 @@ def _same_size(a: dict, b: dict) -> bool:
 def anchor(run: dict, fraction: float) -> tuple[str, int] | None:
     """What the live monitor starts from after `fraction` of the run: services.curve_forecasts.anchor_of
     on what the run had logged by then."""
-    if run["spec"] is None:
-        return None
-    limit = int(fraction * run["steps"])
-    def upto(series: dict[int, float]) -> dict[int, float]:
+    live, limit = run["live"], int(fraction * run["steps"])
+    def upto(series: Mapping[int, float]) -> dict[int, float]:
         return {s: v for s, v in series.items() if s <= limit}
-    return anchor_of(LiveRun(run["row"], run["spec"], upto(run["evals"]), upto(run["train"])))
-
-
-def value(run: dict, kind: str, step: int) -> float | None:
-    if kind == TEST_LOSS_METRIC:
-        return run["evals"].get(step)
-    return window_mean(run["train"], step, run["log_every"])
+    return anchor_of(replace(live, test=upto(live.test), train=upto(live.train)))
 
 
 def replay(runs: list[dict], fraction: float, level: float) -> tuple[dict[int, list[tuple[float, bool]]], set[str]]:
@@ -98,14 +92,14 @@ def replay(runs: list[dict], fraction: float, level: float) -> tuple[dict[int, l
         if start is None or run["steps"] not in run["evals"]:
             continue
         kind, step = start
-        now = value(run, kind, step)
+        now = run["live"].at(kind, step)
         moment = run["start"] + fraction * (run["end"] - run["start"])
         refs = [Finished(o["params"], o["depth"], v, o["evals"][o["steps"]]) for o in runs
                 if o["end"] < moment and o["steps"] == run["steps"] and o["steps"] in o["evals"]
-                and (v := value(o, kind, step)) is not None]
+                and (v := o["live"].at(kind, step)) is not None]
         peers = [v for o in runs if o is not run and _same_size(o, run)
                  and o["start"] + step / o["steps"] * (o["end"] - o["start"]) <= moment
-                 and (v := value(o, kind, step)) is not None]
+                 and (v := o["live"].at(kind, step)) is not None]
         forecast = None if now is None else forecast_final(now, run["params"], run["depth"], refs, level, peers)
         if forecast is None:
             continue

@@ -67,6 +67,13 @@ class LiveRun:
     test: Mapping[int, float]
     train: Mapping[int, float] = field(default_factory=dict)
 
+    def at(self, kind: str, step: int) -> float | None:
+        """The anchor value of `kind` at `step`: the test loss there, or the mean of the train-loss log
+        window ending there."""
+        if kind == TEST_LOSS_METRIC:
+            return self.test.get(step)
+        return window_mean(self.train, step, self.spec.train.log_every)
+
 
 @dataclass(frozen=True)
 class _Reference:
@@ -147,7 +154,7 @@ class CurveForecaster:
         if anchor is None or not row.params or not row.depth:
             return None
         kind, step = anchor
-        now = _value_at(run, kind, step)
+        now = run.at(kind, step)
         plan = plan_hash(plan_of(spec, None))
         refs = [Finished(float(r.row.params or 0), int(r.row.depth or 0), value, r.evals[spec.train.steps])
                 for r in self._finished.values()
@@ -167,7 +174,7 @@ class CurveForecaster:
                     if r.plan == plan and same_size(r.row) and (value := r.at(kind, step, width)) is not None]
         live = [value for other in running
                 if same_size(other.row) and (kind == TEST_LOSS_METRIC or other.spec.train.log_every == width)
-                and (value := _value_at(other, kind, step)) is not None
+                and (value := other.at(kind, step)) is not None
                 and plan_hash(plan_of(other.spec, None)) == plan]
         return finished + live
 
@@ -199,10 +206,3 @@ class CurveForecaster:
 def _anchor_steps(kind: str, step: int, spec: RunSpec) -> list[int]:
     """The steps the anchor summarises: the evaluation's, or the first and last of the log window."""
     return [step] if kind == TEST_LOSS_METRIC else [step - spec.train.log_every + 1, step]
-
-
-def _value_at(run: LiveRun, kind: str, step: int) -> float | None:
-    """The run's anchor value at `step`: its test loss there, or its train-loss log window's mean."""
-    if kind == TEST_LOSS_METRIC:
-        return run.test.get(step)
-    return window_mean(run.train, step, run.spec.train.log_every)
