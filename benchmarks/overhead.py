@@ -201,8 +201,8 @@ def measure_in_process(width: int, depth: int, steps: int, args: argparse.Namesp
     """The same in a fresh Python process (this script with --child), its timings read back as JSON."""
     command = [sys.executable, __file__, "--child", f"{width}x{depth}", "--steps", str(steps), "--reps", str(args.reps),
                "--log-every", str(args.log_every), "--data-dir", str(args.data_dir)]
-    out = subprocess.run(command + (["--steady-heap"] if args.steady_heap else []), check=True, capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(command + (["--steady-heap"] if args.steady_heap else []), check=True,
+                         stdout=subprocess.PIPE, text=True).stdout  # its errors go to our stderr
     return {name: [Timing(*t) for t in ts] for name, ts in json.loads(out.splitlines()[-1]).items()}
 
 
