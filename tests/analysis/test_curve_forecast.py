@@ -148,3 +148,26 @@ def test_a_log_window_is_the_mean_of_its_steps_and_only_a_complete_one_counts() 
     assert latest_window(losses, 5, before=100) == 20
     assert latest_window(losses, 5, before=20) == 15  # the window ending at the first evaluation is not before it
     assert latest_window({s: 1.0 for s in range(1, 5)}, 5, before=100) is None
+
+
+def test_a_new_depth_predicted_by_the_pooled_law_gets_a_band_from_depths_left_out() -> None:
+    # What each run still drops bends in log depth, which the pooled law (linear in log depth) cannot
+    # follow; depth 1 has no finished run, so its prediction extrapolates along depth.
+    def drop(n: float, depth: int) -> float:
+        return A + B * math.log(n) + 0.3 * math.log(depth) - 0.1 * math.log(depth) ** 2
+    sizes = [(n, d) for d in (2, 3, 4, 6) for n in (1e3, 1e4)] + [(1e3, 5)]  # depth 5: one size finished
+    refs = [Finished(n, d, 1.0, math.exp(drop(n, d))) for n, d in sizes for _ in range(4)]
+    new, known = forecast_final(1.0, 1e4, 1, refs), forecast_final(1.0, 1e4, 5, refs)
+    assert new is not None and known is not None and new.basis == known.basis == POOLED
+    half = math.log(new.hi / new.lo) / 2
+    # Each edge depth predicted from the others, its error scaled by how much farther depth 1 lies (log 2
+    # from depth 2) than the edge lay from the rest: the band is at least the smaller of the two.
+    scaled = []
+    for out, nearest in ((2, 3), (6, 5)):
+        keep = [(n, d) for n, d in sizes if d != out]
+        x = np.array([[1.0, math.log(n), math.log(d)] for n, d in keep])
+        coef, *_ = np.linalg.lstsq(x, np.array([drop(n, d) for n, d in keep]), rcond=None)
+        error = abs(np.array([1.0, math.log(1e4), math.log(out)]) @ coef - drop(1e4, out))
+        scaled.append(error * math.log(2) / abs(math.log(out / nearest)))
+    assert half >= min(scaled) > 0.03
+    assert math.log(known.hi / known.lo) / 2 < half / 2  # a finished depth keeps the band of sizes alone
