@@ -13,7 +13,7 @@ Both do the same two evaluations (before training and at the last step, as
 cost is equal on both sides and the ratio measures logging and bookkeeping.
 
 How it resolves 1-2% on a loaded machine (benchmarks/paired.py): many short runs (about
-`--seconds` each; the step count per size is set from a warm-up, a multiple of `log_every`)
+`--seconds` of CPU each; the step count per size is set from a warm-up, a multiple of `log_every`)
 timed as interleaved pairs in alternating order (a b, b a, ...), on two clocks (wall, and the
 process's CPU time, which other processes inflate much less), summarised as the geometric mean
 of the per-pair ratios b/a with a 95% bootstrap interval. The pairs are measured in `--processes`
@@ -152,13 +152,15 @@ class Sides:
 
 
 def steps_for(width: int, depth: int, seconds: float, log_every: int, data_dir: Path) -> int:
-    """A step count (a multiple of `log_every`, at least two windows) that makes one bare run last about `seconds`.
+    """A step count (a multiple of `log_every`, at least two windows): one bare run of about `seconds` of CPU.
 
     Per step from the difference of a 1-window and a 4-window run (which cancels setup and evaluation),
-    but at least a quarter of the 4-window run's time per step: on a loaded machine the difference can
-    come out near zero and would ask for millions of steps."""
+    each the median of three (CPU time: one pair alone gave w64 d2 anywhere from 275 to 875 steps on a
+    shared machine), but at least a quarter of the 4-window run's time per step: on a loaded machine the
+    difference can come out near zero and would ask for millions of steps."""
     def run(steps: int) -> float:
-        return timed(lambda: bare_loop(make_spec(width, depth, steps, log_every), data_dir)).wall
+        return statistics.median(
+            timed(lambda: bare_loop(make_spec(width, depth, steps, log_every), data_dir)).cpu for _ in range(3))
 
     run(log_every)  # warm-up
     short, long = run(log_every), run(4 * log_every)
@@ -226,7 +228,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=20, help="interleaved pairs per size in each process")
     parser.add_argument("--processes", type=int, default=3, help="fresh processes per size, one after another")
-    parser.add_argument("--seconds", type=float, default=0.5, help="length of one bare run")
+    parser.add_argument("--seconds", type=float, default=0.5, help="CPU seconds of one bare run")
     parser.add_argument("--log-every", type=int, default=TrainSpec.log_every,
                         help="per-layer statistics cadence of (b) (default: the default cadence)")
     parser.add_argument("--data-dir", type=Path, default=Path("runs/data"))
