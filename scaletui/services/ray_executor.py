@@ -68,6 +68,7 @@ SHIP_ROWS = 5000  # a worker's sink ships its buffer once this many rows wait (a
 SHIP_SECONDS = 1.0  # ... or once this long passed since its last shipment
 POLL_S = 0.25  # how often the driver collects finished tasks and the writer's events
 STOP_POLL_S = 0.1  # how often a worker asks the writer, without waiting, whether the sweep stops
+ABANDON_WAIT_S = 5.0  # how long tasks get to end by themselves before the driver cancels them (_abandon)
 CONNECT_TIMEOUT_S = 5.0  # to reach the head's address before asking Ray to join it
 PROBE_TIMEOUT_S = 120.0  # for every node to answer which versions it runs
 FENCED = -1  # a run's attempt once the driver gave its worker up: every write of it is refused
@@ -828,9 +829,21 @@ class RayExecutor:
 
     def _abandon(self, flights: dict[Any, _Flight], on_event: Callable[[RunEvent], None]) -> None:
         """At the end (normal, past the stop's grace, or aborted): cancel what still runs, mark it
-        interrupted, and close the writer."""
+        interrupted, and close the writer.
+
+        Tasks get ABANDON_WAIT_S to end by themselves first: a task whose writer died ends within a stop
+        poll (its next question to the writer fails), which is the very moment the driver gets here, and
+        a force-cancel racing a task's own completion aborts the driver inside Ray (Ray 2.60: "Check
+        failed: it != submissible_tasks_.end() Tried to complete task that was not pending", seen in
+        tests/ray/test_ray_cluster.py's dead-writer test; ray-project/ray#54527 fixed the retry path of
+        the same race)."""
+        running = set(flights)
+        if running:
+            _, still = ray.wait(list(running), num_returns=len(running), timeout=ABANDON_WAIT_S)
+            running = set(still)
         for ref, flight in flights.items():
-            ray.cancel(ref, force=True)
+            if ref in running:
+                ray.cancel(ref, force=True)
             try:
                 self._settle(flight, RunStatus.INTERRUPTED, "the sweep stopped before the run did", on_event)
             except ray.exceptions.RayError:  # the writer is gone too; the next sweep reaps the run
