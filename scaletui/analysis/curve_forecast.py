@@ -176,7 +176,7 @@ def _held_out_half_width(x: np.ndarray, y: np.ndarray, runs: list[Finished], lev
     more (without this the band covered 82-85% at 30% of training on the default sweep, with it 86-89%).
     A pooled law predicting a depth no finished run has is judged the same way along depth too (the edge
     depths left out, scaled by the gap in log depth; the larger of the two quantiles): the first size of
-    a new depth missed by up to 9% with a band made for sizes alone, and depth 1 was covered 71-81% from
+    a new depth missed by up to 9% with a band made for sizes alone, and depth 1 was covered 71-80% from
     30-50% of training, 86-91% with it. An axis with fewer than three values adds nothing (one left out
     leaves too few to fit)."""
     sizes, depths = sorted({r.params for r in runs}), sorted({r.depth for r in runs})
