@@ -55,7 +55,6 @@ from paired import (
     RatioCI,
     Timing,
     clustered_ci,
-    geometric_ci,
     interleaved,
     load_average,
     paired_ratios,
@@ -184,7 +183,8 @@ def report(width: int, depth: int, steps: int, processes: Measured) -> bool:
     per_step = {name: 1e3 * statistics.median(t.wall for t in ts) / steps for name, ts in every.items()}
     faults = {name: statistics.median(t.faults for t in ts) / steps for name, ts in every.items()}
     wall, cpu = ci("wall"), ci("cpu")
-    each = " ".join(f"{geometric_ci(paired_ratios(times, 'bare', 'full', 'cpu')).mean:.3f}" for times in processes)
+    means = [statistics.geometric_mean(paired_ratios(times, "bare", "full", "cpu")) for times in processes]
+    each = " ".join(f"{m:.3f}" for m in means)
     print(f"mlp w{width:<3} d{depth}  {steps:5d} {per_step['bare']:8.3f} {per_step['full']:8.3f} | wall {wall} | "
           f"cpu {cpu} | {verdict(cpu):4s} | per process {each} | faults/step {faults['bare']:.0f} {faults['full']:.0f} "
           f"| load {load_average()}", flush=True)
