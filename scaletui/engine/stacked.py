@@ -21,7 +21,7 @@ stacked (see `bundles.STACKABLE_ARCHS`).
 
 Exactness. A member starts from the values build_model gave its seed (the caller builds it and
 hands over its state dict). Dropout masks come from the member's own generator through the same calls
-models.Dropout makes alone (`torch.rand` of a (B, features) tensor, kept below 1 - p, divided by 1 - p),
+models.Dropout makes alone (`models.dropout_factors`, each member's part from its own generator),
 so a member draws exactly the masks it would have drawn alone. What still differs from a member
 trained alone is float reduction order: batched matmuls, LayerNorm's affine applied as a separate
 op, the loss summed per member.
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from scaletui.core.records import LayerStats
-from scaletui.engine.models import Dropout, ResidualBlock, ResMLP, dropout_scale_, weight_layers
+from scaletui.engine.models import Dropout, ResidualBlock, ResMLP, dropout_factors, weight_layers
 from scaletui.engine.probes import layer_records
 
 # The parameter views are not dense (their member stride is P), so autograd warns once per process
@@ -251,10 +251,7 @@ def _dropout(p: float, model: StackedModel) -> Layer:
             return x
         if p >= 1:
             return x * torch.zeros((), dtype=x.dtype, device=x.device)
-        noise = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # contiguous: noise[m] is (B, W) as alone
-        for m, rng in enumerate(model.rngs):
-            torch.rand(noise[m].shape, dtype=x.dtype, device=x.device, generator=rng, out=noise[m])
-        return x * dropout_scale_(noise, p)
+        return x * dropout_factors(tuple(x.shape), p, x.dtype, x.device, model.rngs)
 
     return forward
 

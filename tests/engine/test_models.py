@@ -11,8 +11,11 @@ from torch import nn
 from scaletui.core.specs import ModelSpec, TrainSpec
 from scaletui.core.vocabulary import Arch, Init, Norm
 from scaletui.engine.models import (
+    DROPOUT_LEVELS,
+    Dropout,
     build_model,
     count_params,
+    dropout_factors,
     forward_flops,
     model_info,
     weight_layers,
@@ -128,3 +131,55 @@ def test_model_info_and_lr_scaling() -> None:
     assert scaled.lr == pytest.approx(0.02)
     with pytest.raises(ValueError, match="lr_ref_params"):
         model_info(model, VECTOR, TrainSpec(lr_scaling="sqrt_params"))
+
+
+# --------------------------------------------------------------------------- dropout factors
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.3])
+def test_dropout_factors_keep_1_minus_p_and_average_one(p: float) -> None:
+    g = torch.Generator().manual_seed(0)
+    factors = dropout_factors((400, 1000), p, torch.float32, CPU, (g,))
+    kept = round((1 - p) * DROPOUT_LEVELS)
+    assert factors.unique().tolist() == [0.0, pytest.approx(DROPOUT_LEVELS / kept)]
+    # 400k draws: the keep rate's standard error is below 0.1 percentage points
+    assert (factors > 0).float().mean().item() == pytest.approx(kept / DROPOUT_LEVELS, abs=0.003)
+    assert factors.double().mean().item() == pytest.approx(1.0, abs=0.005)
+    # each of the four 16-bit lanes of a 64-bit draw is random on its own, not only their mix
+    lanes = (factors.view(-1, 4) > 0).float().mean(0)
+    assert torch.allclose(lanes, torch.full((4,), kept / DROPOUT_LEVELS), atol=0.005)
+
+
+def test_a_bundle_s_factors_are_each_member_s_own_draws() -> None:
+    states = [torch.Generator().manual_seed(seed).get_state() for seed in (1, 2, 3)]
+    def generators() -> list[torch.Generator | None]:
+        out: list[torch.Generator | None] = []
+        for state in states:
+            g = torch.Generator()
+            g.set_state(state)
+            out.append(g)
+        return out
+    together = dropout_factors((3, 7, 5), 0.2, torch.float32, CPU, generators())  # 35 draws: not a multiple of 4
+    alone = [dropout_factors((7, 5), 0.2, torch.float32, CPU, (g,)) for g in generators()]
+    assert torch.equal(together, torch.stack(alone))
+    assert not torch.equal(alone[0], alone[1])
+
+
+def test_dropout_module_draws_from_the_default_generator() -> None:
+    x = torch.ones(64, 32)
+    torch.manual_seed(5)
+    a = Dropout(0.25)(x)
+    torch.manual_seed(5)
+    b = x * dropout_factors((64, 32), 0.25, torch.float32, CPU)
+    assert torch.equal(a, b) and (a == 0).any()
+    assert torch.equal(Dropout(0.25).eval()(x), x)
+
+
+def test_dropout_factors_edges() -> None:
+    ones = dropout_factors((10, 10), 1e-9, torch.float32, CPU)  # rounds to keeping everything
+    assert torch.equal(ones, torch.ones(10, 10))
+    assert dropout_factors((4, 4), 0.1, torch.float64, CPU).dtype == torch.float64
+    with pytest.raises(ValueError, match="among 3 generators"):
+        dropout_factors((4, 4), 0.1, torch.float32, CPU, (None, None, None))
