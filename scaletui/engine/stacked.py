@@ -290,18 +290,14 @@ class StackedProbe:
     A logging step: `before_step` (weight snapshot, raw gradient norms when clipping follows),
     `optimizer.step()`, then `after_step()` gives a (3T, M) tensor of per-tensor L2 norms (gradient,
     weight, update; T = weight and bias tensors of weight_layers) that the loop stacks with the
-    members' train losses for the bundle's one host sync. Each norm is a segment sum over the flat
-    (M, P) tensors: one `index_add_` per quantity, whatever the depth."""
+    members' train losses for the bundle's one host sync. Each norm is taken over one slice of the flat
+    (M, P) tensors, all members at once."""
 
     def __init__(self, model: StackedModel) -> None:
         self.names, slots, self._owner = model.layer_slots()
         self.params = model.params
         self._slots = slots
-        t, p = len(slots), self.params.data.shape[1]
-        segment = torch.full((p,), t, dtype=torch.long)  # t: a parameter no layer owns (norm weights)
-        for i, slot in enumerate(slots):
-            segment[slot.offset : slot.offset + slot.numel] = i
-        self._segment = segment.to(self.params.data.device)
+        self._ranges = [(slot.offset, slot.offset + slot.numel) for slot in slots]
         self._snapshot = torch.empty_like(self.params.data)
         self._grad_sq: torch.Tensor | None = None
 
@@ -319,11 +315,10 @@ class StackedProbe:
         return torch.cat(squares).sqrt()
 
     def _segment_squares(self, flat: torch.Tensor) -> torch.Tensor:
-        """(M, P) -> (T, M): the sum of squares of each layer tensor of each member."""
-        t = len(self._slots)
-        sums = torch.zeros(flat.shape[0], t + 1, dtype=flat.dtype, device=flat.device)
-        sums.index_add_(1, self._segment, flat * flat)
-        return sums[:, :t].t()
+        """(M, P) -> (T, M): the sum of squares of each layer tensor of each member. One norm per slice:
+        a segment sum by `index_add_` scatters element by element on a CPU, 13 ms against 1 ms for a
+        16-member 160 x 6 bundle's (16, 165k) parameters."""
+        return torch.stack([torch.linalg.vector_norm(flat[:, a:b], dim=1) for a, b in self._ranges]).square()
 
     def layer_stats(self, member: int, step: int, values: list[float]) -> list[LayerStats]:
         """Member `member`'s records from its column of `after_step()` (3T floats, host side)."""
