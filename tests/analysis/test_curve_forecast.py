@@ -67,6 +67,26 @@ def test_a_depth_without_two_finished_sizes_learns_from_every_depth() -> None:
     assert f.predicted == pytest.approx(math.exp(A + B * math.log(2e4) + 0.1 * math.log(6)), rel=1e-9)
 
 
+def test_a_bending_ratio_law_is_followed_through_the_nearest_finished_sizes() -> None:
+    # What each size still drops curves in log N; the run is smaller than every finished size (the
+    # sweep trains its largest first). A line through all of them misses it; the nearest two carry it.
+    def drop(n: float) -> float:
+        return -0.1 * math.log(n) + 0.02 * math.log(n) ** 2 - 0.2
+    sizes, run = [4e3, 8e3, 1.6e4, 3.2e4, 6.4e4], 2e3
+    refs = [Finished(n, 1, 1.0, math.exp(drop(n))) for n in sizes for _ in range(4)]
+    f = forecast_final(1.0, run, 1, refs)
+    assert f is not None and f.basis == BY_DEPTH
+    slope, intercept = np.polyfit(np.log(sizes), [drop(n) for n in sizes], 1)
+    chord = abs(intercept + slope * math.log(run) - drop(run))
+    tangent = abs(math.log(f.predicted) - drop(run))
+    assert chord > 0.05 and tangent < chord / 2
+    # the two nearest sizes' own line, extrapolated one doubling: what the law is close to
+    near_slope = (drop(8e3) - drop(4e3)) / math.log(2)
+    assert math.log(f.predicted) == pytest.approx(drop(4e3) - near_slope * math.log(2), abs=0.01)
+    # the band is the whole law's: it still covers the truth
+    assert f.lo <= math.exp(drop(run)) <= f.hi
+
+
 @pytest.mark.parametrize("refs", [
     [],
     _refs([1e3], seeds=8),  # one size: no slope to learn
