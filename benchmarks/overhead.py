@@ -29,6 +29,11 @@ back to the OS at every step pays for faulting them in again, in either version 
     python benchmarks/overhead.py [--reps 20] [--processes 3] [--seconds 0.5] [--log-every 25] [--steady-heap]
                                   [--data-dir runs/data] [--sizes 64x2,512x8]
     python benchmarks/overhead.py --profile 64x2   # cProfile of the scaletui side, top 25 by own time
+    python benchmarks/overhead.py --ablate 64x2    # what each part costs: the path without it, against bare
+
+`--ablate` times, interleaved in one process, the bare loop, the full path, and the full path without
+each monitoring part in turn (the noise-scale measurement, the per-layer probe, the SQLite sink: an
+in-memory one instead), then without all three: each version's CPU-time ratio to bare, with its interval.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from paired import (
     RatioCI,
     Timing,
     clustered_ci,
+    geometric_ci,
     interleaved,
     load_average,
     paired_ratios,
@@ -224,6 +230,57 @@ def profile(size: str, seconds: float, log_every: int, data_dir: Path, folder: P
     pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
 
+class NullProbe:
+    """A LayerProbe that measures nothing: the loop's path without per-layer statistics (for --ablate)."""
+
+    def __init__(self, layers: object) -> None:
+        pass
+
+    def before_step(self, grads_will_change: bool = True) -> None:
+        pass
+
+    def after_step(self) -> list[torch.Tensor]:
+        return []
+
+    def layer_stats(self, step: int, values: list[float]) -> list[Any]:
+        return []
+
+
+def without(sides: Sides, folder: Path, *, noise: bool = True, probe: bool = True,
+            store: bool = True) -> Callable[[], Timing]:
+    """The full path of `sides` with the named parts switched off (engine.loop's names replaced for the
+    duration of one run, then put back)."""
+    from scaletui.engine import loop
+
+    def run() -> Timing:
+        saved = loop.measures_noise, loop.LayerProbe
+        loop.measures_noise = saved[0] if noise else (lambda *args: False)
+        loop.LayerProbe = saved[1] if probe else NullProbe  # type: ignore[assignment, misc]
+        try:
+            if store:
+                return sides.full()
+            ckpt = Path(tempfile.mkdtemp(dir=folder))
+            return timed(lambda: sides.train(MemorySink(), ckpt))
+        finally:
+            loop.measures_noise, loop.LayerProbe = saved  # type: ignore[misc]
+    return run
+
+
+def ablate(size: str, args: argparse.Namespace, folder: Path) -> None:
+    width, depth = (int(x) for x in size.split("x"))
+    steps = steps_for(width, depth, args.seconds, args.log_every, args.data_dir)
+    sides = Sides(make_spec(width, depth, steps, args.log_every), args.data_dir, SinkFactory(folder), folder)
+    versions = {"bare": sides.bare, "full": sides.full, "no noise scale": without(sides, folder, noise=False),
+                "no probe": without(sides, folder, probe=False), "in-memory sink": without(sides, folder, store=False),
+                "none of them": without(sides, folder, noise=False, probe=False, store=False)}
+    times = interleaved(versions, args.reps)
+    print(f"mlp w{width} d{depth}, {steps} steps, {args.reps} rotations in one process; load {load_average()}")
+    for name in list(versions)[1:]:
+        cpu = 1e3 * statistics.median(t.cpu for t in times[name]) / steps
+        ratio = geometric_ci(paired_ratios(times, "bare", name, "cpu"))
+        print(f"  {name:15s} {ratio} of bare (CPU), {cpu:.3f} ms/step")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=20, help="interleaved pairs per size in each process")
@@ -234,6 +291,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("runs/data"))
     parser.add_argument("--sizes", default=",".join(f"{w}x{d}" for w, d in CONFIGS), help="e.g. 64x2,512x8")
     parser.add_argument("--profile", metavar="WxD", help="profile the scaletui side of one size instead")
+    parser.add_argument("--ablate", metavar="WxD", help="what each monitoring part costs at one size (one process)")
     parser.add_argument("--steady-heap", action="store_true", help="fix glibc's malloc thresholds (paired.steady_heap)")
     parser.add_argument("--child", metavar="WxD", help=argparse.SUPPRESS)  # one process's pairs, as JSON
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
@@ -244,6 +302,9 @@ def main() -> None:
         return child(args.child, args.steps, args)
     if heap:
         print(f"malloc thresholds: {heap}")
+    if args.ablate:
+        with tempfile.TemporaryDirectory() as tmp:
+            return ablate(args.ablate, args, Path(tmp))
     if args.profile:
         with tempfile.TemporaryDirectory() as tmp:
             return profile(args.profile, args.seconds, args.log_every, args.data_dir, Path(tmp))
