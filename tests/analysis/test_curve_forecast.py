@@ -11,6 +11,7 @@ from scaletui.analysis.curve_forecast import (
     BY_DEPTH,
     POOLED,
     Finished,
+    depth_term,
     forecast_final,
     latest_window,
     window_mean,
@@ -28,7 +29,7 @@ def _refs(sizes: list[float], depth: int = 1, seeds: int = 4, noise: float = 0.0
     for n in sizes:
         for _ in range(seeds):
             at = 1.0 + rng.uniform(0, 0.1)
-            r = A + B * math.log(n) + c * math.log(depth) + noise * rng.standard_normal()
+            r = A + B * math.log(n) + c * depth_term(depth) + noise * rng.standard_normal()
             out.append(Finished(n, depth, at, at * math.exp(r)))
     return out
 
@@ -64,7 +65,7 @@ def test_a_depth_without_two_finished_sizes_learns_from_every_depth() -> None:
     refs = _refs([1e3, 1e4], depth=2, c=0.1) + _refs([1e3, 1e4], depth=4, c=0.1) + _refs([5e3], depth=6, c=0.1)
     f = forecast_final(1.0, 2e4, 6, refs)
     assert f is not None and f.basis == POOLED
-    assert f.predicted == pytest.approx(math.exp(A + B * math.log(2e4) + 0.1 * math.log(6)), rel=1e-9)
+    assert f.predicted == pytest.approx(math.exp(A + B * math.log(2e4) + 0.1 * depth_term(6)), rel=1e-9)
 
 
 def test_a_bending_ratio_law_is_followed_through_the_nearest_finished_sizes() -> None:
@@ -171,7 +172,7 @@ def test_a_log_window_is_the_mean_of_its_steps_and_only_a_complete_one_counts() 
 
 
 def test_a_new_depth_predicted_by_the_pooled_law_gets_a_band_from_depths_left_out() -> None:
-    # What each run still drops bends in log depth, which the pooled law (linear in log depth) cannot
+    # What each run still drops bends in log depth, which the pooled law (linear in depth^-1/2) cannot
     # follow; depth 1 has no finished run, so its prediction extrapolates along depth.
     def drop(n: float, depth: int) -> float:
         return A + B * math.log(n) + 0.3 * math.log(depth) - 0.1 * math.log(depth) ** 2
@@ -185,9 +186,9 @@ def test_a_new_depth_predicted_by_the_pooled_law_gets_a_band_from_depths_left_ou
     scaled = []
     for out, nearest in ((2, 3), (6, 5)):
         keep = [(n, d) for n, d in sizes if d != out]
-        x = np.array([[1.0, math.log(n), math.log(d)] for n, d in keep])
+        x = np.array([[1.0, math.log(n), depth_term(d)] for n, d in keep])
         coef, *_ = np.linalg.lstsq(x, np.array([drop(n, d) for n, d in keep]), rcond=None)
-        error = abs(np.array([1.0, math.log(1e4), math.log(out)]) @ coef - drop(1e4, out))
+        error = abs(np.array([1.0, math.log(1e4), depth_term(out)]) @ coef - drop(1e4, out))
         scaled.append(error * math.log(2) / abs(math.log(out / nearest)))
     assert half >= min(scaled) > 0.03
     assert math.log(known.hi / known.lo) / 2 < half / 2  # a finished depth keeps the band of sizes alone
