@@ -18,7 +18,8 @@ predicts each depth's smaller sizes by extrapolating it down. So the point predi
 finished sizes by how near they are to the run's (weighted least squares, weight exp(-|log(N_i / N)| /
 `NEARNESS`)): the law is then the local tangent at the nearest sizes, not a chord across all of them.
 On three runs of the default sweep this took depth 6's median error from the first 30% of steps from
-4.0 / 5.9 / 2.8% to 3.2 / 3.4 / 2.6%, the other depths within +-0.4% (benchmarks/curve_forecast.py).
+4.0 / 5.9 / 2.8% to 3.2 / 3.4 / 2.6%, the other depths within +-0.4% (benchmarks/curve_forecast.py;
+with `DEPTH_POWER`, over seven runs, depth 6's median went from 3.6% to 2.7%: README).
 The band still comes from the law over every finished size (below): its scatter and its left-out
 errors are what the law's bend can cost.
 

@@ -68,6 +68,17 @@ def test_a_depth_without_two_finished_sizes_learns_from_every_depth() -> None:
     assert f.predicted == pytest.approx(math.exp(A + B * math.log(2e4) + 0.1 * depth_term(6)), rel=1e-9)
 
 
+def test_the_pooled_law_extrapolates_to_a_shallower_depth_along_one_over_root_depth() -> None:
+    # The widest sizes of the shallow depths train before any run of their depth has finished: depth 1
+    # here is predicted from depths 2-6, along depth^-1/2 (log depth put them 4-7% low on the default sweep).
+    def drop(n: float, depth: int) -> float:
+        return A + B * math.log(n) + 0.4 / math.sqrt(depth)
+    refs = [Finished(n, d, 1.0, math.exp(drop(n, d))) for d in (2, 3, 4, 6) for n in (1e3, 1e4) for _ in range(3)]
+    f = forecast_final(1.0, 2e4, 1, refs)
+    assert f is not None and f.basis == POOLED
+    assert math.log(f.predicted) == pytest.approx(drop(2e4, 1), abs=1e-9)
+
+
 def test_a_bending_ratio_law_is_followed_through_the_nearest_finished_sizes() -> None:
     # What each size still drops curves in log N; the run is smaller than every finished size (the
     # sweep trains its largest first). A line through all of them misses it; the nearest two carry it.
