@@ -354,6 +354,43 @@ def test_before_its_first_evaluation_a_run_is_predicted_once_per_tenth_of_its_st
     assert recorded == [[(30,)] * 4, [(30,)] * 4, [(30,)] * 4 + [(40,)] * 4]
 
 
+def test_evaluations_that_arrive_between_two_passes_are_each_predicted_and_recorded(tmp_path: Path) -> None:
+    """A small run evaluates faster than the monitor looks: its evaluations at steps 20 and 40 of 60 both
+    land before the next pass, and both get a prediction in the ledger, each from the run as it stood
+    then (its loss at that step), not only the latest one."""
+    sweep = make(tmp_path, model={"width": list(FINAL), "depth": 1}, train={"seeds": list(LUCK)})
+    def loss(width: int, step: int) -> float:
+        return FINAL[width] * {20: 1.3, 40: 1.1, 60: 1.0}[step]
+    with Store(sweep.db) as store:
+        exp = store.upsert_experiment(sweep.name, None, None, sweep.loss_rule)
+        ids = {spec: run_id for run_id, spec in store.register_runs(exp, sweep.runs, fresh=False)}
+        for spec, run_id in ids.items():
+            width = spec.model.width
+            store.mark_running(run_id, os.getpid(), socket.gethostname())
+            with StoreSink(sweep.db, run_id) as sink:
+                sink.started(ModelInfo(100 * width * width, 0, ("0",), 3e-3), resumed_from=0)
+                sink.metrics([MetricRecord(0, "test_loss", 2.3)])
+                if width < 64:
+                    sink.metrics([MetricRecord(s, "test_loss", loss(width, s)) for s in (20, 40, 60)])
+            if width < 64:
+                finish(store, run_id, FINAL[width])
+    big = [run_id for spec, run_id in ids.items() if spec.model.width == 64]
+    monitor = SweepMonitor(sweep, exp, big)
+    try:
+        monitor.run_pass()  # nothing evaluated yet: nothing to predict from
+        for run_id in big:
+            with StoreSink(sweep.db, run_id) as sink:
+                sink.metrics([MetricRecord(s, "test_loss", loss(64, s)) for s in (20, 40)])
+        monitor.run_pass()
+    finally:
+        monitor.close()
+    with sqlite3.connect(sweep.db) as conn:
+        made = conn.execute("SELECT run_id, at_step, predicted FROM predictions WHERE kind = 'curve'").fetchall()
+    assert sorted((run_id, step) for run_id, step, _ in made) == sorted((r, s) for r in big for s in (20, 40))
+    # every finished width fell by the same ratio from each step, so each prediction lands on the truth
+    assert [p for _, _, p in made] == pytest.approx([FINAL[64]] * len(made), rel=1e-9)
+
+
 def test_a_train_loss_window_is_only_compared_with_windows_of_the_same_width(tmp_path: Path) -> None:
     """The plan leaves the logging cadence out, so a follow-up sweep logging every 5 steps shares it with
     finished runs that logged every 10; their windows ending at step 10 (steps 1-10) are not its (6-10),

@@ -400,9 +400,9 @@ class SweepMonitor:
             track.signature = signature
 
     def _forecast(self, track: _Track, row: RunSummary) -> None:
-        """Predict a running run's final loss (services.curve_forecasts) at its latest new evaluation, or,
-        before its first one, at its latest log window once that is in a new tenth of the run, and record
-        it; with `train.stop_when_hopeless`, judge each new evaluation in step order."""
+        """Predict a running run's final loss (services.curve_forecasts) at each of its new evaluations, in
+        step order, or, before its first one, at its latest log window once that is in a new tenth of the
+        run, and record it; with `train.stop_when_hopeless`, judge each new evaluation."""
         if row.status is not RunStatus.RUNNING:
             return
         steps = track.spec.train.steps
@@ -410,11 +410,12 @@ class SweepMonitor:
         new = sorted(s for s in losses if track.forecast_step < s < steps)
         if new:
             running = self._running_peers(row)
-            if self._stop_hopeless:
-                for step in new[:-1]:  # evaluations that arrived between passes: judged, not recorded
-                    earlier = LiveRun(row, track.spec, {s: v for s, v in losses.items() if s <= step})
-                    self._judge(track, row, step, self._forecaster.forecast(earlier, running))
-            self._record(track, row, new[-1], self._forecaster.forecast(LiveRun(row, track.spec, losses), running))
+            # Evaluations that arrived between two passes (a small run evaluates more often than every
+            # MONITOR_INTERVAL_S) are each predicted from the run as it stood then: the ledger holds a
+            # prediction from every evaluation, however often the monitor happened to look.
+            for step in new:
+                then = LiveRun(row, track.spec, {s: v for s, v in losses.items() if s <= step})
+                self._record(track, row, step, self._forecaster.forecast(then, running))
         elif not any(0 < s < steps for s in losses):  # not evaluated yet: from its train loss
             run = track.live(row)
             anchor = anchor_of(run)
