@@ -319,11 +319,9 @@ def test_a_runs_early_luck_fades_into_its_sizes_mean_when_finished_runs_show_it_
     assert {(i["shrink"], i["n_peers"], i["anchor"]) for i in inputs} == {(0.0, 3, anchor)}
 
 
-def test_before_its_first_evaluation_a_run_is_predicted_once_per_tenth_of_its_steps(tmp_path: Path) -> None:
-    """Evaluated only at its end, with log windows of 5 of 60 steps: the window ending at 30 (tenth 5) is
-    recorded, the one at 35 (still tenth 5) is not, the one at 40 (tenth 6) is."""
-    sweep = make(tmp_path, model={"width": list(FINAL), "depth": 1}, train={"seeds": list(LUCK), "eval_every": 60,
-                                                                          "log_every": 5})
+def _finished_below_64(sweep: Sweep, records: Callable[[int], list[MetricRecord]]) -> tuple[int, list[int]]:
+    """Register every run of `sweep`, mark it running and write `records(width)` for it; the widths below
+    64 then finish at FINAL. Returns the experiment's id and the ids of the width-64 runs (still running)."""
     with Store(sweep.db) as store:
         exp = store.upsert_experiment(sweep.name, None, None, sweep.loss_rule)
         ids = {spec: run_id for run_id, spec in store.register_runs(exp, sweep.runs, fresh=False)}
@@ -332,12 +330,23 @@ def test_before_its_first_evaluation_a_run_is_predicted_once_per_tenth_of_its_st
             store.mark_running(run_id, os.getpid(), socket.gethostname())
             with StoreSink(sweep.db, run_id) as sink:
                 sink.started(ModelInfo(100 * width * width, 0, ("0",), 3e-3), resumed_from=0)
-                if width < 64:
-                    sink.metrics([MetricRecord(s, "train_loss", 2.0 * FINAL[width] - s / 60) for s in range(1, 61)]
-                                 + [MetricRecord(60, "test_loss", FINAL[width])])
+                sink.metrics(records(width))
             if width < 64:
                 finish(store, run_id, FINAL[width])
-    big = [run_id for spec, run_id in ids.items() if spec.model.width == 64]
+    return exp, [run_id for spec, run_id in ids.items() if spec.model.width == 64]
+
+
+def test_before_its_first_evaluation_a_run_is_predicted_once_per_tenth_of_its_steps(tmp_path: Path) -> None:
+    """Evaluated only at its end, with log windows of 5 of 60 steps: the window ending at 30 (tenth 5) is
+    recorded, the one at 35 (still tenth 5) is not, the one at 40 (tenth 6) is."""
+    sweep = make(tmp_path, model={"width": list(FINAL), "depth": 1}, train={"seeds": list(LUCK), "eval_every": 60,
+                                                                          "log_every": 5})
+    def records(width: int) -> list[MetricRecord]:
+        if width == 64:
+            return []
+        return ([MetricRecord(s, "train_loss", 2.0 * FINAL[width] - s / 60) for s in range(1, 61)]
+                + [MetricRecord(60, "test_loss", FINAL[width])])
+    exp, big = _finished_below_64(sweep, records)
     monitor = SweepMonitor(sweep, exp, big)
     recorded = []
     try:
@@ -361,20 +370,8 @@ def test_evaluations_that_arrive_between_two_passes_are_each_predicted_and_recor
     sweep = make(tmp_path, model={"width": list(FINAL), "depth": 1}, train={"seeds": list(LUCK)})
     def loss(width: int, step: int) -> float:
         return FINAL[width] * {20: 1.3, 40: 1.1, 60: 1.0}[step]
-    with Store(sweep.db) as store:
-        exp = store.upsert_experiment(sweep.name, None, None, sweep.loss_rule)
-        ids = {spec: run_id for run_id, spec in store.register_runs(exp, sweep.runs, fresh=False)}
-        for spec, run_id in ids.items():
-            width = spec.model.width
-            store.mark_running(run_id, os.getpid(), socket.gethostname())
-            with StoreSink(sweep.db, run_id) as sink:
-                sink.started(ModelInfo(100 * width * width, 0, ("0",), 3e-3), resumed_from=0)
-                sink.metrics([MetricRecord(0, "test_loss", 2.3)])
-                if width < 64:
-                    sink.metrics([MetricRecord(s, "test_loss", loss(width, s)) for s in (20, 40, 60)])
-            if width < 64:
-                finish(store, run_id, FINAL[width])
-    big = [run_id for spec, run_id in ids.items() if spec.model.width == 64]
+    exp, big = _finished_below_64(sweep, lambda width: [MetricRecord(0, "test_loss", 2.3)] + (
+        [MetricRecord(s, "test_loss", loss(width, s)) for s in (20, 40, 60)] if width < 64 else []))
     monitor = SweepMonitor(sweep, exp, big)
     try:
         monitor.run_pass()  # nothing evaluated yet: nothing to predict from
