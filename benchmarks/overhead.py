@@ -255,14 +255,14 @@ def without(sides: Sides, folder: Path, *, noise: bool = True, probe: bool = Tru
     def run() -> Timing:
         saved = loop.measures_noise, loop.LayerProbe
         loop.measures_noise = saved[0] if noise else (lambda *args: False)
-        loop.LayerProbe = saved[1] if probe else NullProbe  # type: ignore[assignment, misc]
+        loop.LayerProbe = saved[1] if probe else NullProbe
         try:
             if store:
                 return sides.full()
             ckpt = Path(tempfile.mkdtemp(dir=folder))
             return timed(lambda: sides.train(MemorySink(), ckpt))
         finally:
-            loop.measures_noise, loop.LayerProbe = saved  # type: ignore[misc]
+            loop.measures_noise, loop.LayerProbe = saved
     return run
 
 
