@@ -27,6 +27,7 @@ import pytest
 
 from scaletui.core.config import build_sweep
 from tests.conftest import REPO, run_cli
+from tests.faults.conftest import wait_for
 
 FUNCTION = '''
 import atexit, json, os, time
@@ -57,7 +58,7 @@ def train(config, run):
             f.flush()
             if step == 5 and (folder / "park").exists():
                 run.flush()
-                print(f"parked {config['width']} {config['seed']}", flush=True)
+                (folder / f"parked-{config['width']}-{config['seed']}").touch()  # one marker per parked run
                 while not run.should_stop:  # until the sweep is stopped
                     time.sleep(0.01)
                 return
@@ -211,22 +212,25 @@ def test_ctrl_c_then_run_again_resumes_every_run_after_its_last_step(tmp_path: P
     (tmp_path / "park").touch()
     db = tmp_path / "runs.db"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "scaletui", "run", "--headless", str(path), "--db", str(db)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    log = tmp_path / "sweep.log"  # a file, not a pipe: nobody reads while the test waits for the markers
+    with log.open("w") as out_file:
+        proc = subprocess.Popen([sys.executable, "-m", "scaletui", "run", "--headless", str(path), "--db", str(db)],
+                                cwd=REPO, env=env, stdout=out_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     try:
-        assert proc.stdout is not None
-        parked = 0
-        for line in proc.stdout:  # two workers: two runs park at step 5 (wait for both)
-            parked += line.startswith("parked")
-            if parked == 2:
-                break
+        # Two workers: two runs park at step 5 (wait for both). Marker files, not lines on the shared
+        # stdout: two workers printing at once interleave their writes ("parked 8 0parked 16 0\n\n"), and
+        # a count of lines then never reaches two.
+        wait_for(lambda: proc.poll() is not None or len(list(tmp_path.glob("parked-*"))) == 2, timeout=180,
+                 what="two runs parked at step 5")
+        assert proc.poll() is None, f"the sweep ended before two runs parked:\n{log.read_text()}"
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole group; workers stop through the flag
-        out, _ = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate(timeout=30)
+            proc.wait(timeout=30)
+    out = log.read_text()
     assert proc.returncode != 0
     statuses = sorted(s for (s,) in rows(db, "SELECT status FROM runs"))
     assert statuses == ["interrupted", "interrupted", "queued", "queued"], out  # two stopped mid-run
