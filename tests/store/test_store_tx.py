@@ -10,44 +10,65 @@ from pathlib import Path
 
 import pytest
 
-from scaletui.store import Store, StoreBusy
+from scaletui.store import Store, StoreBusy, tx
 from scaletui.store.tx import write_transaction
 
 
-def hold_write_lock(path: Path, seconds: float) -> threading.Thread:
-    """Another connection takes the write lock now and releases it after `seconds`."""
-    taken = threading.Event()
+class WriteLockHolder:
+    """Another connection that takes the write lock at once and keeps it until `release()`: the tests
+    decide when it is freed by events, never by how long a thread happens to sleep."""
 
-    def hold() -> None:
+    def __init__(self, path: Path) -> None:
+        self._taken, self._release = threading.Event(), threading.Event()
+        self._thread = threading.Thread(target=self._hold, args=(path,))
+        self._thread.start()
+        assert self._taken.wait(60), "the holder never took the lock"
+
+    def _hold(self, path: Path) -> None:
         with closing(sqlite3.connect(path, isolation_level=None)) as conn:
             conn.execute("BEGIN IMMEDIATE")
-            taken.set()
-            time.sleep(seconds)
+            self._taken.set()
+            self._release.wait(60)
             conn.execute("COMMIT")
 
-    thread = threading.Thread(target=hold)
-    thread.start()
-    taken.wait(5)
-    return thread
+    def release(self) -> None:
+        self._release.set()
+
+    def join(self) -> None:
+        self.release()
+        self._thread.join(60)
+        assert not self._thread.is_alive()
 
 
-def test_busy_writes_are_retried_until_the_lock_is_free(store: Store, db_path: Path) -> None:
+def test_busy_writes_are_retried_until_the_lock_is_free(store: Store, db_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     store.db.execute("PRAGMA busy_timeout = 1")  # let SQLITE_BUSY escape SQLite's own waiting
-    holder = hold_write_lock(db_path, 0.3)
-    start = time.monotonic()
+    holder = WriteLockHolder(db_path)
+    backoffs: list[float] = []
+    real_sleep = time.sleep
+
+    def backoff(seconds: float) -> None:  # the retry loop's wait: the lock is freed during the first one
+        backoffs.append(seconds)
+        holder.release()
+        real_sleep(seconds)
+
+    monkeypatch.setattr(tx.time, "sleep", backoff)
     store.add_event(None, "note", "written after the lock was released")
-    assert time.monotonic() - start >= 0.2
+    monkeypatch.undo()
     holder.join()
+    assert backoffs, "the write never met the lock"
     with closing(sqlite3.connect(db_path)) as conn:
         assert conn.execute("SELECT message FROM events").fetchall() == [("written after the lock was released",)]
 
 
 def test_a_lock_held_past_the_deadline_raises_store_busy(store: Store, db_path: Path) -> None:
     store.db.execute("PRAGMA busy_timeout = 1")
-    holder = hold_write_lock(db_path, 0.5)
-    with pytest.raises(StoreBusy) as info:
-        write_transaction(store.db, lambda db: db.execute("DELETE FROM events"), db_path, deadline_s=0.1)
-    holder.join()
+    holder = WriteLockHolder(db_path)  # held until the write has given up
+    try:
+        with pytest.raises(StoreBusy) as info:
+            write_transaction(store.db, lambda db: db.execute("DELETE FROM events"), db_path, deadline_s=0.1)
+    finally:
+        holder.join()
     assert "locked" in str(info.value) and "\n" not in str(info.value)
     assert not store.db.conn.in_transaction
 
