@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import mmap
 import random
 import sys
 from pathlib import Path
@@ -81,8 +82,12 @@ def test_ratio_ci_reads_the_named_clock() -> None:
 
 def test_timed_counts_the_page_faults_of_the_call() -> None:
     def touch_fresh_memory() -> None:
-        buffer = bytearray(64 << 20)  # above glibc's largest mmap threshold: always fresh pages from the kernel
-        buffer[::4096] = b"x" * len(range(0, len(buffer), 4096))
+        # An anonymous mapping of its own: fresh pages from the kernel whatever the process did before. (A
+        # 64 MB bytearray was not: after other tests in the same process freed enough, glibc served it from
+        # pages the heap already had, and the call faulted 0 times.)
+        with mmap.mmap(-1, 64 << 20) as pages:
+            for offset in range(0, len(pages), mmap.PAGESIZE):
+                pages[offset] = 1
 
     assert timed(touch_fresh_memory).faults > 0
 
