@@ -248,7 +248,7 @@ def test_start_stop_one_run_then_the_sweep_from_the_keys(make_sweep: Callable[..
         app = ScaleApp(db, sweep, experiment="tiny", poll_interval=0.2)
         async with app.run_test(size=(160, 48)) as pilot:
             await pilot.press("r")
-            await until(pilot, lambda: app.sweep.proc is not None, timeout=20)
+            await until(pilot, lambda: app.sweep.proc is not None, timeout=60)
             await until(pilot, lambda: list(statuses().values()).count("running") == 2
                         and all(app.state.runs[i].status == "running" for i in statuses()), timeout=120)
             await until(pilot, lambda: app.view.selected is not None)
@@ -310,7 +310,7 @@ def test_fit_view_mounts_the_fit_pane_and_s_shows_the_configurators_proposal(db:
             await pilot.press("1")
             assert app.query_one(ContentSwitcher).current == "dashboard" and app.query_one(RunsTable).has_focus
             await pilot.press("up", "up", "up", "up", "s")  # selected: w8 d1; the next width of the sweep is 16
-            await until(pilot, lambda: isinstance(app.screen, TextScreen), timeout=20)
+            await until(pilot, lambda: isinstance(app.screen, TextScreen), timeout=60)
             assert app.screen.title_text.startswith("next size w16 d1: lr ")
             assert "[model]" in str(app.screen.query_one("#text-body").render())
             await pilot.press("escape")

@@ -106,10 +106,10 @@ def test_the_app_runs_an_entrypoint_sweep_shows_its_loss_and_stops_one_run(tmp_p
         done_id, _, cost = by_width()[4]
         assert cost == 3.0 / 4 + 1.0 / 10  # "the loss" is the experiment's cost, at its last step
         table = app.query_one(RunsTable)
-        await until(pilot, lambda: loss_cell(table, done_id) == fmt_loss(cost), timeout=20)
+        await until(pilot, lambda: loss_cell(table, done_id) == fmt_loss(cost), timeout=60)
         running = {by_width()[8][0]: 8, by_width()[16][0]: 16}
         await until(pilot, lambda: all(app.state.runs.get(i) is not None
-                                       and app.state.runs[i].status == RunStatus.RUNNING for i in running), timeout=20)
+                                       and app.state.runs[i].status == RunStatus.RUNNING for i in running), timeout=60)
         for _ in range(len(table.rows)):  # the cursor to a running run's row
             if app.view.selected in running:
                 break

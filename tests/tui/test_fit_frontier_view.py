@@ -151,7 +151,7 @@ async def _narrow(db: Path) -> None:
         rendered = str(pane.query_one("#fit-plot", PlotextPlot).render())
         assert "1-5: sizes; X: closest" in rendered  # the plot's key fits at 80 columns
         await pilot.resize_terminal(160, 48)
-        await until(pilot, lambda: columns(pane) == list(FRONTIER_COLUMNS), timeout=10)
+        await until(pilot, lambda: columns(pane) == list(FRONTIER_COLUMNS), timeout=60)
         assert all(WITH_INTERVAL.match(cell) for cell in cells(pane, 1))
 
 
