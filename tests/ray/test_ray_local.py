@@ -22,7 +22,7 @@ def test_without_an_address_the_sweep_starts_its_own_ray(make_sweep: Callable[..
     env = ray_env(HOME=str(tmp_path))
     env.pop("RAY_AUTH_MODE")  # Ray's own default for an instance it starts
     out = subprocess.run([sys.executable, "-m", "scaletui", "run", "--headless", str(sweep), "--executor", "ray"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=540)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Traceback" not in out.stderr
     db = tmp_path / "runs.db"
