@@ -171,6 +171,59 @@ def test_a_run_beyond_the_finished_sizes_gets_a_band_from_extrapolations_widened
     assert widths[1] >= min(edge_errors)
 
 
+def _bending_drop(n: float) -> float:
+    """What each size still drops, curving in log N (every depth alike here)."""
+    return -0.1 * math.log(n) + 0.02 * math.log(n) ** 2 - 0.2
+
+
+def test_two_sizes_extrapolated_borrow_the_shape_error_of_a_depth_that_shows_its_own() -> None:
+    # Depth 2 has finished only its two largest sizes and the run lies below both (the sweep trains its
+    # largest first): two sizes cannot show what a straight law misses, so the band borrows it from
+    # depth 1, whose five sizes, each edge left out in turn, can.
+    sizes = [1e3, 2e3, 4e3, 8e3, 1.6e4]
+    refs = ([Finished(n, 1, 1.0, math.exp(_bending_drop(n))) for n in sizes for _ in range(4)]
+            + [Finished(n, 2, 1.0, math.exp(_bending_drop(n))) for n in (8e3, 1.6e4) for _ in range(4)])
+    run = 2e3
+    f = forecast_final(1.0, run, 2, refs)
+    assert f is not None and f.basis == BY_DEPTH and f.n_sizes == 2
+    miss = abs(math.log(f.predicted) - _bending_drop(run))
+    assert miss > 0.05  # the two-point line misses the bend
+    assert f.lo <= math.exp(_bending_drop(run)) <= f.hi  # and the band says so
+    # The borrowed error: depth 1's edge sizes, each predicted from the other four, scaled by how much
+    # farther the run lies (two doublings below 8e3) than the edge lay from the rest (one doubling).
+    logs = [math.log(n) for n in sizes]
+    edge_errors = []
+    for out in (0, len(sizes) - 1):
+        keep = [i for i in range(len(sizes)) if i != out]
+        slope, intercept = np.polyfit([logs[i] for i in keep], [_bending_drop(sizes[i]) for i in keep], 1)
+        edge_errors.append(2 * abs(intercept + slope * logs[out] - _bending_drop(sizes[out])))
+    assert math.log(f.hi / f.lo) / 2 >= min(edge_errors)
+
+
+def test_two_sizes_extrapolated_with_no_depth_of_three_sizes_borrow_from_the_pooled_law() -> None:
+    # No depth has three finished sizes yet (early in a sweep trained largest first): the pooled law over
+    # both depths, its edge sizes left out, is what shows the bend. The run lies less than a doubling
+    # below its depth's sizes; depth 1's smallest size lies a whole doubling below the rest.
+    def drop(n: float) -> float:
+        return -0.3 * math.log(n) + 0.06 * math.log(n) ** 2
+    refs = [Finished(n, d, 1.0, math.exp(drop(n))) for n, d in
+            ((8e3, 2), (1.6e4, 2), (4e3, 1), (8e3, 1)) for _ in range(4)]
+    f = forecast_final(1.0, 5e3, 2, refs)
+    assert f is not None and f.basis == BY_DEPTH and f.n_sizes == 2
+    assert abs(math.log(f.predicted) - drop(5e3)) > 0.03  # the seeds agree exactly: the band is all borrowed
+    assert f.lo <= math.exp(drop(5e3)) <= f.hi
+
+
+def test_two_sizes_interpolated_or_without_a_donor_keep_their_own_band() -> None:
+    # Between its two sizes, a law's chord is what the band describes; with no depth of three sizes and no
+    # pooled law to learn from (one depth), nothing is borrowed and the band stays the seeds' scatter.
+    bending = [Finished(n, 1, 1.0, math.exp(_bending_drop(n))) for n in (1e3, 2e3, 4e3, 8e3, 1.6e4) for _ in range(4)]
+    two = _refs([1e3, 1e4], depth=2, noise=0.01)
+    inside, alone = forecast_final(1.0, 3e3, 2, two + bending), forecast_final(1.0, 3e2, 2, two)
+    assert inside is not None and alone is not None and inside.n_sizes == alone.n_sizes == 2
+    assert math.log(inside.hi / inside.lo) / 2 < 0.03 and math.log(alone.hi / alone.lo) / 2 < 0.03
+
+
 def test_a_log_window_is_the_mean_of_its_steps_and_only_a_complete_one_counts() -> None:
     losses = {s: float(s) for s in range(1, 24)}  # steps 1-23
     assert window_mean(losses, 10, 5) == pytest.approx(8.0)  # steps 6-10
