@@ -141,8 +141,7 @@ def forecast_final(loss_now: float, params: float, depth: int, refs: Sequence[Fi
         return None
     runs, pooled = chosen
     shrink = within_size_slope(usable)
-    x = np.array([_features(r.params, r.depth, pooled) for r in runs])
-    y = np.array([math.log(r.final) - a for r, a in zip(runs, _log_anchors(runs, shrink), strict=True)])
+    x, y = _design(runs, shrink, pooled)
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)  # the law over every finished size: the band's
     local = coef if pooled else _weighted_fit(x, y, _nearness([r.params for r in runs], params))
     x0 = np.array(_features(params, depth, pooled))
@@ -158,6 +157,14 @@ def forecast_final(loss_now: float, params: float, depth: int, refs: Sequence[Fi
     return FinalForecast(math.exp(log_now), math.exp(log_now - half), math.exp(log_now + half),
                          level, POOLED if pooled else BY_DEPTH, len(runs), len({r.params for r in runs}),
                          tuple(float(c) for c in local), shrink, len(peers))
+
+
+def _design(runs: Sequence[Finished], shrink: float, pooled: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The ratio law's least-squares problem over `runs`: features (1, log N[, depth term]) and each run's
+    final log loss less its anchor (`_log_anchors`)."""
+    x = np.array([_features(r.params, r.depth, pooled) for r in runs])
+    y = np.array([math.log(r.final) - a for r, a in zip(runs, _log_anchors(runs, shrink), strict=True)])
+    return x, y
 
 
 def _nearness(sizes: Sequence[float], params: float) -> np.ndarray:
@@ -262,16 +269,12 @@ def _borrowed_shape_half_width(usable: Sequence[Finished], level: float, params:
         if len(sizes) < 3:
             continue
         at = sizes[0] * math.exp(-gap) if params < own[0] else sizes[-1] * math.exp(gap)
-        x = np.array([_features(r.params, other, False) for r in runs])
-        y = np.array([math.log(r.final) - a for r, a in zip(runs, _log_anchors(runs, shrink), strict=True)])
-        shapes.append(_held_out_half_width(x, y, runs, level, at, other, False))
+        shapes.append(_held_out_half_width(*_design(runs, shrink, False), runs, level, at, other, False))
     if shapes:
         return float(np.median(shapes))
     if len({r.params for r in usable}) < 3 or len({r.depth for r in usable}) < 2:
         return 0.0
-    x = np.array([_features(r.params, r.depth, True) for r in usable])
-    y = np.array([math.log(r.final) - a for r, a in zip(usable, _log_anchors(usable, shrink), strict=True)])
-    return _held_out_half_width(x, y, list(usable), level, params, depth, True)
+    return _held_out_half_width(*_design(usable, shrink, True), list(usable), level, params, depth, True)
 
 
 def _left_out_errors(x: np.ndarray, y: np.ndarray, groups: np.ndarray, left_out: Sequence[float],
