@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, run_cli
-from tests.faults.conftest import fault_env, wait_for
+from tests.faults.conftest import fault_env
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

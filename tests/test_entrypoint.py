@@ -27,7 +27,7 @@ import pytest
 
 from scaletui.core.config import build_sweep
 from tests.conftest import REPO, run_cli
-from tests.faults.conftest import wait_for
+from tests.waiting import wait_for
 
 FUNCTION = '''
 import atexit, json, os, time

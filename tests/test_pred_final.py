@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, run_cli
-from tests.faults.conftest import fault_env, rows, wait_for
+from tests.faults.conftest import fault_env, rows
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -30,7 +30,8 @@ import pytest
 
 from scaletui.store import Reader
 from tests.conftest import REPO
-from tests.faults.conftest import Sweep, assert_intact, rows, wait_for
+from tests.faults.conftest import Sweep, assert_intact, rows
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
-from tests.faults.conftest import Sweep, assert_intact, rows, wait_for
+from tests.faults.conftest import Sweep, assert_intact, rows
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -30,8 +30,8 @@ from tests.faults.conftest import (
     finished_snapshot,
     kill_everything,
     rows,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -20,8 +20,8 @@ from tests.faults.conftest import (
     events,
     kill_everything,
     rows,
-    wait_for,
 )
+from tests.waiting import wait_for
 
 # (width, depth, lr) of each run, advancing together (zipped axes take distinct values);
 # the w2048 d5 MLP needs ~130 MiB with SGD, far over the 4 MiB limit.

@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.faults.conftest import Sweep, rows, wait_for
+from tests.faults.conftest import Sweep, rows
+from tests.waiting import wait_for
 
 PACKAGE = REPO / "scaletui"
 SQL_CALLS = {"execute", "executemany", "executescript", "query", "_rows", "_tuples", "_typed"}

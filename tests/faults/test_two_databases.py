@@ -14,7 +14,8 @@ from dataclasses import replace
 
 import pytest
 
-from tests.faults.conftest import Sweep, assert_complete_without_duplicates, assert_intact, events, rows, wait_for
+from tests.faults.conftest import Sweep, assert_complete_without_duplicates, assert_intact, events, rows
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

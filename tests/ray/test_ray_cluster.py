@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import assert_complete_without_duplicates, assert_intact, events, rows, wait_for
+from tests.faults.conftest import assert_complete_without_duplicates, assert_intact, events, rows
 from tests.ray.conftest import HOLD_STEP, Cluster, RaySweep
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

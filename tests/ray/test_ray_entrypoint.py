@@ -26,8 +26,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO
-from tests.faults.conftest import assert_intact, events, rows, wait_for
+from tests.faults.conftest import assert_intact, events, rows
 from tests.ray.conftest import Cluster, ended, ray_env
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

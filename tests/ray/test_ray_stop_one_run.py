@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from scaletui.services.stop_requests import stop_run
-from tests.faults.conftest import assert_intact, events, rows, wait_for
+from tests.faults.conftest import assert_intact, events, rows
 from tests.ray.conftest import Cluster, RaySweep, ended
 from tests.ray.test_ray_entrypoint import (
     STEPS,
@@ -30,6 +30,7 @@ from tests.ray.test_ray_entrypoint import (
     start,
     write_sweep,
 )
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -20,8 +20,9 @@ from scaletui.tui.app import ScaleApp
 from scaletui.tui.screens.modals import HelpScreen
 from scaletui.tui.widgets.loss_pane import LossPane
 from tests.tui import sweepdb
-from tests.tui.test_app_pilot import NOW, cell, loaded, table_ids, until
+from tests.tui.test_app_pilot import NOW, cell, loaded, table_ids
 from tests.tui.test_compare import log_cost
+from tests.waiting import until
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ from scaletui.tui.app import ScaleApp
 from scaletui.tui.screens.modals import HelpScreen
 from scaletui.tui.widgets.runs_table import RunsTable
 from tests.tui import sweepdb
-from tests.tui.test_app_pilot import NOW, loaded, table_ids, until
+from tests.tui.test_app_pilot import NOW, loaded, table_ids
+from tests.waiting import until
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from scaletui.tui.app import ScaleApp
 from scaletui.tui.widgets.runs_table import RunsTable
 from scaletui.tui.widgets.status_bar import StatusBar
 from tests.tui import sweepdb
-from tests.tui.test_app_pilot import NOW, table_ids, until
+from tests.tui.test_app_pilot import NOW, table_ids
+from tests.waiting import until
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -31,6 +30,7 @@ from scaletui.tui.widgets.loss_pane import LossPane
 from scaletui.tui.widgets.runs_table import RunsTable
 from scaletui.tui.widgets.status_bar import StatusBar
 from tests.tui import sweepdb
+from tests.waiting import until
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = 1767268800.0  # 2026-01-01T12:00:00Z, the fixture's pinned time
@@ -41,15 +41,6 @@ def db(tmp_path: Path) -> Path:
     path = tmp_path / "sweep.db"
     sweepdb.build(path)
     return path
-
-
-async def until(pilot, condition: Callable[[], bool], timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    """Let the app run until `condition()` holds (the poller works in its own thread)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await pilot.pause(0.05)
 
 
 def table_ids(app: ScaleApp) -> list[int]:

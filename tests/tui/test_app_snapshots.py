@@ -20,8 +20,9 @@ from scaletui.tui.app import ScaleApp
 from scaletui.tui.widgets.grad_pane import LayerLine
 from scaletui.tui.widgets.loss_pane import LossPane
 from tests.tui import sweepdb
-from tests.tui.test_app_pilot import NOW, loaded, until
+from tests.tui.test_app_pilot import NOW, loaded
 from tests.tui.test_fit_views import columns_fit
+from tests.waiting import until
 
 
 @pytest.fixture

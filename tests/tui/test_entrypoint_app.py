@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from scaletui.store.reader import Reader
 from scaletui.tui.app import ScaleApp
 from scaletui.tui.model import fmt_loss
 from scaletui.tui.widgets.runs_table import RunsTable
+from tests.waiting import until
 
 FUNCTION = '''
 import time
@@ -59,14 +58,6 @@ def entry_sweep(folder: Path) -> Path:
         width = [4, 8, 16]
         '''), encoding="utf-8")
     return path
-
-
-async def until(pilot, condition: Callable[[], bool], timeout: float) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await pilot.pause(0.05)
 
 
 def loss_cell(table: RunsTable, run_id: int) -> str | None:

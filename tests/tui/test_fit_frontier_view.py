@@ -28,9 +28,10 @@ from tests.fitdb import fill as fill_without_data_axis
 from tests.fitdb import plan
 from tests.frontierdb import BATCH, STEPS, WIDTHS, fill, params_of
 from tests.test_frontier_cli import true_n_opt
-from tests.tui.test_app_pilot import NOW, until
+from tests.tui.test_app_pilot import NOW
 from tests.tui.test_fit_pane import Host
 from tests.tui.test_fit_views import columns, columns_fit, shown, text
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow  # each test fits L(N, D) twice in the pane's worker
 

@@ -15,7 +15,7 @@ from scaletui.store import Reader
 from scaletui.tui import fit_pane
 from scaletui.tui.fit_pane import PREDICTIONS, FitPane
 from tests.fitdb import fill, plan
-from tests.tui.test_app_pilot import until
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow  # a fit with its bootstrap behind each prediction
 

@@ -35,7 +35,8 @@ from scaletui.tui.widgets.ledger_view import LEDGER_COLUMNS
 from scaletui.tui.widgets.runs_table import RunsTable
 from tests.fitdb import EVAL_STEPS, WIDTHS, fill, plan
 from tests.tui import sweepdb
-from tests.tui.test_app_pilot import NOW, until
+from tests.tui.test_app_pilot import NOW
+from tests.waiting import until
 
 pytestmark = pytest.mark.slow  # each test fits every strategy or regime, twice
 

@@ -17,7 +17,8 @@ from scaletui.tui.model import debiased_ema
 from scaletui.tui.poller import TRAIN
 from scaletui.tui.widgets.loss_pane import LossPane
 from tests.tui import sweepdb
-from tests.tui.test_app_pilot import NOW, cell, loaded, until
+from tests.tui.test_app_pilot import NOW, cell, loaded
+from tests.waiting import until
 
 RUNNING = 5  # sweepdb's running run: w16 d2, at step 30 of 60, predicted at step 20
 

@@ -12,11 +12,12 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")]
 
@@ -33,13 +34,6 @@ def session(tmp_path: Path) -> Iterator[str]:
     name = f"scaletui-test-{tmp_path.name}"
     yield name
     subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True, timeout=30)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.5)
 
 
 def running_with_records(db: Path) -> bool:
@@ -76,14 +70,16 @@ def test_app_in_tmux_shows_rows_plot_and_sparklines(make_sweep: Callable[..., Pa
     db = sweep.parent / "runs.db"
     command = f"cd {sweep.parent} && {sys.executable} -m scaletui run {sweep.name}"
     tmux("new-session", "-d", "-s", session, "-x", str(size[0]), "-y", str(size[1]), command)
-    wait_for(lambda: running_with_records(db))
-    wait_for(lambda: any(RUN_ROW.match(line) and " run " in line for line in capture(session)))
-    wait_for(lambda: plot_drawn(capture(session)), timeout=30)
+    wait_for(lambda: running_with_records(db), timeout=90, what="a running run with layer statistics", interval=0.5)
+    wait_for(lambda: any(RUN_ROW.match(line) and " run " in line for line in capture(session)), timeout=90,
+             what="a running run's row on the screen", interval=0.5)
+    wait_for(lambda: plot_drawn(capture(session)), timeout=30, what="the loss plot", interval=0.5)
     screen = capture(session)
     rows = [line for line in screen if RUN_ROW.match(line)]
     assert len(rows) == 4, "\n".join(screen)  # the sweep's four runs
     # No key was pressed: the app selected a training run by itself, so its layers have sparklines.
     tmux("send-keys", "-t", session, "p")  # next detail pane: gradients (the only pane under 100 columns)
-    wait_for(lambda: len(sparklines(capture(session))) >= 2, timeout=30)  # one per layer of the selected run
+    # one sparkline per layer of the selected run
+    wait_for(lambda: len(sparklines(capture(session))) >= 2, timeout=30, what="two sparklines", interval=0.5)
     tmux("send-keys", "-t", session, "X")  # stop the sweep cleanly before the session is killed
-    wait_for(lambda: not running_with_records(db), timeout=60)
+    wait_for(lambda: not running_with_records(db), timeout=60, what="the sweep to end", interval=0.5)
