@@ -14,6 +14,7 @@ from scaletui.core.specs import DataSpec, ModelSpec, RunSpec, TrainSpec
 from scaletui.core.vocabulary import DEFAULT_LOSS_METRIC, LossRule, RunSource, RunStatus
 from scaletui.store import Reader, SchemaTooOld, Store, schema
 from scaletui.store.schema import SCHEMA_VERSION
+from tests.store.old_schema import store_of_schema
 
 OWN_MIGRATION = schema.MIGRATIONS.index(schema._v5_own_runs)
 
@@ -22,13 +23,10 @@ def test_a_database_from_before_own_runs_migrates_and_keeps_its_runs(tmp_path: P
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "old.db"
     spec = RunSpec("sweep", DataSpec(train_size=256), ModelSpec(width=8), TrainSpec(steps=10))
-    with monkeypatch.context() as old:  # what the release before this migration created
-        old.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:OWN_MIGRATION])
-        old.setattr(schema, "SCHEMA_VERSION", OWN_MIGRATION)
-        with Store(db) as store:
-            experiment = store.upsert_experiment("sweep", None, None, LossRule.BEST)
-            ((run_id, _),) = store.register_runs(experiment, [spec], fresh=False)
-            store.finish_run(run_id, RunOutcome(RunStatus.DONE, 10, final_test_loss=0.5, best_test_loss=0.4))
+    with store_of_schema(monkeypatch, db, OWN_MIGRATION) as store:  # what the release before this migration made
+        experiment = store.upsert_experiment("sweep", None, None, LossRule.BEST)
+        ((run_id, _),) = store.register_runs(experiment, [spec], fresh=False)
+        store.finish_run(run_id, RunOutcome(RunStatus.DONE, 10, final_test_loss=0.5, best_test_loss=0.4))
     with pytest.raises(SchemaTooOld):
         Reader(db)
 

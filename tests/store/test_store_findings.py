@@ -13,9 +13,10 @@ import pytest
 
 from scaletui.core.records import Alert, FittedLaw
 from scaletui.core.vocabulary import LossRule
-from scaletui.store import Reader, Store, schema
+from scaletui.store import Reader, Store
 from scaletui.store.alerts import alert_row_to_record, alert_subject
 from tests.store.conftest import make_spec
+from tests.store.old_schema import store_of_schema
 
 
 def _store(tmp_path: Path) -> tuple[Store, int]:
@@ -148,11 +149,8 @@ def test_a_fit_stored_before_laws_had_a_record_still_reads_as_one(tmp_path: Path
     """A database of schema v3 (fits without law_json) is migrated by the next writer; its fits keep
     reading: the law rebuilt from the form text and parameters, the held-out points from options_json."""
     path = tmp_path / "v3.db"
-    with monkeypatch.context() as old:  # what the release before fit forms created
-        old.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:3])
-        old.setattr(schema, "SCHEMA_VERSION", 3)
-        with Store(path) as store:
-            exp = store.upsert_experiment("exp", None, None, LossRule.FINAL)
+    with store_of_schema(monkeypatch, path, 3) as store:  # what the release before fit forms created
+        exp = store.upsert_experiment("exp", None, None, LossRule.FINAL)
     with sqlite3.connect(path) as conn:
         assert "law_json" not in {r[1] for r in conn.execute("PRAGMA table_info(fits)")}
         conn.execute(

@@ -30,6 +30,7 @@ from scaletui.store import (
     schema,
 )
 from scaletui.store.schema import APPLICATION_ID, SCHEMA_VERSION
+from tests.store.old_schema import store_of_schema
 
 TABLES = {"experiments", "runs", "metrics", "layer_stats", "events", "meta"}
 VIEWS = {"run_summary", "final_losses", "latest_layer_stats"}
@@ -212,11 +213,8 @@ def test_every_database_has_an_id_that_is_stable_across_reopen(tmp_path: Path) -
 
 def test_a_database_of_the_previous_schema_gets_an_id_on_migration(db_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    with monkeypatch.context() as old:  # what the last release without `meta` (schema 2) created
-        old.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:2])
-        old.setattr(schema, "SCHEMA_VERSION", 2)
-        with Store(db_path) as store:
-            store.db.execute("INSERT INTO experiments (name, loss_rule) VALUES ('kept', 'final')")
+    with store_of_schema(monkeypatch, db_path, 2) as store:  # what the last release without `meta` created
+        store.db.execute("INSERT INTO experiments (name, loss_rule) VALUES ('kept', 'final')")
     assert "meta" not in {name for kind, name, _ in sqlite_master(db_path) if kind == "table"}
     with pytest.raises(SchemaTooOld):
         Reader(db_path)  # a reader never migrates, so it cannot make the id either

@@ -16,6 +16,7 @@ from scaletui.core.vocabulary import LossRule, RunStatus
 from scaletui.store import Reader, SchemaTooOld, Store, schema
 from scaletui.store.schema import SCHEMA_VERSION
 from scaletui.store.stop_requests import StopRequests
+from tests.store.old_schema import store_of_schema
 
 STOP_MIGRATION = schema.MIGRATIONS.index(schema._v7_stop_requests)
 
@@ -24,13 +25,10 @@ def test_a_database_from_before_stop_requests_migrates_and_keeps_its_runs(tmp_pa
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "old.db"
     spec = RunSpec("sweep", DataSpec(train_size=256), ModelSpec(width=8), TrainSpec(steps=10))
-    with monkeypatch.context() as old:  # what the release before this migration created
-        old.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:STOP_MIGRATION])
-        old.setattr(schema, "SCHEMA_VERSION", STOP_MIGRATION)
-        with Store(db) as store:
-            experiment = store.upsert_experiment("sweep", None, None, LossRule.FINAL)
-            ((run_id, _),) = store.register_runs(experiment, [spec], fresh=False)
-            store.finish_run(run_id, RunOutcome(RunStatus.DONE, 10, final_test_loss=0.5))
+    with store_of_schema(monkeypatch, db, STOP_MIGRATION) as store:  # what the release before this migration made
+        experiment = store.upsert_experiment("sweep", None, None, LossRule.FINAL)
+        ((run_id, _),) = store.register_runs(experiment, [spec], fresh=False)
+        store.finish_run(run_id, RunOutcome(RunStatus.DONE, 10, final_test_loss=0.5))
     with closing(sqlite3.connect(db)) as conn:
         assert "stop_requests" not in {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
     with pytest.raises(SchemaTooOld):

@@ -7,7 +7,6 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from textual.app import App, ComposeResult
 from textual.widgets import DataTable, Static
 
 from scaletui.core.vocabulary import PredictionSource, PredictionStatus
@@ -15,18 +14,10 @@ from scaletui.store import Reader
 from scaletui.tui import fit_pane
 from scaletui.tui.fit_pane import PREDICTIONS, FitPane
 from tests.fitdb import fill, plan
+from tests.tui.hosts import FitHost
 from tests.waiting import until
 
 pytestmark = pytest.mark.slow  # a fit with its bootstrap behind each prediction
-
-
-class Host(App[None]):
-    def __init__(self, db: Path) -> None:
-        super().__init__()
-        self.db = db
-
-    def compose(self) -> ComposeResult:
-        yield FitPane(self.db, "law", id="fit")
 
 
 def test_p_records_the_next_width_and_the_predictions_view_lists_it(tmp_path: Path,
@@ -35,7 +26,7 @@ def test_p_records_the_next_width_and_the_predictions_view_lists_it(tmp_path: Pa
     db = fill(tmp_path / "runs.db", plan())  # widths 8, 16, 32, 64, 128 at depth 1
 
     async def go() -> None:
-        app = Host(db)
+        app = FitHost(db, "law")
         async with app.run_test(size=(140, 45)) as pilot:
             pane = app.query_one(FitPane)
             await until(pilot, lambda: pane.complete, timeout=60)

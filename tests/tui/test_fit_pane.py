@@ -13,25 +13,16 @@ import threading
 from pathlib import Path
 
 import pytest
-from textual.app import App, ComposeResult
 from textual.widgets import DataTable, Static
 
 from scaletui.tui import fit_pane
 from scaletui.tui.fit_pane import TABLE_COLUMNS, FitPane
 from tests.fitdb import ALPHA, fill, plan
+from tests.tui.hosts import FitHost
 
 pytestmark = pytest.mark.slow  # each test fits (with a 200-resample bootstrap) a few times
 
 # No async test plugin is installed: each test drives its own event loop with asyncio.run.
-
-
-class Host(App[None]):
-    def __init__(self, db: Path, experiment: str | None = None) -> None:
-        super().__init__()
-        self.db, self.experiment = db, experiment
-
-    def compose(self) -> ComposeResult:
-        yield FitPane(self.db, self.experiment, id="fit")
 
 
 @pytest.fixture(autouse=True)
@@ -66,7 +57,7 @@ def test_pane_shows_the_fitted_law_with_interval_heldout_error_and_stability(law
 
 
 async def _pane_shows_the_fitted_law_with_interval_heldout_error_and_stability(law_db: Path) -> None:
-    app = Host(law_db)
+    app = FitHost(law_db)
     async with app.run_test(size=(140, 45)) as pilot:
         pane = app.query_one(FitPane)
         await settle(pilot, pane)
@@ -85,7 +76,7 @@ def test_keys_refit_with_new_choices(law_db: Path) -> None:
 
 
 async def _keys_refit_with_new_choices(law_db: Path) -> None:
-    app = Host(law_db, "law")
+    app = FitHost(law_db, "law")
     async with app.run_test(size=(140, 45)) as pilot:
         pane = app.query_one(FitPane)
         await settle(pilot, pane)
@@ -122,7 +113,7 @@ def test_the_curve_comes_first_and_its_band_follows(law_db: Path, monkeypatch: p
 
 
 async def _curve_first(law_db: Path) -> None:
-    app = Host(law_db, "law")
+    app = FitHost(law_db, "law")
     async with app.run_test(size=(140, 45)) as pilot:
         pane = app.query_one(FitPane)
         await settle(pilot, pane)
@@ -134,7 +125,7 @@ def test_unknown_experiment_is_one_visible_line(law_db: Path) -> None:
 
 
 async def _unknown_experiment_is_one_visible_line(law_db: Path) -> None:
-    app = Host(law_db, "nope")
+    app = FitHost(law_db, "nope")
     async with app.run_test() as pilot:
         pane = app.query_one(FitPane)
         await settle(pilot, pane)
@@ -158,7 +149,7 @@ def test_the_ui_answers_keys_while_a_fit_is_running(law_db: Path, monkeypatch: p
 
 
 async def _ui_answers_keys_while_a_fit_is_running(law_db: Path, gate: threading.Event) -> None:
-    app = Host(law_db)
+    app = FitHost(law_db)
     async with app.run_test(size=(140, 45)) as pilot:
         pane = app.query_one(FitPane)
         pane.focus()

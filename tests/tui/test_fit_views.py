@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from rich.text import Text
-from textual.app import App, ComposeResult
 from textual.widgets import DataTable, Static
 
 from scaletui.tui import fit_pane
@@ -35,21 +34,13 @@ from scaletui.tui.widgets.ledger_view import LEDGER_COLUMNS
 from scaletui.tui.widgets.runs_table import RunsTable
 from tests.fitdb import EVAL_STEPS, WIDTHS, fill, plan
 from tests.tui import sweepdb
+from tests.tui.hosts import FitHost
 from tests.tui.test_app_pilot import NOW
 from tests.waiting import until
 
 pytestmark = pytest.mark.slow  # each test fits every strategy or regime, twice
 
 DEPTHS = (1, 2, 3, 4)
-
-
-class Host(App[None]):
-    def __init__(self, db: Path) -> None:
-        super().__init__()
-        self.db = db
-
-    def compose(self) -> ComposeResult:
-        yield FitPane(self.db, "law", id="fit")
 
 
 @pytest.fixture(autouse=True)
@@ -92,7 +83,7 @@ def test_w_cycles_law_strategies_regimes_frontier_predictions_and_back(grid_db: 
 
 
 async def _cycle(db: Path) -> None:
-    app = Host(db)
+    app = FitHost(db, "law")
     async with app.run_test(size=(140, 45)) as pilot:
         pane = app.query_one(FitPane)
         await until(pilot, lambda: pane.complete, timeout=60)
@@ -147,7 +138,7 @@ def test_keys_are_answered_while_a_view_computes_and_only_the_newest_answer_is_s
 
 
 async def _newest_wins(db: Path, gate: threading.Event, stale_done: threading.Event) -> None:
-    app = Host(db)
+    app = FitHost(db, "law")
     async with app.run_test(size=(140, 45)) as pilot:
         pane = app.query_one(FitPane)
         await until(pilot, lambda: pane.complete, timeout=60)
@@ -171,7 +162,7 @@ def test_a_view_that_cannot_be_computed_is_one_visible_line(tmp_path: Path) -> N
 
 
 async def _one_line(db: Path) -> None:
-    app = Host(db)
+    app = FitHost(db, "law")
     async with app.run_test(size=(140, 45)) as pilot:
         pane = app.query_one(FitPane)
         pane.focus()

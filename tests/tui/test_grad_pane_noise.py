@@ -7,7 +7,6 @@ import asyncio
 from array import array
 from pathlib import Path
 
-from textual.app import App, ComposeResult
 from textual.widgets import Label, Sparkline
 
 from scaletui.core.records import MetricRecord, ModelInfo
@@ -17,15 +16,7 @@ from scaletui.store.writer import Store, StoreSink
 from scaletui.tui.poller import Poller
 from scaletui.tui.state import LayerSeries, Series, SweepState
 from scaletui.tui.widgets.grad_pane import GradPane, NoiseLine, noise_text
-
-
-class Host(App[None]):
-    def __init__(self, pane: GradPane) -> None:
-        super().__init__()
-        self.pane = pane
-
-    def compose(self) -> ComposeResult:
-        yield self.pane
+from tests.tui.hosts import WidgetHost
 
 
 def state_with_noise(values: list[float]) -> SweepState:
@@ -48,7 +39,7 @@ def test_noise_text_shows_the_latest_value_and_the_number_of_measurements() -> N
 def test_the_pane_draws_the_selected_runs_noise_scale() -> None:
     async def go() -> None:
         pane = GradPane()
-        async with Host(pane).run_test(size=(100, 20)) as pilot:
+        async with WidgetHost(pane).run_test(size=(100, 20)) as pilot:
             pane.show(state_with_noise([100.0, 200.0, 400.0]))
             await pilot.pause()
             line = pane.query_one(NoiseLine)

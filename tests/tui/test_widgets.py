@@ -8,24 +8,12 @@ from __future__ import annotations
 import asyncio
 from array import array
 
-from textual.app import App, ComposeResult
-from textual.widget import Widget
 from textual.widgets import Label, Sparkline
 
 from scaletui.core.vocabulary import RunStatus
 from scaletui.tui.state import LayerSeries, SweepState
 from scaletui.tui.widgets.grad_pane import GradPane, LayerLine
-
-
-class Host(App[None]):
-    """One widget, full screen."""
-
-    def __init__(self, widget: Widget) -> None:
-        super().__init__()
-        self.widget = widget
-
-    def compose(self) -> ComposeResult:
-        yield self.widget
+from tests.tui.hosts import WidgetHost
 
 
 def layers(n: int) -> SweepState:
@@ -50,7 +38,7 @@ def test_gradient_lines_are_never_blank_when_a_run_with_more_layers_is_selected(
 
     async def go() -> None:
         pane = GradPane()
-        async with Host(pane).run_test(size=(100, 30)) as pilot:
+        async with WidgetHost(pane).run_test(size=(100, 30)) as pilot:
             for n in (2, 5, 3, 6):
                 pane.show(layers(n))
                 await pilot.pause()
@@ -79,7 +67,7 @@ def test_the_loss_plot_shows_the_curve_past_its_first_steps_in_log_y_by_default(
 
     async def go() -> None:
         pane = LossPane()
-        async with Host(pane).run_test(size=(100, 30)) as pilot:
+        async with WidgetHost(pane).run_test(size=(100, 30)) as pilot:
             await pilot.pause()
             pane.show(loss_state(2000), 1, [], log_y=True, smooth=False)
             title = str(pane.query_one("#loss-title").render())
@@ -103,7 +91,7 @@ def test_a_test_loss_above_the_y_range_is_drawn_without_crashing_the_legend() ->
 
     async def go() -> None:
         pane = LossPane()
-        async with Host(pane).run_test(size=(100, 30)) as pilot:
+        async with WidgetHost(pane).run_test(size=(100, 30)) as pilot:
             await pilot.pause()
             pane.show(state, 1, [], log_y=True, smooth=False)
             await pilot.pause()
@@ -119,7 +107,7 @@ def test_a_loss_plot_drawn_while_hidden_is_drawn_again_at_its_size_when_shown() 
 
     async def go() -> None:
         pane = LossPane()
-        async with Host(pane).run_test(size=(100, 30)) as pilot:
+        async with WidgetHost(pane).run_test(size=(100, 30)) as pilot:
             pane.display = False
             await pilot.pause()
             pane.show(loss_state(2000), 1, [], log_y=True, smooth=False)
