@@ -28,8 +28,8 @@ from tests.fitdb import fill as fill_without_data_axis
 from tests.fitdb import plan
 from tests.frontierdb import BATCH, STEPS, WIDTHS, fill, params_of
 from tests.test_frontier_cli import true_n_opt
+from tests.tui.hosts import FitHost
 from tests.tui.test_app_pilot import NOW
-from tests.tui.test_fit_pane import Host
 from tests.tui.test_fit_views import columns, columns_fit, shown, text
 from tests.waiting import until
 
@@ -81,7 +81,7 @@ def test_w_reaches_the_frontier_with_a_row_per_budget_and_names_the_closest_run(
 
 
 async def _wide(db: Path) -> None:
-    app = Host(db, "frontier")
+    app = FitHost(db, "frontier")
     async with app.run_test(size=(160, 48)) as pilot:
         pane = app.query_one(FitPane)
         await until(pilot, lambda: pane.complete, timeout=60)
@@ -116,7 +116,7 @@ def test_a_sweep_without_a_data_axis_shows_the_reason(tmp_path: Path) -> None:
 
 
 async def _no_data_axis(db: Path) -> None:
-    app = Host(db, "law")
+    app = FitHost(db, "law")
     async with app.run_test(size=(140, 45)) as pilot:
         pane = app.query_one(FitPane)
         await until(pilot, lambda: pane.complete, timeout=60)
