@@ -33,7 +33,9 @@ back to the OS at every step pays for faulting them in again, in either version 
 
 `--ablate` times, interleaved in one process, the bare loop, the full path, and the full path without
 each monitoring part in turn (the noise-scale measurement, the per-layer probe, the SQLite sink: an
-in-memory one instead), then without all three: each version's CPU-time ratio to bare, with its interval.
+in-memory one instead), then without all three, and that once more with a single log window per run (what
+remains is a run's fixed cost and the loop's per-step bookkeeping): each version's CPU-time ratio to bare,
+with its interval.
 """
 
 from __future__ import annotations
@@ -272,7 +274,12 @@ def ablate(size: str, args: argparse.Namespace, folder: Path) -> None:
     sides = Sides(make_spec(width, depth, steps, args.log_every), args.data_dir, SinkFactory(folder), folder)
     versions = {"bare": sides.bare, "full": sides.full, "no noise scale": without(sides, folder, noise=False),
                 "no probe": without(sides, folder, probe=False), "in-memory sink": without(sides, folder, store=False),
-                "none of them": without(sides, folder, noise=False, probe=False, store=False)}
+                "none of them": without(sides, folder, noise=False, probe=False, store=False),
+                # the same with one log window per run: what is left is the fixed cost of a run and the
+                # loop's per-step bookkeeping; the difference to "none of them" is the windows themselves
+                "none, 1 window": without(Sides(make_spec(width, depth, steps, steps), args.data_dir,
+                                                SinkFactory(folder), folder), folder,
+                                          noise=False, probe=False, store=False)}
     times = interleaved(versions, args.reps)
     print(f"mlp w{width} d{depth}, {steps} steps, {args.reps} rotations in one process; load {load_average()}")
     for name in list(versions)[1:]:
