@@ -277,9 +277,8 @@ def ablate(size: str, args: argparse.Namespace, folder: Path) -> None:
                 "none of them": without(sides, folder, noise=False, probe=False, store=False),
                 # the same with one log window per run: what is left is the fixed cost of a run and the
                 # loop's per-step bookkeeping; the difference to "none of them" is the windows themselves
-                "none, 1 window": without(Sides(make_spec(width, depth, steps, steps), args.data_dir,
-                                                SinkFactory(folder), folder), folder,
-                                          noise=False, probe=False, store=False)}
+                "none, 1 window": without(Sides(make_spec(width, depth, steps, steps), args.data_dir, sides.sinks,
+                                                folder), folder, noise=False, probe=False, store=False)}
     times = interleaved(versions, args.reps)
     print(f"mlp w{width} d{depth}, {steps} steps, {args.reps} rotations in one process; load {load_average()}")
     for name in list(versions)[1:]:
