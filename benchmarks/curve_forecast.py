@@ -9,7 +9,11 @@ losses at that step (runs of its size and plan that had reached it by then, thei
 placed between their start and finish: a bundle's members reach it together). Reported per depth: the
 median relative error of the predicted final test loss, how many runs had a prediction (the first runs
 of a sweep have no finished runs to learn from), the coverage of the 90% band, and what the predictions
-started from (test_loss: an evaluation; train_loss: a log window).
+started from (test_loss: an evaluation; train_loss: a log window), and `other seeds`: the median error of
+predicting the same runs' final loss by the (log) mean final loss of the other seeds of their size, what
+is left when the law and the size's place in it are known exactly and the seed's own luck is not. It
+says how much of a depth's error is the seeds' rather than the law's (a forecast can beat it a little:
+a seed's deviation at step t carries over to its end with a slope of 0.1-0.2).
 
     .venv/bin/python benchmarks/curve_forecast.py --db runs/scaletui.db [--experiment NAME]
 
@@ -20,6 +24,7 @@ is stated on: median error <= 3% from the first 30% of steps, coverage near 90%.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections import defaultdict
@@ -82,10 +87,22 @@ def anchor(run: dict, fraction: float) -> tuple[str, int] | None:
     return anchor_of(replace(live, test=upto(live.test), train=upto(live.train)))
 
 
-def replay(runs: list[dict], fraction: float, level: float) -> tuple[dict[int, list[tuple[float, bool]]], set[str]]:
-    """depth -> [(relative error, truth inside the band)] for every run that had a prediction, and the
-    anchors the predictions started from."""
-    out: dict[int, list[tuple[float, bool]]] = defaultdict(list)
+def other_seeds_error(run: dict, runs: list[dict]) -> float | None:
+    """|error| of the run's final loss predicted by the log mean of the other seeds' of its size; None
+    when it has no other finished seed."""
+    others = [o["evals"][o["steps"]] for o in runs if o is not run and _same_size(o, run) and o["steps"] in o["evals"]]
+    if not others:
+        return None
+    return abs(math.exp(float(np.mean(np.log(others)))) / run["evals"][run["steps"]] - 1)
+
+
+Outcome = tuple[float, bool, float | None]  # relative error, truth inside the band, other_seeds_error
+
+
+def replay(runs: list[dict], fraction: float, level: float) -> tuple[dict[int, list[Outcome]], set[str]]:
+    """depth -> [(relative error, truth inside the band, other_seeds_error)] for every run that had a prediction,
+    and the anchors the predictions started from."""
+    out: dict[int, list[Outcome]] = defaultdict(list)
     kinds: set[str] = set()
     for run in runs:
         start = anchor(run, fraction)
@@ -105,8 +122,16 @@ def replay(runs: list[dict], fraction: float, level: float) -> tuple[dict[int, l
             continue
         kinds.add(kind)
         truth = run["evals"][run["steps"]]
-        out[run["depth"]].append((abs(forecast.predicted / truth - 1), forecast.lo <= truth <= forecast.hi))
+        out[run["depth"]].append((abs(forecast.predicted / truth - 1), forecast.lo <= truth <= forecast.hi,
+                                  other_seeds_error(run, runs)))
     return out, kinds
+
+
+def _summary(outcomes: list[Outcome]) -> str:
+    """Median error, band coverage and median `other_seeds_error` of some predictions, as the table prints them."""
+    floors = [f for _, _, f in outcomes if f is not None]
+    floor = f"{np.median(floors):>11.2%}" if floors else f"{'-':>11}"
+    return f"{np.median([e for e, _, _ in outcomes]):>10.2%} {np.mean([c for _, c, _ in outcomes]):>8.0%} {floor}"
 
 
 def main() -> None:
@@ -118,19 +143,16 @@ def main() -> None:
     started = time.perf_counter()
     runs = load(args.db, args.experiment)
     print(f"{args.db}: {len(runs)} finished runs; {args.level:.0%} bands")
-    print(f"{'from':>5} {'depth':>5} {'runs':>9} {'median err':>10} {'coverage':>8}  anchor")
+    print(f"{'from':>5} {'depth':>5} {'runs':>9} {'median err':>10} {'coverage':>8} {'other seeds':>11}  anchor")
     for fraction in FRACTIONS:
         result, kinds = replay(runs, fraction, args.level)
         every = [e for d in result.values() for e in d]
         for depth in sorted(result):
-            errors = [e for e, _ in result[depth]]
-            covered = np.mean([c for _, c in result[depth]])
             total = sum(1 for r in runs if r["depth"] == depth)
-            print(f"{fraction:>5.0%} {depth:>5} {len(errors):>4}/{total:<4} {np.median(errors):>10.2%} {covered:>8.0%}"
+            print(f"{fraction:>5.0%} {depth:>5} {len(result[depth]):>4}/{total:<4} {_summary(result[depth])}"
                   f"  {'/'.join(sorted(kinds))}")
         if every:
-            print(f"{fraction:>5.0%} {'all':>5} {len(every):>4}/{len(runs):<4} "
-                  f"{np.median([e for e, _ in every]):>10.2%} {np.mean([c for _, c in every]):>8.0%}")
+            print(f"{fraction:>5.0%} {'all':>5} {len(every):>4}/{len(runs):<4} {_summary(every)}")
         else:
             print(f"{fraction:>5.0%}: no run had a train-loss window or an evaluation, and finished runs to learn from")
     print(f"({time.perf_counter() - started:.1f} s)")
