@@ -30,12 +30,20 @@ back to the OS at every step pays for faulting them in again, in either version 
                                   [--data-dir runs/data] [--sizes 64x2,512x8]
     python benchmarks/overhead.py --profile 64x2   # cProfile of the scaletui side, top 25 by own time
     python benchmarks/overhead.py --ablate 64x2    # what each part costs: the path without it, against bare
+    python benchmarks/overhead.py --inside 64x2    # each part's own time inside the full path, against the whole excess
 
 `--ablate` times, interleaved in one process, the bare loop, the full path, and the full path without
 each monitoring part in turn (the noise-scale measurement, the per-layer probe, the SQLite sink: an
 in-memory one instead), then without all three, and that once more with a single log window per run (what
 remains is a run's fixed cost and the loop's per-step bookkeeping): each version's CPU-time ratio to bare,
 with its interval.
+
+`--inside` times each monitoring part where it runs, inside the full path (its functions wrapped in a
+clock), and sets their sum beside the whole excess of the full path over bare in the same process
+(medians of interleaved pairs, wall time; the clocks add about a microsecond per wrapped call). What is
+not in the parts is the loop's per-step bookkeeping (~1.5 us a step at w64 d2, timed alone) and time no
+part shows as its own: callgrind counted +3.9% instructions per step at w64 d2 where the clock said +7%,
+so part of the excess is the training's own work running slower beside the monitoring's.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -268,6 +277,82 @@ def without(sides: Sides, folder: Path, *, noise: bool = True, probe: bool = Tru
     return run
 
 
+#: The monitoring parts `--inside` times, each the functions (engine.loop names, or LayerProbe methods) whose
+#: own time it is. The window's host transfer and records are `_send_losses` less the parts it calls.
+PARTS: dict[str, tuple[str, ...]] = {
+    "per-layer probe": ("LayerProbe.before_step", "LayerProbe.after_step", "LayerProbe.layer_stats"),
+    "noise-scale measurement": ("half_gradients", "_grads", "tensor_norms", "squared_norms", "record_noise"),
+    "log window (transfer, records, sink)": ("_send_losses",),
+}
+CALLED_BY_WINDOW = ("LayerProbe.layer_stats", "squared_norms", "record_noise")  # inside _send_losses
+
+
+class PartClocks:
+    """Wraps the functions of PARTS in a clock while in use (the loop's module names and LayerProbe's
+    methods, put back on exit) and sums each one's seconds."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {name: 0.0 for names in PARTS.values() for name in names}
+        self._saved: list[tuple[object, str, object]] = []
+
+    def __enter__(self) -> PartClocks:
+        from scaletui.engine import loop
+
+        for name in self.seconds:
+            owner, attribute = (loop.LayerProbe, name.split(".")[1]) if "." in name else (loop, name)
+            function = getattr(owner, attribute)
+            self._saved.append((owner, attribute, function))
+            setattr(owner, attribute, self._clocked(name, function))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for owner, attribute, function in self._saved:
+            setattr(owner, attribute, function)
+        self._saved.clear()
+
+    def _clocked(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def clocked(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - start
+        return clocked
+
+    def parts(self) -> dict[str, float]:
+        """Seconds of each part of PARTS (the window without what it calls of the other parts)."""
+        out = {part: sum(self.seconds[name] for name in names) for part, names in PARTS.items()}
+        out["log window (transfer, records, sink)"] -= sum(self.seconds[name] for name in CALLED_BY_WINDOW)
+        return out
+
+
+def inside(size: str, args: argparse.Namespace, folder: Path) -> None:
+    width, depth = (int(x) for x in size.split("x"))
+    steps = steps_for(width, depth, args.seconds, args.log_every, args.data_dir)
+    sides = Sides(make_spec(width, depth, steps, args.log_every), args.data_dir, SinkFactory(folder), folder)
+    clocks = PartClocks()
+
+    def full() -> Timing:
+        with clocks:
+            return sides.full()
+
+    times = interleaved({"bare": sides.bare, "full": full}, args.reps)  # the warm-up's parts are counted too
+    runs = args.reps + 1
+    bare = statistics.median(t.wall for t in times["bare"])
+    excess = statistics.median(t.wall for t in times["full"]) - bare
+    print(f"mlp w{width} d{depth}, {steps} steps, log_every {args.log_every}, {args.reps} pairs in one process "
+          f"(wall time, per run); load {load_average()}")
+    print(f"  bare loop                               {1e3 * bare:8.2f} ms")
+    direct = 0.0
+    for part, seconds in clocks.parts().items():
+        direct += seconds / runs
+        print(f"  {part:38s}  {1e3 * seconds / runs:8.2f} ms  {100 * seconds / runs / bare:5.2f}% of bare")
+    print(f"  the parts together                      {1e3 * direct:8.2f} ms  {100 * direct / bare:5.2f}%")
+    print(f"  the full path's whole excess over bare  {1e3 * excess:8.2f} ms  {100 * excess / bare:5.2f}%")
+    print(f"  not in any part                         {1e3 * (excess - direct):8.2f} ms  "
+          f"{100 * (excess - direct) / bare:5.2f}% (the per-step bookkeeping, and what no clock of a part sees)")
+
+
 def ablate(size: str, args: argparse.Namespace, folder: Path) -> None:
     width, depth = (int(x) for x in size.split("x"))
     steps = steps_for(width, depth, args.seconds, args.log_every, args.data_dir)
@@ -298,6 +383,7 @@ def main() -> None:
     parser.add_argument("--sizes", default=",".join(f"{w}x{d}" for w, d in CONFIGS), help="e.g. 64x2,512x8")
     parser.add_argument("--profile", metavar="WxD", help="profile the scaletui side of one size instead")
     parser.add_argument("--ablate", metavar="WxD", help="what each monitoring part costs at one size (one process)")
+    parser.add_argument("--inside", metavar="WxD", help="each part's own time inside the full path vs the whole excess")
     parser.add_argument("--steady-heap", action="store_true", help="fix glibc's malloc thresholds (paired.steady_heap)")
     parser.add_argument("--child", metavar="WxD", help=argparse.SUPPRESS)  # one process's pairs, as JSON
     parser.add_argument("--steps", type=int, help=argparse.SUPPRESS)
@@ -311,6 +397,9 @@ def main() -> None:
     if args.ablate:
         with tempfile.TemporaryDirectory() as tmp:
             return ablate(args.ablate, args, Path(tmp))
+    if args.inside:
+        with tempfile.TemporaryDirectory() as tmp:
+            return inside(args.inside, args, Path(tmp))
     if args.profile:
         with tempfile.TemporaryDirectory() as tmp:
             return profile(args.profile, args.seconds, args.log_every, args.data_dir, Path(tmp))
