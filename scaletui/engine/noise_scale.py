@@ -8,8 +8,9 @@ before the step's own backward). Why this way, and not a separate forward pass o
 
 - it changes nothing about training: no extra dropout draws, no BatchNorm running statistics, no
   accumulation into `.grad`, so a run with the measurement is the run without it (a test checks this);
-- it costs one backward pass and the norms (0.6-0.8 of a step) on one step in `noise_every`
-  (>= NOISE_MIN_INTERVAL steps apart: <1% of a run; measured in benchmarks/noise_scale_cost.py).
+- it costs one backward pass and the norms on one step in `noise_every` (>= NOISE_MIN_INTERVAL steps
+  apart: under 1% of a run at width 512, 1.3-1.7% at width 64, where a step is mostly dispatch;
+  measured in benchmarks/noise_scale_cost.py).
 
 With an even batch the second half's gradient comes free: g_second = 2 g - g_first, so the small-batch
 squared norm is the mean of both halves' (half the variance). With BatchNorm, a half's gradient flows
@@ -31,11 +32,12 @@ from collections.abc import Sequence
 import torch
 
 #: Measuring steps are at least this many steps apart. A measurement costs one extra backward pass and
-#: the norms, 0.6-0.8 of a step (measured: 0.58 ms of a 0.95 ms step at width 64 depth 2, 20 of 24 ms at
-#: width 512 depth 8, CPU, batch 128). Every 50 steps it was ~1.1-1.4% of a run (py-spy) and the largest
-#: single piece of the loop's 3% monitoring budget, with the probe, the records and the database sharing
-#: the rest; every 100 steps it is ~0.7%. A 750-step run (the default sweep's) gets 7 measurements, and
-#: the running estimate averages them (B_simple is a ratio of EMAs, see record_noise).
+#: the norms: 20 of 24 ms at width 512 depth 8 (CPU, batch 128), and at width 64 depth 2, whose 0.26 ms
+#: steps are mostly dispatch, about 1.7 plain steps (the measuring step 1.4, the step after it 0.3).
+#: Every 50 steps it was ~1.1-1.4% of a run (py-spy) and the largest single piece of the loop's 3%
+#: monitoring budget; every 100 steps it measured 1.3-1.7% at width 64 and 0.3-0.5% at width 512
+#: (benchmarks/noise_scale_cost.py, 2026-12-04). A 750-step run (the default sweep's) gets 7
+#: measurements, and the running estimate averages them (B_simple is a ratio of EMAs, see record_noise).
 NOISE_MIN_INTERVAL = 100
 
 
