@@ -88,8 +88,8 @@ def anchor(run: dict, fraction: float) -> tuple[str, int] | None:
 
 
 def other_seeds_error(run: dict, runs: list[dict]) -> float | None:
-    """|error| of the run's final loss predicted by the log mean of the other seeds' of its size; None
-    when it has no other finished seed."""
+    """|error| of the run's final loss predicted by the log mean of its size's other seeds' final losses;
+    None when its size has no other finished seed."""
     others = [o["evals"][o["steps"]] for o in runs if o is not run and _same_size(o, run) and o["steps"] in o["evals"]]
     if not others:
         return None
@@ -129,9 +129,9 @@ def replay(runs: list[dict], fraction: float, level: float) -> tuple[dict[int, l
 
 def _summary(outcomes: list[Outcome]) -> str:
     """Median error, band coverage and median `other_seeds_error` of some predictions, as the table prints them."""
-    floors = [f for _, _, f in outcomes if f is not None]
-    floor = f"{np.median(floors):>11.2%}" if floors else f"{'-':>11}"
-    return f"{np.median([e for e, _, _ in outcomes]):>10.2%} {np.mean([c for _, c, _ in outcomes]):>8.0%} {floor}"
+    others = [o for _, _, o in outcomes if o is not None]
+    other = f"{np.median(others):>11.2%}" if others else f"{'-':>11}"
+    return f"{np.median([e for e, _, _ in outcomes]):>10.2%} {np.mean([c for _, c, _ in outcomes]):>8.0%} {other}"
 
 
 def main() -> None:
