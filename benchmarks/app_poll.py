@@ -183,7 +183,8 @@ async def measure(db: Path, ticks: int, size: tuple[int, int], profile: Path | N
         if first.error:  # measuring an app that shows an error line would measure nothing
             raise SystemExit(f"benchmark: {first.error}")
         await pilot.pause()
-        table = app.main.query_one("RunsTable")
+        # by its CSS type name, so a baseline checkout (--code) is measured wherever its class lives
+        table: Any = app.main.query_one("RunsTable")
         table.move_cursor(row=table.get_row_index(str(running[0][0])))  # the user selects a running run
         await pilot.pause()
         app.apply_snapshot(app.polling.poller.poll())  # the selected running run's whole series (once per selection)
