@@ -59,8 +59,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import torch
 import torch.nn.functional as F
@@ -264,53 +266,48 @@ def without(sides: Sides, folder: Path, *, noise: bool = True, probe: bool = Tru
     from scaletui.engine import loop
 
     def run() -> Timing:
-        saved = loop.measures_noise, loop.LayerProbe
-        # setattr: a stand-in of another type replaces the class for one run (mypy rightly refuses `=`)
-        setattr(loop, "measures_noise", saved[0] if noise else (lambda *args: False))  # noqa: B010
-        setattr(loop, "LayerProbe", saved[1] if probe else NullProbe)  # noqa: B010
-        try:
+        with ExitStack() as patches:
+            if not noise:
+                patches.enter_context(patch.object(loop, "measures_noise", lambda *args: False))
+            if not probe:
+                patches.enter_context(patch.object(loop, "LayerProbe", NullProbe))
             if store:
                 return sides.full()
             ckpt = Path(tempfile.mkdtemp(dir=folder))
             return timed(lambda: sides.train(MemorySink(), ckpt))
-        finally:
-            setattr(loop, "measures_noise", saved[0])  # noqa: B010
-            setattr(loop, "LayerProbe", saved[1])  # noqa: B010
     return run
 
 
 #: The monitoring parts `--inside` times, each the functions (engine.loop names, or LayerProbe methods) whose
 #: own time it is. The window's host transfer and records are `_send_losses` less the parts it calls.
+WINDOW = "log window (transfer, records, sink)"
 PARTS: dict[str, tuple[str, ...]] = {
     "per-layer probe": ("LayerProbe.before_step", "LayerProbe.after_step", "LayerProbe.layer_stats"),
     "noise-scale measurement": ("half_gradients", "_grads", "tensor_norms", "squared_norms", "record_noise"),
-    "log window (transfer, records, sink)": ("_send_losses",),
+    WINDOW: ("_send_losses",),
 }
 CALLED_BY_WINDOW = ("LayerProbe.layer_stats", "squared_norms", "record_noise")  # inside _send_losses
 
 
 class PartClocks:
     """Wraps the functions of PARTS in a clock while in use (the loop's module names and LayerProbe's
-    methods, put back on exit) and sums each one's seconds."""
+    methods, put back on exit by `unittest.mock.patch`) and sums each one's seconds."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {name: 0.0 for names in PARTS.values() for name in names}
-        self._saved: list[tuple[object, str, object]] = []
+        self._patches = ExitStack()
 
     def __enter__(self) -> PartClocks:
         from scaletui.engine import loop
 
         for name in self.seconds:
             owner, attribute = (loop.LayerProbe, name.split(".")[1]) if "." in name else (loop, name)
-            function = getattr(owner, attribute)
-            self._saved.append((owner, attribute, function))
-            setattr(owner, attribute, self._clocked(name, function))
+            clocked = self._clocked(name, getattr(owner, attribute))
+            self._patches.enter_context(patch.object(owner, attribute, clocked))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for owner, attribute, function in self._saved:
-            setattr(owner, attribute, function)
-        self._saved.clear()
+        self._patches.close()
 
     def _clocked(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
         def clocked(*args: Any, **kwargs: Any) -> Any:
@@ -324,7 +321,7 @@ class PartClocks:
     def parts(self) -> dict[str, float]:
         """Seconds of each part of PARTS (the window without what it calls of the other parts)."""
         out = {part: sum(self.seconds[name] for name in names) for part, names in PARTS.items()}
-        out["log window (transfer, records, sink)"] -= sum(self.seconds[name] for name in CALLED_BY_WINDOW)
+        out[WINDOW] -= sum(self.seconds[name] for name in CALLED_BY_WINDOW)
         return out
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from overhead import PARTS, PartClocks
+from overhead import PARTS, WINDOW, PartClocks
 
 from scaletui.engine import loop
 
@@ -35,6 +35,6 @@ def test_the_window_part_excludes_what_it_calls_of_the_other_parts() -> None:
                            "record_noise": 0.5, "LayerProbe.after_step": 3.0, "half_gradients": 4.0})
     parts = clocks.parts()
     assert set(parts) == set(PARTS)
-    assert parts["log window (transfer, records, sink)"] == pytest.approx(6.5)
+    assert parts[WINDOW] == pytest.approx(6.5)
     assert parts["per-layer probe"] == pytest.approx(5.0)
     assert parts["noise-scale measurement"] == pytest.approx(5.5)
