@@ -20,6 +20,7 @@ from scaletui.core.config import load_sweep
 from scaletui.core.specs import DataSpec, ModelSpec, RunSpec, TrainSpec
 from scaletui.services import runner
 from scaletui.services.runner import Task, _WorkerStop, plan_tasks, run_sweep
+from scaletui.services.schedule import largest_first
 from scaletui.services.stop_requests import requests_folder, take_stop_requests
 
 REL, ABS = 1e-4, 1e-5  # as tests/engine/test_batched.py: float reduction order only
@@ -90,7 +91,7 @@ def test_bundles_are_split_so_no_worker_idles() -> None:
 def test_a_bundle_costs_the_sum_of_its_runs_when_ordering() -> None:
     big, small = Task(1, spec_of(0, width=64)), Task(2, spec_of(0, width=16), tuple((i, spec_of(i, width=16))
                                                                                     for i in range(3, 20)))
-    assert [t.run_id for t in runner.longest_first([big, small])] == [2, 1]
+    assert [t.run_id for t in largest_first([big, small])] == [2, 1]
 
 
 # --------------------------------------------------------------------------- stopping one run of a bundle

@@ -63,6 +63,7 @@ from scaletui.core.config import Sweep
 from scaletui.core.records import LayerStats, MetricRecord, ModelInfo, RunOutcome, Sink, StopSignal
 from scaletui.core.specs import RunSpec
 from scaletui.core.vocabulary import TRAIN_LOSS_METRIC, ExecutorKind, RunEventKind, RunStatus
+from scaletui.services.schedule import ends_first
 
 if TYPE_CHECKING:
     from scaletui.services.entrypoint import EntryRun, RunLedger
@@ -227,7 +228,7 @@ def _run_sweep(
         on_event(event)
 
     todo = [member for task in tasks for member in task.members]
-    tasks = longest_first(tasks)
+    tasks = ends_first(tasks)
     on_plan(len(todo), len(sweep.runs))
     if not isinstance(executor, Executor):
         executor = executor(worker_config(sweep, database_id))
@@ -363,22 +364,6 @@ def available_memory_bytes() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
         return BUNDLE_BUDGET_BYTES * 2
-
-
-def estimated_cost(spec: RunSpec) -> float:
-    """A relative training cost for ordering runs: examples seen x width^2 x depth (no torch needed).
-
-    Dense layers cost ~width^2 per example and residual/conv stages scale the same way in width
-    and depth, so this ranks runs of one sweep correctly enough for scheduling.
-    """
-    return float(spec.train.steps) * spec.train.batch_size * spec.model.width**2 * spec.model.depth
-
-
-def longest_first(tasks: Sequence[Task]) -> list[Task]:
-    """Largest tasks first (LPT scheduling): the big ones no longer start last and leave a worker idle
-    while one straggler finishes, which cost ~40% of a 2-worker sweep's throughput in
-    benchmarks/throughput.py. A bundle costs the sum of its runs. Ties keep the sweep file's order."""
-    return sorted(tasks, key=lambda task: -sum(estimated_cost(spec) for _, spec in task.members))
 
 
 def prepare_datasets(sweep: Sweep) -> None:
