@@ -13,13 +13,24 @@ on every finished run. So r is fitted, across the finished runs of the run's dep
 params (M1 of `analysis.forms` in log space: r = a + b log N), or, when its depth has fewer than two
 finished sizes, across every finished run with depth^-1/2 as a second variable (`depth_term`).
 
-The law of one depth bends in log N, by depth in either direction, and a sweep trained largest first
-predicts each depth's smaller sizes by extrapolating it down. So the point prediction weighs the
+The law of one depth bends in log N, by depth in either direction (on seven runs of the default sweep
+the slope of r in log N at depth 6 is 0.12 between widths 160 and 128 and 0.18-0.23 below them; at
+depths 1 and 2 it flattens towards the small widths instead). So the point prediction weighs the
 finished sizes by how near they are to the run's (weighted least squares, weight exp(-|log(N_i / N)| /
 `NEARNESS`)): the law is then the local tangent at the nearest sizes, not a chord across all of them.
 On three runs of the default sweep this took depth 6's median error from the first 30% of steps from
-4.0 / 5.9 / 2.8% to 3.2 / 3.4 / 2.6%, the other depths within +-0.4% (benchmarks/curve_forecast.py;
-with `DEPTH_POWER`, over seven runs, depth 6's median went from 3.6% to 2.7%: README).
+4.0 / 5.9 / 2.8% to 3.2 / 3.4 / 2.6%, the other depths within +-0.4% (benchmarks/curve_forecast.py).
+The pooled law is weighed the same way, so its slope in log N comes from the finished sizes of any depth
+nearest the run's: it predicts the first sizes of a depth, and with a chord over every size its miss
+at depth 2's width 160 was 4-9% (with the tangent, depth 2's median from 30% of the steps on seven
+runs went from 2.5-3.5% to 1.5-2.3%, depth 1's from 2.2-3.2% to 1.3-2.0%, in the order below).
+A tangent still cannot see a bend beyond the finished sizes, and a sweep trained strictly largest
+first extrapolates each depth down from its bigger sizes: depth 6's width 96 was predicted from widths
+128 and 160 alone, 4.6-6.1% low (its 16 seeds' median) on four of those seven runs. So the runner starts
+each depth's smallest width right after its largest (services/schedule.py) and most sizes are predicted
+between two finished ones: replayed under both orders (`--order`), depth 6's median from 30% of the
+steps went from 2.1-3.9% to 1.8-2.7%, the sweep's makespan unchanged (README "Learning-curve
+extrapolation").
 The band still comes from the law over every finished size (below): its scatter and its left-out
 errors are what the law's bend can cost.
 
@@ -63,9 +74,11 @@ __all__ = ["BY_DEPTH", "POOLED", "FinalForecast", "Finished", "depth_term", "for
 BY_DEPTH = "depth"  # the ratio law of the run's own depth
 POOLED = "pooled"  # every finished run, with depth^-1/2 (`depth_term`) as a second variable
 
-#: How near, in log params, a finished size must be to the run's to shape its by-depth law: a size at
-#: distance d weighs exp(-d / NEARNESS). At 0.3 the nearest two sizes of the default sweep (0.4-1.0
-#: apart) carry the line; 0.5 and 1.0 helped depth 6 less (3.5 / 4.2 / 2.8% and 3.6 / 5.4 / 2.8%).
+#: How near, in log params, a finished size must be to the run's to shape its law: a size at distance d
+#: weighs exp(-d / NEARNESS). At 0.3 the nearest two sizes of the default sweep (0.4-1.0 apart) carry
+#: the line; 0.5 and 1.0 helped depth 6 less (3.5 / 4.2 / 2.8% and 3.6 / 5.4 / 2.8%), and in the pooled
+#: law 0.7 and 1.5 left the worst of seven runs at 2.4% and 3.0% at depth 2 (2.3% at 0.3), 2.3% and 3.1%
+#: at depth 1 (2.0%), from 30% of the steps in the order of services/schedule.py.
 NEARNESS = 0.3
 
 #: The pooled law's depth variable is depth ** DEPTH_POWER. It predicts the sizes of a depth none of
@@ -143,7 +156,7 @@ def forecast_final(loss_now: float, params: float, depth: int, refs: Sequence[Fi
     shrink = within_size_slope(usable)
     x, y = _design(runs, shrink, pooled)
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)  # the law over every finished size: the band's
-    local = coef if pooled else _weighted_fit(x, y, _nearness([r.params for r in runs], params))
+    local = _weighted_fit(x, y, _nearness([r.params for r in runs], params))
     x0 = np.array(_features(params, depth, pooled))
     peers = [p for p in peers_now if p > 0 and math.isfinite(p)]
     mean_now = float(np.mean(np.log([loss_now, *peers])))

@@ -99,6 +99,24 @@ def test_a_bending_ratio_law_is_followed_through_the_nearest_finished_sizes() ->
     assert f.lo <= math.exp(drop(run)) <= f.hi
 
 
+def test_the_pooled_law_is_also_the_tangent_at_the_nearest_finished_sizes() -> None:
+    # The first size of a new depth, wider than every finished one: the drop bends in log N at every
+    # depth, so a chord through every finished size (of any depth) misses it; the nearest carry it.
+    def drop(n: float, depth: int) -> float:
+        return -0.1 * math.log(n) + 0.02 * math.log(n) ** 2 - 0.2 + 0.1 * depth_term(depth)
+    refs = [Finished(n, d, 1.0, math.exp(drop(n, d))) for d in (3, 4) for n in (2e3, 4e3, 8e3, 1.6e4, 3.2e4)
+            for _ in range(3)]
+    run, depth = 6.4e4, 2
+    f = forecast_final(1.0, run, depth, refs)
+    assert f is not None and f.basis == POOLED
+    x = np.array([[1.0, math.log(r.params), depth_term(r.depth)] for r in refs])
+    chord_coef, *_ = np.linalg.lstsq(x, [math.log(r.final) for r in refs], rcond=None)
+    chord = abs(float(np.array([1.0, math.log(run), depth_term(depth)]) @ chord_coef) - drop(run, depth))
+    tangent = abs(math.log(f.predicted) - drop(run, depth))
+    assert chord > 0.05 and tangent < chord / 2
+    assert f.lo <= math.exp(drop(run, depth)) <= f.hi
+
+
 @pytest.mark.parametrize("refs", [
     [],
     _refs([1e3], seeds=8),  # one size: no slope to learn
