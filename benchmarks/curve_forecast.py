@@ -15,7 +15,13 @@ is left when the law and the size's place in it are known exactly and the seed's
 says how much of a depth's error is the seeds' rather than the law's (a forecast can beat it a little:
 a seed's deviation at step t carries over to its end with a slope of 0.1-0.2).
 
-    .venv/bin/python benchmarks/curve_forecast.py --db runs/scaletui.db [--experiment NAME]
+    .venv/bin/python benchmarks/curve_forecast.py --db runs/scaletui.db [--experiment NAME] [--order ORDER]
+
+`--order largest-first` or `ends-first` replays the sweep as if its tasks had started in that order
+(services/schedule.py) instead of the order they trained in: each task (a run, or a bundle's runs, which
+start together) keeps its recorded duration and starts when a worker is free, on as many workers as ran
+at once. The makespan of each order, so simulated, is printed first, so the schedule's cost in throughput
+is measured side by side on the same tasks.
 
 The database is only read. The default sweep's (`scaletui run --headless`) is the one the issue's goal
 is stated on: median error <= 3% from the first 30% of steps, coverage near 90%.
@@ -45,9 +51,13 @@ from scaletui.core.vocabulary import (  # noqa: E402
     TRAIN_LOSS_METRIC,
 )
 from scaletui.services.curve_forecasts import LiveRun, anchor_of, first_evaluation  # noqa: E402
+from scaletui.services.runner import Task  # noqa: E402
+from scaletui.services.schedule import ends_first, largest_first  # noqa: E402
 from scaletui.store import Reader  # noqa: E402
 
 FRACTIONS = (0.1, 0.3, 0.5)
+AS_TRAINED = "as-trained"
+ORDERS = {"largest-first": largest_first, "ends-first": ends_first}
 
 
 def _seconds(iso: str) -> float:
@@ -68,10 +78,55 @@ def load(db: Path, experiment: str | None) -> list[dict]:
             first = first_evaluation(spec)
             evals = {p.step: p.value for p in reader.metric_series(r.id, TEST_LOSS_METRIC)}
             train = {p.step: p.value for p in reader.metrics_since(r.id, TRAIN_LOSS_METRIC, 0, up_to=first)}
-            out.append({"live": LiveRun(r, spec, evals, train), "params": float(r.params or 0),
+            out.append({"id": r.id, "live": LiveRun(r, spec, evals, train), "params": float(r.params or 0),
                         "depth": int(r.depth or 0), "steps": int(r.steps or 0), "start": _seconds(r.started_at or ""),
                         "end": _seconds(r.finished_at or ""), "evals": evals})
         return out
+
+
+def tasks_of(runs: list[dict]) -> list[list[dict]]:
+    """The sweep's tasks as they trained: runs of one point (seeds of one size) that started within a
+    second of each other were one bundle."""
+    tasks: list[list[dict]] = []
+    for run in sorted(runs, key=lambda r: r["start"]):
+        task = next((t for t in reversed(tasks) if t[0]["live"].spec.point_key == run["live"].spec.point_key
+                     and run["start"] - t[0]["start"] < 1.0), None)
+        if task is None:
+            tasks.append([run])
+        else:
+            task.append(run)
+    return tasks
+
+
+def concurrency(tasks: list[list[dict]]) -> int:
+    """How many tasks ran at once at most: the sweep's workers."""
+    edges = sorted([(t[0]["start"], 1) for t in tasks] + [(max(r["end"] for r in t), -1) for t in tasks])
+    level = peak = 0
+    for _, step in edges:  # a finish and a start at the same instant: the finish first (-1 sorts first)
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+def reschedule(runs: list[dict], order: str) -> tuple[list[dict], float]:
+    """The runs with the start and finish times they would have had with their tasks started in `order`
+    (ORDERS), each task keeping its duration, on as many workers as ran at once; and that makespan."""
+    tasks = tasks_of(runs)
+    by_id = {id(t[0]): t for t in tasks}
+    as_tasks = [Task(t[0]["id"], t[0]["live"].spec, tuple((r["id"], r["live"].spec) for r in t[1:]), None)
+                for t in tasks]
+    first = {task.run_id: by_id[id(t[0])] for task, t in zip(as_tasks, tasks, strict=True)}
+    origin = min(r["start"] for r in runs)
+    free = [origin] * concurrency(tasks)
+    moved: list[dict] = []
+    for task in ORDERS[order](as_tasks):
+        members = first[task.run_id]
+        began, ended = min(r["start"] for r in members), max(r["end"] for r in members)
+        worker = min(range(len(free)), key=free.__getitem__)
+        start = free[worker]
+        free[worker] = start + ended - began
+        moved.extend({**r, "start": r["start"] - began + start, "end": r["end"] - began + start} for r in members)
+    return moved, max(free) - origin
 
 
 def _same_size(a: dict, b: dict) -> bool:
@@ -139,10 +194,20 @@ def main() -> None:
     parser.add_argument("--db", type=Path, required=True)
     parser.add_argument("--experiment")
     parser.add_argument("--level", type=float, default=0.9)
+    parser.add_argument("--order", choices=[AS_TRAINED, *ORDERS], default=AS_TRAINED,
+                        help="replay the runs as trained, or as if their tasks had started in this order")
     args = parser.parse_args()
     started = time.perf_counter()
     runs = load(args.db, args.experiment)
-    print(f"{args.db}: {len(runs)} finished runs; {args.level:.0%} bands")
+    if not runs:
+        sys.exit(f"{args.db}: no finished runs to replay")
+    print(f"{args.db}: {len(runs)} finished runs; {args.level:.0%} bands; replayed {args.order}")
+    trained = max(r["end"] for r in runs) - min(r["start"] for r in runs)
+    spans = {order: reschedule(runs, order)[1] for order in ORDERS}
+    print(f"makespan: {trained:.0f} s as trained on {concurrency(tasks_of(runs))} workers; simulated from the "
+          f"tasks' durations: " + ", ".join(f"{order} {span:.0f} s" for order, span in spans.items()))
+    if args.order != AS_TRAINED:
+        runs = reschedule(runs, args.order)[0]
     print(f"{'from':>5} {'depth':>5} {'runs':>9} {'median err':>10} {'coverage':>8} {'other seeds':>11}  anchor")
     for fraction in FRACTIONS:
         result, kinds = replay(runs, fraction, args.level)
