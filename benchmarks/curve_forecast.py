@@ -112,15 +112,13 @@ def reschedule(runs: list[dict], order: str) -> tuple[list[dict], float]:
     """The runs with the start and finish times they would have had with their tasks started in `order`
     (ORDERS), each task keeping its duration, on as many workers as ran at once; and that makespan."""
     tasks = tasks_of(runs)
-    by_id = {id(t[0]): t for t in tasks}
-    as_tasks = [Task(t[0]["id"], t[0]["live"].spec, tuple((r["id"], r["live"].spec) for r in t[1:]), None)
-                for t in tasks]
-    first = {task.run_id: by_id[id(t[0])] for task, t in zip(as_tasks, tasks, strict=True)}
+    members_of = {t[0]["id"]: t for t in tasks}  # a task by its first run's id, as `Task.run_id` names it
+    as_tasks = [Task(t[0]["id"], t[0]["live"].spec, tuple((r["id"], r["live"].spec) for r in t[1:])) for t in tasks]
     origin = min(r["start"] for r in runs)
     free = [origin] * concurrency(tasks)
     moved: list[dict] = []
     for task in ORDERS[order](as_tasks):
-        members = first[task.run_id]
+        members = members_of[task.run_id]
         began, ended = min(r["start"] for r in members), max(r["end"] for r in members)
         worker = min(range(len(free)), key=free.__getitem__)
         start = free[worker]

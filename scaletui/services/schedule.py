@@ -8,7 +8,7 @@ Why a ladder's smallest size is pulled forward. A ladder is the runs that differ
 seed): one depth of the default sweep. Trained strictly largest first, every size of a ladder is
 forecast (`pred. final`, analysis/curve_forecast.py) by extrapolating the ladder's law down from the
 bigger sizes already finished, and a law that bends misses there: on seven runs of the default sweep,
-depth 6's width 96 was predicted from widths 128 and 160 alone, 4-6% low on three of them. With the
+depth 6's width 96 was predicted from widths 128 and 160 alone, 4.6-6.1% low on four of them. With the
 smallest size trained second, every later size lies between two finished ones and its forecast
 interpolates; `train.stop_when_hopeless` gets a finished smaller run to compare with inside the same
 sweep. The smallest sizes are cheap (4% of the default sweep's compute), so the sweep is not slower:
