@@ -4,7 +4,7 @@ finished at the next `scaletui run`, and shows its reason in `scaletui ls`; with
 trains to its end.
 
 The scenario: widths 4 and 8 (two seeds, depth 1) at learning rate 0.03 finish first (a sweep of their own:
-the runner trains its largest runs first, so a smaller run finishes first only in an earlier sweep); then
+in one sweep the runner starts the largest width first, before any smaller one has finished); then
 width 512 under the same training plan, where that rate makes its test loss climb (overfitting 512 examples
 at 60x the parameters): its predicted final loss's band lies far above the smaller sizes' (lower end 3.4
 against 1.8 when this test was written). No timing is waited on: with the key on, the run is held at step 41
@@ -12,7 +12,10 @@ against 1.8 when this test was written). No timing is waited on: with the key on
 `hold_step`), so it cannot end before the monitor has judged its evaluations; the monitor may judge it
 hopeless from fewer of them, so it stops somewhere between the evaluation its reason names last and the
 hold. With the key off, it pauses there until the monitor has predicted it (`pause_step`), then is released
-to finish."""
+to finish.
+
+Inside one sweep, the runner trains each width ladder's smallest size right after its largest
+(services/schedule.py), so a middle width can be judged hopeless against the smallest: the last test."""
 
 from __future__ import annotations
 
@@ -116,3 +119,27 @@ def test_a_hopeless_run_is_early_stopped_with_its_reason_only_when_the_key_says_
         stdout, stderr = finish(proc)
     assert proc.returncode == 0, stdout + stderr
     assert rows(control, "SELECT status, step, error FROM runs WHERE width = 512") == [("done", 100, None)]
+
+
+def test_in_one_sweep_a_middle_width_is_judged_against_the_smallest_which_trains_second(
+        make_sweep: Callable[..., Path], tmp_path: Path) -> None:
+    # One sweep of widths 4, 256 and 512 on one worker, each seed alone: the runner starts a 512 first,
+    # then width 4, the ladder's smallest (services/schedule.py), so width 256 trains after both ends
+    # have finished and is judged against width 4 (lower end 2.1 against 1.8 when this test was written).
+    # Width 256 is held at step 41 until its worker is told to stop, so only the monitor can end it.
+    sweep = make_sweep(experiment={"workers": 1, "batch_runs": False}, model={"width": [4, 256, 512], "depth": 1},
+                       train={**TRAIN, "stop_when_hopeless": True})
+    proc = start(sweep, f"hold_step:{HELD_AT}:256:1", tmp_path / "marks")
+    stdout, stderr = finish(proc)
+    assert proc.returncode == 0, stdout + stderr
+    started = re.findall(r"^started  mlp w(\d+) d1 s(\d)", stdout, flags=re.MULTILINE)
+    assert started == [("512", "0"), ("4", "0"), ("4", "1"), ("512", "1"), ("256", "0"), ("256", "1")], stdout
+    db = tmp_path / "runs.db"
+    assert rows(db, "SELECT width, status, step FROM runs WHERE width != 256 ORDER BY width, seed") == [
+        (4, "done", 100), (4, "done", 100), (512, "done", 100), (512, "done", 100)]
+    smallest = smaller_means(db)[4]
+    for status, step, error in rows(db, "SELECT status, step, error FROM runs WHERE width = 256 ORDER BY seed"):
+        found = REASON.fullmatch(error or "")
+        assert status == "early_stopped" and found and step <= HELD_AT, (status, step, error)
+        lo, width, baseline = found.group(1, 2, 3)
+        assert width == "4" and float(baseline) == pytest.approx(smallest, rel=1e-3) and float(lo) > smallest

@@ -261,7 +261,7 @@ class SweepMonitor:
         if sweep.stop_when_hopeless and not self._stop_hopeless:
             log.warning("train.stop_when_hopeless is ignored with the %s executor (local workers only)",
                         sweep.executor.value)
-        self._references_stale = True  # the forecaster has not read the experiment's finished runs yet
+        self._references_stale = True  # the forecaster has not read the experiment's earlier runs yet
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_error: str | None = None
@@ -333,9 +333,6 @@ class SweepMonitor:
         A pass that fails half-way moves no cursor: the next one reads the same rows again."""
         self._writer()
         with self._tracker.transaction():
-            if self._references_stale:  # before the runs are followed: their forecasts use what has finished
-                self._forecaster.learn_experiment(self._tracker.reader, self.sweep.name)
-                self._references_stale = False
             to_forecast: list[tuple[_Track, RunSummary]] = []
             for row in self._tracker.changed_runs():
                 if row.key in self._own_keys:
@@ -345,6 +342,12 @@ class SweepMonitor:
                     self._rows[row.id] = row
                     if row.id in self._watch:
                         self._group_dirty |= self._follow(row, to_forecast)
+            # Runs that finished in this pass teach the forecasts made in it (one snapshot): a run whose
+            # evaluations arrived in the same pass is judged against them, never against what had finished
+            # a pass earlier (a run held or paused after those evaluations would never be judged again).
+            if self._references_stale or self._group_dirty:
+                self._forecaster.learn_experiment(self._tracker.reader, self.sweep.name)
+                self._references_stale = False
             # After every changed run is read: a run's forecast uses its peers' losses at the same step
             # (a bundle's members report together, and the pass reads them one by one).
             for track, row in to_forecast:
@@ -352,7 +355,6 @@ class SweepMonitor:
             if self._group_dirty:
                 self._group_pass()
                 self._group_dirty = False
-                self._references_stale = True  # runs finished: the forecaster learns them next pass
 
     def _follow(self, row: RunSummary, to_forecast: list[tuple[_Track, RunSummary]]) -> bool:
         """Diagnose one watched run if it has new records (a running one joins `to_forecast`); True when

@@ -11,9 +11,10 @@ It does nothing unless SCALETUI_FAULT is set. Faults, `;`-separated:
 - `hold_flush:STEP`        inside the database transaction that writes a train
   loss of STEP or later (rows inserted, COMMIT not yet issued), touch a marker
   and wait to be killed;
-- `hold_step:STEP`         every run, in the forward pass of its training step STEP, touches a
-  marker and waits until its worker is told to stop (the runner's flag or a signal), so a
-  signal sent once every run is parked finds each of them mid-run, whatever the machine's speed;
+- `hold_step:STEP[:WIDTH:DEPTH]`  every run (of that width and depth, when given), in the forward pass
+  of its training step STEP, touches a marker and waits until its worker is told to stop (the
+  runner's flag or a signal), so a signal sent once every run is parked finds each of them
+  mid-run, whatever the machine's speed;
 - `pause_step:STEP`        every run, in the forward pass of its training step STEP (after what it
   flushed at its last checkpoint is in the database), touches a marker and waits until the test
   creates the file `release`; the run then goes on, so a test can look at a sweep mid-run;
@@ -136,7 +137,7 @@ def _hold_schema() -> None:
     _when_imported("scaletui.store.schema", patch)
 
 
-def _hold_step(step: int) -> None:
+def _hold_step(step: int, shape: tuple[int, int] | None = None) -> None:
     stops: list[Any] = []  # the worker's stop signal, caught as the worker makes it
 
     def patch(runner: Any) -> None:
@@ -149,7 +150,7 @@ def _hold_step(step: int) -> None:
         runner._WorkerStop.__init__ = init
 
     _when_imported("scaletui.services.runner", patch)
-    _at_training_step(step, lambda: _wait_for_stop(stops))
+    _at_training_step(step, lambda: _wait_for_stop(stops), shape)
 
 
 def _pause_step(step: int) -> None:
@@ -205,7 +206,7 @@ def _install(spec: str) -> None:
     elif kind == "hold_flush":
         _hold_flush(int(args[0]))
     elif kind == "hold_step":
-        _hold_step(int(args[0]))
+        _hold_step(int(args[0]), (int(args[1]), int(args[2])) if len(args) == 3 else None)
     elif kind == "pause_step":
         _pause_step(int(args[0]))
     elif kind == "hold_schema":
