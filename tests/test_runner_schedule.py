@@ -38,6 +38,10 @@ def test_a_ladder_is_every_width_and_seed_of_one_configuration() -> None:
     assert ladder_key(_spec(48, 2)) != ladder_key(_spec(48, 3))
     assert ladder_key(_spec(48, 2)) != ladder_key(_spec(48, 2, steps=200))
     assert ladder_key(_spec(48, 2)) != ladder_key(_spec(48, 2, lr=3e-3))
+    # the curve forecaster's grouping: logging cadence is not part of the plan
+    chatty = _spec(160, 2)
+    chatty = replace(chatty, train=replace(chatty.train, log_every=5))
+    assert ladder_key(chatty) == ladder_key(_spec(48, 2))
 
 
 def test_each_ladders_smallest_width_starts_right_after_its_largest() -> None:

@@ -40,6 +40,7 @@ from scaletui.analysis.curve_forecast import (
     window_means,
 )
 from scaletui.analysis.hopeless import FinishedSize
+from scaletui.core.plans import plan_hash, plan_of
 from scaletui.core.rows import RunSummary
 from scaletui.core.specs import RunSpec
 from scaletui.core.vocabulary import (
@@ -52,7 +53,6 @@ from scaletui.core.vocabulary import (
     PredictionSource,
     RunStatus,
 )
-from scaletui.services.predictions import plan_hash, plan_of
 from scaletui.store import Reader
 from scaletui.store.predictions import NewPrediction
 

@@ -23,8 +23,6 @@ automatically once every run of that size (under that plan) has finished:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,8 +32,8 @@ from typing import Any
 from scaletui.analysis.configurator import mlp_params
 from scaletui.core.config import Sweep
 from scaletui.core.datasets import DATASETS
+from scaletui.core.plans import plan_hash, plan_of
 from scaletui.core.rows import PredictionRow, RunSummary
-from scaletui.core.specs import RunSpec
 from scaletui.core.vocabulary import (
     DENSE_ARCHS,
     MAX_EXTRAPOLATION,
@@ -51,10 +49,6 @@ from scaletui.services.fitting import FitInputError, FitSpec, StopCheck, fit_exp
 from scaletui.store import Reader
 from scaletui.store.predictions import NewPrediction, PredictionScore
 
-#: Keys of a run's config that name its size, its seed or where it ran: everything else is its plan.
-_NOT_PLAN = {("model", "width"), ("model", "depth"), ("seed",), ("experiment",), ("train", "device"),
-             ("train", "checkpoint_every"), ("train", "log_every")}
-_NOT_PLAN_USER = {"width", "depth", "seed", "device"}
 #: `inputs` key of a prediction scored on another experiment's runs (a suggestion's own sweep).
 SCORED_IN = "scored_in"
 #: Statuses of a run that may still change its loss (interrupted runs resume).
@@ -75,27 +69,6 @@ class Target:
 
 
 # ----------------------------------------------------------------------------- plans
-
-
-def plan_of(spec: RunSpec | None, user_config: dict[str, Any] | None) -> dict[str, Any]:
-    """A run's training plan: its config without its size, seed, device and logging cadence."""
-    if spec is not None:
-        return _without(spec.to_dict(), ())
-    return {k: v for k, v in (user_config or {}).items() if k not in _NOT_PLAN_USER}
-
-
-def _without(doc: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in doc.items():
-        here = (*path, key)
-        if here in _NOT_PLAN:
-            continue
-        out[key] = _without(value, here) if isinstance(value, dict) else value
-    return out
-
-
-def plan_hash(plan: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def plan_diff(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> list[str]:

@@ -4,24 +4,25 @@ starts right after the first task of its largest.
 Largest first (LPT scheduling) keeps the big runs from starting last and leaving a worker idle while one
 straggler finishes, which cost ~40% of a 2-worker sweep's throughput in benchmarks/throughput.py.
 
-Why a ladder's smallest size is pulled forward. A ladder is the runs that differ only in width (and
-seed): one depth of the default sweep. Trained strictly largest first, every size of a ladder is
-forecast (`pred. final`, analysis/curve_forecast.py) by extrapolating the ladder's law down from the
-bigger sizes already finished, and a law that bends misses there: on seven runs of the default sweep,
-depth 6's width 96 was predicted from widths 128 and 160 alone, 4.6-6.1% low on four of them. With the
-smallest size trained second, every later size lies between two finished ones and its forecast
-interpolates; `train.stop_when_hopeless` gets a finished smaller run to compare with inside the same
-sweep. The smallest sizes are cheap (4% of the default sweep's compute), so the sweep is not slower:
-benchmarks/curve_forecast.py replays a sweep under either order from its recorded task durations.
+Why a ladder's smallest size is pulled forward. A ladder is the runs of one training plan and depth,
+which differ only in width (and seed, device, logging cadence): one depth of the default sweep. Trained
+strictly largest first, every size of a ladder is forecast (`pred. final`, analysis/curve_forecast.py) by
+extrapolating the ladder's law down from the bigger sizes already finished, and a law that bends misses
+there: on seven runs of the default sweep, depth 6's width 96 was predicted from widths 128 and 160
+alone, 4.6-6.1% low on four of them. With the smallest size trained second, every later size lies between
+two finished ones and its forecast interpolates; `train.stop_when_hopeless` gets a finished smaller run
+to compare with inside the same sweep. The smallest sizes are cheap (4% of the default sweep's compute),
+so the sweep is not slower: benchmarks/curve_forecast.py replays a sweep under either order from its
+recorded task durations.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
+from scaletui.core.plans import plan_hash, plan_of
 from scaletui.core.specs import RunSpec
 
 __all__ = ["ends_first", "estimated_cost", "ladder_key", "largest_first"]
@@ -51,9 +52,10 @@ def task_cost(task: Scheduled) -> float:
     return sum(estimated_cost(spec) for _, spec in task.members)
 
 
-def ladder_key(spec: RunSpec) -> str:
-    """What a run shares with the other sizes of its ladder: its whole configuration but width and seed."""
-    return dataclasses.replace(spec, model=dataclasses.replace(spec.model, width=0), seed=0).point_key
+def ladder_key(spec: RunSpec) -> tuple[str, int]:
+    """What a run shares with the other sizes of its ladder: its training plan (core.plans, the runs the
+    curve forecaster learns from) and its depth."""
+    return plan_hash(plan_of(spec, None)), spec.model.depth
 
 
 def largest_first(tasks: Sequence[T]) -> list[T]:
@@ -66,7 +68,7 @@ def ends_first(tasks: Sequence[T]) -> list[T]:
     of that ladder (its largest width). A ladder of one width, or a task whose runs span ladders, stays
     where largest first puts it."""
     ordered = largest_first(tasks)
-    ladders: dict[str, list[T]] = defaultdict(list)
+    ladders: dict[tuple[str, int], list[T]] = defaultdict(list)
     for task in ordered:
         keys = {ladder_key(spec) for _, spec in task.members}
         if len(keys) == 1:
